@@ -1,0 +1,59 @@
+"""The `peftplan` command line. Each command lives in `peftplan/commands/<name>.py`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from peftplan.commands.methods import methods_command
+from peftplan.commands.models import models_command
+from peftplan.errors import PeftplanError
+
+app = typer.Typer(
+    name="peftplan",
+    help="Plan and benchmark parameter-efficient fine-tuning (PEFT) of language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("methods")(methods_command)
+app.command("models")(models_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input exits 2 with one line, never a traceback."""
+    try:
+        result = app(args=argv, prog_name="peftplan", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        print(f"peftplan: error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("peftplan: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("peftplan: interrupted", file=sys.stderr)
+        return 130
+    except PeftplanError as exc:
+        print(f"peftplan: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # an unexpected failure: one line, traceback on request
+        if os.environ.get("PEFTPLAN_DEBUG"):
+            raise
+        print(f"peftplan: unexpected {type(exc).__name__}: {exc} (set PEFTPLAN_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+    # With standalone_mode off, click returns the exit code of `typer.Exit(code)` instead of raising.
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,139 @@
+"""Shared plumbing for methods that peft implements: configs with targets, apply, save, load, merge."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from peftplan.errors import BadInputError, UnsupportedError
+from peftplan.methods.base import Method, MethodConfig, Quant
+from peftplan.methods.targets import parse_targets, select_linears
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+    from torch import nn
+
+    from peftplan.models.spec import LinearInfo, ModelSpec
+
+REGEX_PREFIX = "re:"
+
+
+class TargetedConfig(MethodConfig):
+    """A config with `targets`: names, presets (attn, mlp, all-linear) or one `re:<regex>` (peft semantics)."""
+
+    targets: list[str] = Field(default_factory=lambda: ["all-linear"], description="Modules to adapt.")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split_targets(cls, value: Any) -> list[str]:
+        if isinstance(value, str) and value.startswith(REGEX_PREFIX):
+            return [value]
+        names = parse_targets(value)
+        if any(n.startswith(REGEX_PREFIX) for n in names) and len(names) > 1:
+            raise ValueError("a 're:' regex target must be the only target")
+        return names
+
+
+class LowRankConfig(TargetedConfig):
+    """Rank, alpha and dropout: the knobs the LoRA family shares."""
+
+    rank: int = Field(16, ge=1, le=8192, description="Adapter rank r.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator (lora_alpha).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+
+
+class QuantizableConfig(LowRankConfig):
+    """A low-rank config that may sit on a bitsandbytes-quantized base."""
+
+    quant: Quant = Field("none", description="Base weight quantization: none, nf4, fp4 or int8.")
+
+
+def selected_linears(spec: ModelSpec, cfg: TargetedConfig) -> list[LinearInfo]:
+    """The Linear layers `cfg.targets` selects on `spec`."""
+    if cfg.targets[0].startswith(REGEX_PREFIX):
+        return select_linears(spec, [], regex=cfg.targets[0][len(REGEX_PREFIX) :])
+    return select_linears(spec, cfg.targets)
+
+
+def task_type(spec: ModelSpec) -> str | None:
+    """peft's task type: causal LM for decoders and VLMs; feature extraction for encoders."""
+    return "CAUSAL_LM" if spec.kind in ("decoder", "vlm") else "FEATURE_EXTRACTION"
+
+
+def is_on_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+class PeftMethod(Method):
+    """A method built by `peft.get_peft_model`; subclasses say how to make the peft config."""
+
+    @abstractmethod
+    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+        """The peft config that builds exactly what `trainable_params` counts."""
+
+    supports_conv1d: bool = True  # GPT-2 style transformers Conv1D layers
+
+    def check(self, spec: ModelSpec, cfg: Any) -> None:
+        if not isinstance(cfg, TargetedConfig):
+            return
+        selected = selected_linears(spec, cfg)  # raises on unknown targets
+        conv1d = sorted({lin.leaf for lin in selected if lin.conv1d})
+        if conv1d and not self.supports_conv1d:
+            raise UnsupportedError(
+                f"peft's {self.name} cannot adapt GPT-2 style Conv1D layers ({', '.join(conv1d)}); use lora or ia3"
+            )
+
+    def prepare_base(self, model: nn.Module, cfg: Any) -> None:
+        """Hook run on the base before peft wraps it (quantization for QLoRA and friends)."""
+        quant = getattr(cfg, "quant", "none")
+        if quant != "none" and not is_on_meta(model):
+            # bitsandbytes cannot quantize meta tensors; on meta the trainable count is unaffected.
+            from peftplan.methods.quantize import prepare_quantized_base
+
+            prepare_quantized_base(model, quant)
+
+    def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
+        from peft import get_peft_model
+
+        from peftplan.models.spec import ModelSpec
+
+        spec = ModelSpec.from_model(model)
+        self.check(spec, cfg)
+        self.prepare_base(model, cfg)
+        try:
+            return get_peft_model(model, self.peft_config(spec, cfg))
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise BadInputError(f"peft cannot apply {self.name} to {spec.architecture}: {exc}") from None
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        if not self.mergeable:
+            return super().merge(model)
+        return model.merge_and_unload()  # type: ignore[operator]
+
+    def _save_weights(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(str(directory), safe_serialization=True)  # type: ignore[operator]
+
+    def load(self, base: nn.Module, directory: Path, cfg: Any) -> nn.Module:
+        from peft import PeftModel
+
+        self.prepare_base(base, cfg)
+        return PeftModel.from_pretrained(base, str(directory), is_trainable=True)
+
+
+def peft_targets(spec: ModelSpec, cfg: TargetedConfig) -> str | list[str]:
+    """`target_modules` for peft that selects exactly `selected_linears(spec, cfg)`."""
+    from peftplan.methods.targets import peft_target_pattern
+
+    return peft_target_pattern(spec, selected_linears(spec, cfg))
+
+
+def suggest_low_rank(trial: Any, config_cls: type[LowRankConfig], **fixed: Any) -> Any:
+    """The LoRA-family search space: rank, alpha as 1x or 2x rank, target preset and dropout."""
+    rank = trial.suggest_categorical("rank", [4, 8, 16, 32, 64])
+    ratio = trial.suggest_categorical("alpha_ratio", [1, 2])
+    targets = trial.suggest_categorical("targets", ["attn", "mlp", "all-linear"])
+    dropout = trial.suggest_categorical("dropout", [0.0, 0.05])
+    return config_cls(rank=rank, alpha=float(rank * ratio), targets=[targets], dropout=dropout, **fixed)

@@ -1,0 +1,124 @@
+"""The Method ABC and the config base class every method module builds on."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from peftplan.errors import BadInputError, suggest
+
+if TYPE_CHECKING:
+    import optuna
+    from torch import nn
+
+    from peftplan.models.spec import ModelSpec
+
+InferenceOverhead = Literal["none", "unmerged-matmul", "extra-tokens", "extra-layers"]
+Quant = Literal["none", "nf4", "fp4", "int8"]
+MANIFEST = "peftplan_method.json"
+
+
+class MethodConfig(BaseModel):
+    """Base of every method config: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validation_message(method: str, cls: type[BaseModel], exc: ValidationError) -> str:
+    """One line from a pydantic error: the field, what is wrong, and a did-you-mean for unknown keys."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        close = suggest(field, cls.model_fields)
+        hint = f" Did you mean: {', '.join(close)}?" if close else f" Known: {', '.join(cls.model_fields)}."
+        return f"unknown {method} setting {field!r}.{hint}"
+    return f"invalid {method} setting {field}={err.get('input')!r}: {err['msg']}"
+
+
+class Method(ABC):
+    """A PEFT method: its config, exact trainable-parameter count, and how to build it for real."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]]
+    mergeable: ClassVar[bool]
+    inference_overhead: ClassVar[InferenceOverhead]
+    supports_quantized_base: ClassVar[bool] = False
+
+    def make_config(self, **values: Any) -> MethodConfig:
+        """Validate `values` (None entries mean "use the default") into this method's config.
+
+        Raises:
+            BadInputError: an unknown or invalid setting, in one line.
+        """
+        given = {k: v for k, v in values.items() if v is not None}
+        try:
+            return self.config_cls(**given)
+        except ValidationError as exc:
+            raise BadInputError(validation_message(self.name, self.config_cls, exc)) from None
+
+    def check(self, spec: ModelSpec, cfg: MethodConfig) -> None:  # noqa: B027 - optional hook
+        """Raise `BadInputError` if the method cannot apply to `spec` with `cfg`."""
+
+    @abstractmethod
+    def trainable_params(self, spec: ModelSpec, cfg: MethodConfig) -> int:
+        """Exact number of trainable parameters, computed from the spec alone."""
+
+    @abstractmethod
+    def apply(self, model: nn.Module, cfg: MethodConfig) -> nn.Module:
+        """Make `model` trainable with this method; returns the model to train."""
+
+    @abstractmethod
+    def search_space(self, trial: optuna.Trial) -> MethodConfig:
+        """A config sampled for an Optuna trial."""
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the adaptation into the base weights (only for mergeable methods)."""
+        raise BadInputError(f"{self.name} cannot be merged into the base model")
+
+    def save(self, model: nn.Module, directory: Path, cfg: MethodConfig) -> None:
+        """Write the trained adaptation (safetensors) and a manifest naming the method and config."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_weights(model, directory)
+        manifest = {"method": self.name, "config": cfg.model_dump(mode="json")}
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    def load(self, base: nn.Module, directory: Path, cfg: MethodConfig) -> nn.Module:
+        """Rebuild the adapted model from a fresh base and a saved directory."""
+        model = self.apply(base, cfg)
+        _load_trainable_safetensors(model, directory / "adaptation.safetensors")
+        return model
+
+    def _save_weights(self, model: nn.Module, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(directory / "adaptation.safetensors"))
+
+
+def _load_trainable_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    missing = set(state) - set(params)
+    if missing:
+        raise BadInputError(f"{path} holds tensors this model does not have: {sorted(missing)[:3]}")
+    for name, tensor in state.items():
+        params[name].data.copy_(tensor)
+
+
+def load_adapted(base: nn.Module, directory: Path) -> nn.Module:
+    """Load whatever method a directory written by `Method.save` holds onto `base`."""
+    from peftplan.methods import get_method
+
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise BadInputError(f"{directory} has no {MANIFEST}; was it written by peftplan?")
+    manifest = json.loads(path.read_text())
+    method = get_method(manifest["method"])
+    return method.load(base, directory, method.make_config(**manifest["config"]))

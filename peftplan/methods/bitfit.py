@@ -1,0 +1,56 @@
+"""BitFit: train only the bias terms (Ben Zaken et al., 2022). Hand-written: peft has no BitFit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from peftplan.errors import UnsupportedError
+from peftplan.methods.base import Method, MethodConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from peftplan.models.spec import ModelSpec
+
+
+class BitFitConfig(MethodConfig):
+    """BitFit has no settings: every bias trains, nothing else does."""
+
+
+def _is_bias(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] == "bias"
+
+
+class BitFit(Method):
+    name = "bitfit"
+    summary = "Only bias terms train; tiny and free at inference; needs a model with biases."
+    config_cls: ClassVar[type[BitFitConfig]] = BitFitConfig
+    mergeable = True  # the biases are the model's own; nothing to merge
+    inference_overhead = "none"
+
+    def check(self, spec: ModelSpec, cfg: Any) -> None:
+        if self.trainable_params(spec, cfg) == 0:
+            raise UnsupportedError(
+                f"bitfit needs bias terms, and {spec.model_id or spec.architecture} has none "
+                "(e.g. Llama-style models without attention_bias/mlp_bias)"
+            )
+
+    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+        return sum(p.numel for p in spec.params if p.tied_to is None and _is_bias(p.name))
+
+    def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
+        from peftplan.models.spec import ModelSpec
+
+        self.check(ModelSpec.from_model(model), cfg)
+        for name, param in model.named_parameters():
+            param.requires_grad_(_is_bias(name))
+        return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def search_space(self, trial: Any) -> Any:
+        return BitFitConfig()
+
+
+METHOD = BitFit()

@@ -1,0 +1,51 @@
+"""LoHa: a low-rank Hadamard-product update, (A1·B1) ⊙ (A2·B2) (Hyeon-Woo et al., 2022)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
+
+from peftplan.methods._peft import LowRankConfig, PeftMethod, peft_targets, selected_linears, suggest_low_rank
+from peftplan.methods._peft import task_type as peft_task_type
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+    from peftplan.models.spec import ModelSpec
+
+
+class LoHaConfig(LowRankConfig):
+    """LoHa settings (rank of each Hadamard factor)."""
+
+    rank: int = Field(8, ge=1, le=8192, description="Rank of each of the two factors.")
+    alpha: float = Field(16.0, gt=0, description="Scaling numerator.")
+
+
+class LoHa(PeftMethod):
+    supports_conv1d = False
+    name = "loha"
+    summary = "Hadamard product of two low-rank updates: higher effective rank per parameter; merges."
+    config_cls: ClassVar[type[LoHaConfig]] = LoHaConfig
+    mergeable = True
+    inference_overhead = "unmerged-matmul"
+
+    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+        return sum(2 * cfg.rank * (lin.in_features + lin.out_features) for lin in selected_linears(spec, cfg))
+
+    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+        from peft import LoHaConfig as PeftLoHaConfig
+
+        return PeftLoHaConfig(
+            r=cfg.rank,
+            alpha=cfg.alpha,
+            module_dropout=cfg.dropout,
+            target_modules=peft_targets(spec, cfg),
+            task_type=peft_task_type(spec),
+        )
+
+    def search_space(self, trial: Any) -> Any:
+        return suggest_low_rank(trial, self.config_cls)
+
+
+METHOD = LoHa()

@@ -1,0 +1,84 @@
+"""LoKr: a Kronecker-product update W1 ⊗ W2, W2 low-rank when that is smaller (Yeh et al., 2023)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
+
+from peftplan.methods._peft import LowRankConfig, PeftMethod, peft_targets, selected_linears, suggest_low_rank
+from peftplan.methods._peft import task_type as peft_task_type
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+    from peftplan.models.spec import ModelSpec
+
+
+class LoKrConfig(LowRankConfig):
+    """LoKr settings."""
+
+    rank: int = Field(8, ge=1, le=8192, description="Rank of the decomposed Kronecker factor.")
+    alpha: float = Field(16.0, gt=0, description="Scaling numerator.")
+    decompose_both: bool = Field(False, description="Also decompose the first Kronecker factor.")
+    decompose_factor: int = Field(-1, description="Factorization divider; -1 means near the square root.")
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """Split `dimension` into two factors the way LyCORIS and peft do (the first <= the second)."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    limit = dimension if factor == -1 else factor
+    m, n = 1, dimension
+    initial_length = m + n  # peft compares against the starting sum, not the running one
+    while m < n:
+        candidate = m + 1
+        while dimension % candidate != 0:
+            candidate += 1
+        partner = dimension // candidate
+        if candidate + partner > initial_length or candidate > limit:
+            break
+        m, n = candidate, partner
+    return (n, m) if m > n else (m, n)
+
+
+def lokr_layer_params(in_features: int, out_features: int, cfg: LoKrConfig) -> int:
+    in_m, in_n = factorization(in_features, cfg.decompose_factor)
+    out_l, out_k = factorization(out_features, cfg.decompose_factor)
+    r = cfg.rank
+    use_w1 = not (cfg.decompose_both and r < max(out_l, in_m) / 2)
+    use_w2 = not (r < max(out_k, in_n) / 2)
+    w1 = out_l * in_m if use_w1 else r * (out_l + in_m)
+    w2 = out_k * in_n if use_w2 else r * (out_k + in_n)
+    return w1 + w2
+
+
+class LoKr(PeftMethod):
+    supports_conv1d = False
+    name = "lokr"
+    summary = "Kronecker product of a small full matrix and a low-rank one; very few parameters; merges."
+    config_cls: ClassVar[type[LoKrConfig]] = LoKrConfig
+    mergeable = True
+    inference_overhead = "unmerged-matmul"
+
+    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+        return sum(lokr_layer_params(lin.in_features, lin.out_features, cfg) for lin in selected_linears(spec, cfg))
+
+    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+        from peft import LoKrConfig as PeftLoKrConfig
+
+        return PeftLoKrConfig(
+            r=cfg.rank,
+            alpha=cfg.alpha,
+            module_dropout=cfg.dropout,
+            decompose_both=cfg.decompose_both,
+            decompose_factor=cfg.decompose_factor,
+            target_modules=peft_targets(spec, cfg),
+            task_type=peft_task_type(spec),
+        )
+
+    def search_space(self, trial: Any) -> Any:
+        return suggest_low_rank(trial, self.config_cls)
+
+
+METHOD = LoKr()

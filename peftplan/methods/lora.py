@@ -1,0 +1,54 @@
+"""LoRA: a trainable low-rank update B·A beside each targeted Linear (Hu et al., 2021)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from peftplan.methods._peft import PeftMethod, QuantizableConfig, peft_targets, selected_linears, suggest_low_rank
+from peftplan.methods._peft import task_type as peft_task_type
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+    from peftplan.models.spec import ModelSpec
+
+
+class LoraConfig(QuantizableConfig):
+    """LoRA settings; the defaults are the literature recipe (r=16, alpha=32, all linear layers)."""
+
+
+class Lora(PeftMethod):
+    name = "lora"
+    summary = "Low-rank update B·A on each targeted Linear; merges into the base."
+    config_cls: ClassVar[type[LoraConfig]] = LoraConfig
+    mergeable = True
+    inference_overhead = "unmerged-matmul"
+    supports_quantized_base = True
+    use_dora: ClassVar[bool] = False
+    use_rslora: ClassVar[bool] = False
+
+    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+        per_layer = [cfg.rank * (lin.in_features + lin.out_features) for lin in selected_linears(spec, cfg)]
+        # DoRA adds a learned magnitude per output feature.
+        magnitudes = [lin.out_features for lin in selected_linears(spec, cfg)] if self.use_dora else []
+        return sum(per_layer) + sum(magnitudes)
+
+    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+        from peft import LoraConfig as PeftLoraConfig
+
+        return PeftLoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=peft_targets(spec, cfg),
+            use_dora=self.use_dora,
+            use_rslora=self.use_rslora,
+            bias="none",
+            task_type=peft_task_type(spec),
+        )
+
+    def search_space(self, trial: Any) -> Any:
+        return suggest_low_rank(trial, self.config_cls)
+
+
+METHOD = Lora()

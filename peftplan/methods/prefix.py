@@ -1,0 +1,45 @@
+"""Prefix tuning: trainable key/value prefixes in every attention layer (Li & Liang, 2021)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from peftplan.methods._peft import PeftMethod
+from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods.prompt import VirtualTokensConfig, token_dim
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+    from peftplan.models.spec import ModelSpec
+
+
+def kv_width(spec: ModelSpec) -> int:
+    """Width of one key (or value) prefix vector, as peft sizes it (grouped-query aware)."""
+    text = spec.text_config
+    if "num_key_value_heads" not in text:
+        return token_dim(spec)
+    head_dim = text.get("head_dim") or token_dim(spec) // spec.num_heads
+    return int(head_dim) * int(text["num_key_value_heads"])
+
+
+class PrefixTuning(PeftMethod):
+    name = "prefix"
+    summary = "Trainable key/value prefixes in every layer; the base is untouched; lengthens attention."
+    config_cls: ClassVar[type[VirtualTokensConfig]] = VirtualTokensConfig
+    mergeable = False
+    inference_overhead = "extra-tokens"
+
+    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+        return cfg.virtual_tokens * spec.num_layers * 2 * kv_width(spec)
+
+    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type=peft_task_type(spec))
+
+    def search_space(self, trial: Any) -> Any:
+        return VirtualTokensConfig(virtual_tokens=trial.suggest_categorical("virtual_tokens", [10, 20, 50, 100]))
+
+
+METHOD = PrefixTuning()

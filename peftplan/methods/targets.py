@@ -1,0 +1,86 @@
+"""Target-module selection shared by every method that adapts Linear layers.
+
+Targets are module names (peft's rule: the full name, or a suffix after a dot), a peft-style regex
+string, or the presets `attn`, `mlp` and `all-linear`. `all-linear` follows peft exactly: every
+Linear/Conv1D except the output (LM head) layer. `attn` and `mlp` stay inside the main text stack.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from peftplan.errors import BadInputError, UnknownNameError, UnsupportedError
+from peftplan.models.spec import LinearInfo, ModelSpec
+
+PRESETS = ("attn", "mlp", "all-linear")
+
+
+def parse_targets(value: str | Sequence[str]) -> list[str]:
+    """`"q_proj,v_proj"` or `["q_proj", "v_proj"]` -> a list of names (whitespace stripped)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [item.strip() for item in items if item.strip()]
+    if not names:
+        raise BadInputError("targets must name at least one module or preset (attn, mlp, all-linear)")
+    return names
+
+
+def _matches_name(linear: LinearInfo, target: str) -> bool:
+    return linear.name == target or linear.name.endswith("." + target)
+
+
+def _preset(spec: ModelSpec, preset: str) -> list[LinearInfo]:
+    if preset == "all-linear":
+        return [lin for lin in spec.linears if lin.role != "output"]
+    return [lin for lin in spec.linears if lin.in_block and lin.role == preset]
+
+
+def select_linears(spec: ModelSpec, targets: Sequence[str], *, regex: str | None = None) -> list[LinearInfo]:
+    """The Linear layers a target list (or a peft regex) selects, in model order.
+
+    Raises:
+        UnknownNameError: a target that matches no Linear layer of this model.
+    """
+    if regex is not None:
+        try:
+            pattern = re.compile(regex)
+        except re.error as exc:
+            raise BadInputError(f"target regex {regex!r} is invalid: {exc}") from None
+        chosen = {lin.name for lin in spec.linears if pattern.fullmatch(lin.name)}
+        if not chosen:
+            raise BadInputError(f"target regex {regex!r} matches no Linear layer of {spec.model_id or spec.architecture}")
+    else:
+        chosen = set()
+        for target in targets:
+            hits = _preset(spec, target) if target in PRESETS else [
+                lin for lin in spec.linears if _matches_name(lin, target)
+            ]
+            if not hits and target in PRESETS:
+                raise UnsupportedError(
+                    f"preset {target!r} selects no Linear layer of {spec.model_id or spec.architecture} "
+                    "(e.g. MoE experts stored as fused parameters); name modules or use another preset"
+                )
+            if not hits:
+                leaves = sorted({lin.leaf for lin in spec.linears if lin.role != "output"})
+                raise UnknownNameError(
+                    "target module",
+                    target,
+                    [*PRESETS, *leaves],
+                    hint=f"Linear layers of {spec.model_id or spec.architecture}: {', '.join(leaves)}.",
+                )
+            chosen.update(lin.name for lin in hits)
+    return [lin for lin in spec.linears if lin.name in chosen]
+
+
+def peft_target_pattern(spec: ModelSpec, selected: Sequence[LinearInfo]) -> str | list[str]:
+    """What to give peft as `target_modules` so that it selects exactly `selected`.
+
+    A compact regex (layer indices generalised) when that is exact, else the explicit name list.
+    """
+    names = {lin.name for lin in selected}
+    generalised = sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(n)) for n in names})
+    regex = "(?:" + "|".join(generalised) + ")"
+    compiled = re.compile(regex)
+    if {lin.name for lin in spec.linears if compiled.fullmatch(lin.name)} == names:
+        return regex
+    return sorted(names)

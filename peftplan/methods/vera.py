@@ -1,0 +1,52 @@
+"""VeRA: frozen shared random projections, trainable per-layer scaling vectors (Kopiczko et al., 2024)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
+
+from peftplan.methods._peft import LowRankConfig, PeftMethod, peft_targets, selected_linears
+from peftplan.methods._peft import task_type as peft_task_type
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+    from peftplan.models.spec import ModelSpec
+
+
+class VeraConfig(LowRankConfig):
+    """VeRA settings; the rank is that of the shared frozen projections."""
+
+    rank: int = Field(256, ge=1, le=8192, description="Rank of the shared random projections.")
+    alpha: float = Field(1.0, gt=0, description="Unused by VeRA; kept for a uniform low-rank interface.")
+
+
+class Vera(PeftMethod):
+    name = "vera"
+    summary = "Shared frozen random projections with trainable scaling vectors; tiny; merges."
+    config_cls: ClassVar[type[VeraConfig]] = VeraConfig
+    mergeable = True
+    inference_overhead = "unmerged-matmul"
+
+    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+        # lambda_b scales each output feature, lambda_d each rank direction.
+        return sum(lin.out_features + cfg.rank for lin in selected_linears(spec, cfg))
+
+    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+        from peft import VeraConfig as PeftVeraConfig
+
+        return PeftVeraConfig(
+            r=cfg.rank,
+            vera_dropout=cfg.dropout,
+            target_modules=peft_targets(spec, cfg),
+            task_type=peft_task_type(spec),
+        )
+
+    def search_space(self, trial: Any) -> Any:
+        rank = trial.suggest_categorical("rank", [64, 128, 256, 512])
+        targets = trial.suggest_categorical("targets", ["attn", "mlp", "all-linear"])
+        return VeraConfig(rank=rank, targets=[targets])
+
+
+METHOD = Vera()

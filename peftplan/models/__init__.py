@@ -1,0 +1,79 @@
+"""Model resolution and ModelSpec (architecture inventory built on the meta device)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+from peftplan.models.resolve import ResolvedModel, resolve_model
+from peftplan.models.spec import LinearInfo, ModelSpec, ModuleInfo, ParamInfo
+
+__all__ = [
+    "LinearInfo",
+    "ModelSpec",
+    "ModuleInfo",
+    "ParamInfo",
+    "ResolvedModel",
+    "cache_dir",
+    "get_spec",
+    "resolve_model",
+    "spec_from_config",
+]
+
+# Bump when ModelSpec's fields change, so old cache files are not read.
+_SPEC_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """Where peftplan caches derived data (PEFTPLAN_CACHE_DIR, else XDG cache)."""
+    root = os.environ.get("PEFTPLAN_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
+    ) / "peftplan"
+    return Path(root)
+
+
+def _spec_key(config: dict) -> str:
+    try:
+        tf_version = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        tf_version = "none"
+    blob = json.dumps(config, sort_keys=True, default=str) + f"|{tf_version}|{_SPEC_FORMAT}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def spec_from_config(config: dict, *, model_id: str = "", trust_remote_code: bool = False, cache: bool = True) -> ModelSpec:
+    """Build (or read from the disk cache) the ModelSpec of a config dict."""
+    path = cache_dir() / "specs" / f"{_spec_key(config)}.json"
+    if cache and path.is_file():
+        try:
+            spec = ModelSpec.from_json(path.read_text())
+            return spec if spec.model_id == model_id else _with_id(spec, model_id)
+        except (ValueError, KeyError, TypeError):
+            pass  # a stale or torn cache file: rebuild it
+    from peftplan.models.build import build_model
+
+    spec = ModelSpec.from_model(build_model(config, trust_remote_code=trust_remote_code), model_id=model_id)
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(spec.to_json())
+            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+        except OSError:
+            pass  # the cache is an optimisation; a read-only home must not fail the plan
+    return spec
+
+
+def _with_id(spec: ModelSpec, model_id: str) -> ModelSpec:
+    from dataclasses import replace
+
+    return replace(spec, model_id=model_id)
+
+
+def get_spec(model: str, *, trust_remote_code: bool = False) -> ModelSpec:
+    """ModelSpec for a catalog id, local path or Hub id."""
+    resolved = resolve_model(model)
+    return spec_from_config(resolved.config, model_id=resolved.model_id, trust_remote_code=trust_remote_code)

@@ -1,0 +1,1 @@
+"""Memory planning: the analytic model, the traced engine, fit search and recommendation."""

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/peftplan plan --model HuggingFaceTB/SmolLM2-135M --vram 24
+	$(VENV)/bin/peftplan methods --model HuggingFaceTB/SmolLM2-135M-Instruct
 
 test: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider

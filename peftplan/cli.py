@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from peftplan.commands.methods import methods_command
 from peftplan.commands.models import models_command
@@ -28,14 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input exits 2 with one line, never a traceback."""
     try:
         result = app(args=argv, prog_name="peftplan", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.UsageError as exc:
-        print(f"peftplan: error: {exc.format_message()}", file=sys.stderr)
-        return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("peftplan: aborted", file=sys.stderr)
         return 130
+    except TyperException as exc:  # click's usage errors (typer vendors click): exit 2, one line
+        message = exc.format_message().replace("\n", " ")  # type: ignore[attr-defined]
+        print(f"peftplan: error: {message}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("peftplan: interrupted", file=sys.stderr)
         return 130

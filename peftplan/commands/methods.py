@@ -64,19 +64,20 @@ def methods_command(
 
 
 def _render(rows: list[dict[str, Any]], model: str | None, total: int | None, fmt: str) -> None:
-    columns = ["method", "mergeable", "inference overhead", "quantized base"]
-    if model:
-        columns += ["trainable params", "%"]
-    columns.append("summary")
-    table_rows = []
+    columns = ["method"] + (["trainable", "%"] if model else []) + ["merges", "inference overhead", "k-bit base"]
+    if not model:
+        columns.append("summary")
+    table_rows, notes = [], []
     for row in rows:
-        cells = [row["method"], "yes" if row["mergeable"] else "no", row["inference_overhead"],
-                 "yes" if row["quantized_base"] else "no"]
+        cells = [row["method"]]
         if model:
             n = row.get("trainable_params")
-            cells += [f"{n:,}" if n is not None else "n/a", f"{row['trainable_pct']:.4f}" if n is not None else "-"]
-        summary = row["summary"] if row.get("trainable_params", 0) is not None else row["not_applicable"]
-        cells.append(summary)
+            cells += [f"{n:,}" if n is not None else "n/a", f"{row['trainable_pct']:.3f}" if n is not None else "-"]
+            if n is None:
+                notes.append(f"{row['method']}: {row['not_applicable']}")
+        cells += ["yes" if row["mergeable"] else "no", row["inference_overhead"], "yes" if row["quantized_base"] else "no"]
+        if not model:
+            cells.append(row["summary"])
         table_rows.append(cells)
     title = f"PEFT methods on {model} ({total:,} params)" if model and total else "PEFT methods"
     if fmt == "markdown":
@@ -85,13 +86,18 @@ def _render(rows: list[dict[str, Any]], model: str | None, total: int | None, fm
         print("|" + "---|" * len(columns))
         for cells in table_rows:
             print("| " + " | ".join(str(c) for c in cells) + " |")
+        for note in notes:
+            print(f"\n- {note}")
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     for col in columns:
-        table.add_column(col, justify="right" if col in ("trainable params", "%") else "left")
+        table.add_column(col, justify="right" if col in ("trainable", "%") else "left", no_wrap=col != "summary")
     for cells in table_rows:
         table.add_row(*[str(c) for c in cells])
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]", highlight=False)

@@ -75,6 +75,7 @@ class PeftMethod(Method):
         """The peft config that builds exactly what `trainable_params` counts."""
 
     supports_conv1d: bool = True  # GPT-2 style transformers Conv1D layers
+    reload_trainable: bool = True  # peft reloads prompt-learning adapters for inference only
 
     def check(self, spec: ModelSpec, cfg: Any) -> None:
         if not isinstance(cfg, TargetedConfig):
@@ -120,7 +121,7 @@ class PeftMethod(Method):
         from peft import PeftModel
 
         self.prepare_base(base, cfg)
-        return PeftModel.from_pretrained(base, str(directory), is_trainable=True)
+        return PeftModel.from_pretrained(base, str(directory), is_trainable=self.reload_trainable)
 
 
 def peft_targets(spec: ModelSpec, cfg: TargetedConfig) -> str | list[str]:

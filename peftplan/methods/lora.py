@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from peftplan.methods._peft import PeftMethod, QuantizableConfig, peft_targets, selected_linears, suggest_low_rank
+from peftplan.methods._peft import (
+    PeftMethod,
+    QuantizableConfig,
+    peft_targets,
+    selected_linears,
+    suggest_low_rank,
+)
 from peftplan.methods._peft import task_type as peft_task_type
 
 if TYPE_CHECKING:
     from peft import PeftConfig
+    from torch import nn
 
     from peftplan.models.spec import ModelSpec
 
@@ -46,6 +53,13 @@ class Lora(PeftMethod):
             bias="none",
             task_type=peft_task_type(spec),
         )
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        from peftplan.methods.quantize import has_quantized_linears, merge_into_dequantized
+
+        if has_quantized_linears(model):
+            return merge_into_dequantized(model)
+        return super().merge(model)
 
     def search_space(self, trial: Any) -> Any:
         return suggest_low_rank(trial, self.config_cls)

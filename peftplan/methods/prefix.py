@@ -29,6 +29,7 @@ class PrefixTuning(PeftMethod):
     config_cls: ClassVar[type[VirtualTokensConfig]] = VirtualTokensConfig
     mergeable = False
     inference_overhead = "extra-tokens"
+    reload_trainable = False
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return cfg.virtual_tokens * spec.num_layers * 2 * kv_width(spec)

@@ -34,6 +34,7 @@ class PromptTuning(PeftMethod):
     config_cls: ClassVar[type[VirtualTokensConfig]] = VirtualTokensConfig
     mergeable = False
     inference_overhead = "extra-tokens"
+    reload_trainable = False
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return cfg.virtual_tokens * token_dim(spec)

@@ -80,3 +80,57 @@ def prepare_quantized_base(model: nn.Module, quant: str) -> None:
     # Checkpointing is the training loop's choice, not a side effect of quantizing.
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     disable_cpu_repacking(model)
+
+
+def _dequantized_weight(layer: nn.Module) -> object:
+    """The full-precision (fp32) weight a bitsandbytes layer computes with."""
+    import bitsandbytes as bnb
+    import torch
+
+    weight = layer.weight
+    if isinstance(layer, bnb.nn.Linear4bit):
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
+    # LLM.int8: int8 rows times their absmax / 127.
+    return (weight.data.to(torch.float32) * weight.SCB.to(torch.float32).unsqueeze(1) / 127.0)
+
+
+def merge_into_dequantized(peft_model: nn.Module) -> nn.Module:
+    """Merge LoRA/DoRA adapters of a quantized base into full-precision Linear layers.
+
+    Merging into the 4-bit storage would re-quantize the sum and lose the update's precision, so each
+    adapted layer becomes a plain fp32 Linear holding dequantize(W) + ΔW (DoRA: rescaled per row).
+    """
+    import bitsandbytes as bnb
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from torch import nn
+
+    for name, layer in list(peft_model.named_modules()):
+        if not isinstance(layer, BaseTunerLayer):
+            continue
+        base = layer.get_base_layer()
+        if not isinstance(base, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt):
+            continue
+        weight = _dequantized_weight(base)
+        for adapter in layer.active_adapters:
+            delta = layer.get_delta_weight(adapter).to(torch.float32)  # type: ignore[operator]
+            magnitudes = getattr(layer, "lora_magnitude_vector", None)
+            if magnitudes is not None and adapter in magnitudes:
+                norm = torch.linalg.norm(weight + delta, dim=1)
+                weight = (magnitudes[adapter].weight.to(torch.float32) / norm).view(-1, 1) * (weight + delta)
+            else:
+                weight = weight + delta
+        merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=weight.device)
+        with torch.no_grad():
+            merged.weight.copy_(weight)
+            if base.bias is not None:
+                merged.bias.copy_(base.bias.to(torch.float32))
+        parent_name, _, child = name.rpartition(".")
+        setattr(peft_model.get_submodule(parent_name), child, merged)
+    return peft_model.get_base_model()  # type: ignore[operator]
+
+
+def has_quantized_linears(model: nn.Module) -> bool:
+    import bitsandbytes as bnb
+
+    return any(isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt) for m in model.modules())

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 def to_hf_config(config: dict[str, Any], *, trust_remote_code: bool = False) -> Any:
     """A `transformers.PretrainedConfig` from a config.json-shaped dict."""
     import transformers
-
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     native = config.get("model_type") in CONFIG_MAPPING

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
-from peftplan.errors import BadInputError, UnknownNameError
 import peftplan.models.catalog as catalog
+from peftplan.errors import BadInputError, UnknownNameError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -38,6 +40,8 @@ def resolve_model(name: str) -> ResolvedModel:
     path = Path(name).expanduser()
     if path.exists():
         return _resolve_local(path)
+    if name.startswith(("/", ".", "~")) or name.endswith(".json"):
+        raise BadInputError(f"no such file or directory: {name}")
     if _HUB_ID.match(name):
         return _resolve_hub(name)
     raise UnknownNameError(
@@ -66,11 +70,23 @@ def _resolve_local(path: Path) -> ResolvedModel:
     return ResolvedModel(model_id, config, "local", config_path.parent)
 
 
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _resolve_hub(repo_id: str) -> ResolvedModel:
     suggestions = catalog.suggest_model_ids(repo_id)
-    hint = f" Catalog ids that look close: {', '.join(suggestions)}." if suggestions else " See `peftplan models`."
+    hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else " See `peftplan models`."
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         raise BadInputError(f"{repo_id!r} is not in the offline catalog and HF_HUB_OFFLINE is set.{hint}")
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    if not _reachable(host):
+        # Fail fast instead of huggingface_hub's minute of retries when there is no network.
+        raise BadInputError(f"{repo_id!r} is not in the offline catalog and {host} is unreachable.{hint}")
     try:
         from huggingface_hub import hf_hub_download
 

@@ -165,7 +165,8 @@ def _first(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
 def _inventory(model: nn.Module, *, model_id: str) -> ModelSpec:
     from torch import nn
 
-    config = model.config.to_dict()  # type: ignore[union-attr,operator]
+    # JSON-normalised so that a spec read back from the disk cache compares equal to a fresh one.
+    config = json.loads(json.dumps(model.config.to_dict(), default=str))  # type: ignore[union-attr,operator]
     config.pop("transformers_version", None)
     architecture = type(model).__name__
     kind = _model_kind(config, architecture)

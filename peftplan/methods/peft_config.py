@@ -93,7 +93,7 @@ def _warn_unknown(file: Path, raw: dict[str, Any]) -> None:
 
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(str(raw.get("peft_type", "")).upper())
+    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(str(raw.get("peft_type", "")).upper())  # type: ignore[call-overload]
     if config_cls is None:
         return
     known = {f.name for f in dataclasses.fields(config_cls)} | {"auto_mapping"}

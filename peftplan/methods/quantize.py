@@ -5,9 +5,10 @@ The output layer, embeddings and norms stay unquantized, as transformers' bitsan
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -56,7 +57,7 @@ def quantize_linears(model: nn.Module, quant: str) -> int:
     import torch
     from torch import nn
 
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]
     compute_dtype = next(model.parameters()).dtype
     if compute_dtype not in (torch.float16, torch.bfloat16, torch.float32):
         compute_dtype = torch.float32
@@ -82,7 +83,7 @@ def prepare_quantized_base(model: nn.Module, quant: str) -> None:
     disable_cpu_repacking(model)
 
 
-def _dequantized_weight(layer: nn.Module) -> object:
+def _dequantized_weight(layer: Any) -> torch.Tensor:
     """The full-precision (fp32) weight a bitsandbytes layer computes with."""
     import bitsandbytes as bnb
     import torch
@@ -113,7 +114,7 @@ def merge_into_dequantized(peft_model: nn.Module) -> nn.Module:
             continue
         weight = _dequantized_weight(base)
         for adapter in layer.active_adapters:
-            delta = layer.get_delta_weight(adapter).to(torch.float32)  # type: ignore[operator]
+            delta = layer.get_delta_weight(adapter).to(torch.float32)  # type: ignore[attr-defined]
             magnitudes = getattr(layer, "lora_magnitude_vector", None)
             if magnitudes is not None and adapter in magnitudes:
                 norm = torch.linalg.norm(weight + delta, dim=1)

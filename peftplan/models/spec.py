@@ -181,7 +181,7 @@ def _inventory(model: nn.Module, *, model_id: str) -> ModelSpec:
     intermediate = int(_first(text, "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden) or 4 * hidden)
     vocab = int(_first(text, "vocab_size"))
 
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]
     output_name = None
     params: list[ParamInfo] = []
     first_name: dict[int, str] = {}

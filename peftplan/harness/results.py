@@ -1,0 +1,145 @@
+"""The result file every bench trial writes (`trials/<method>-<n>.json`): the contract reports read.
+
+Fields may be added (bump nothing); renaming or removing one needs `SCHEMA_VERSION` + 1 and a reader
+that still accepts the old files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class TrialStatus(str, Enum):
+    SUCCESS = "success"
+    PRUNED = "pruned"
+    OOM = "oom"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELED = "canceled"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Forgetting(_Strict):
+    """Held-out general-text loss, adapter disabled (base) against enabled (adapted)."""
+
+    probe: str = Field(description="Which text: e.g. 'wikitext2-valid' or 'self-sampled' when none was available.")
+    tokens: int
+    loss_base: float
+    loss_adapted: float
+    delta: float = Field(description="loss_adapted - loss_base; positive means forgetting.")
+    lm_eval: dict[str, float] = Field(default_factory=dict, description="Task -> metric delta against the base.")
+
+
+class Latency(_Strict):
+    """Tokens per second; None where not measured (e.g. merged for an unmergeable method)."""
+
+    prefill_base: float | None = None
+    prefill_unmerged: float | None = None
+    prefill_merged: float | None = None
+    decode_base: float | None = None
+    decode_unmerged: float | None = None
+    decode_merged: float | None = None
+    adapter_load_s: float | None = None
+    swap_s: float | None = None
+
+
+class MemoryMeasurement(_Strict):
+    """The measured peak next to the planner's prediction for the same config."""
+
+    source: str = Field(description="'cuda' (max_memory_allocated) or 'cpu-livebytes' (live-bytes tracker).")
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+    rss_peak: int | None = None
+    predicted: dict[str, int] | None = Field(None, description="The planner's MemoryBreakdown (bytes).")
+    predicted_engine: str | None = None
+
+
+class Metrics(_Strict):
+    task_metric: float | None = None
+    task_metric_name: str | None = None
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    train_tokens_per_s: float | None = None
+    train_time_s: float | None = None
+    wall_time_s: float | None = None
+    steps: int | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    adapter_bytes: int | None = None
+
+
+class Provenance(_Strict):
+    peftplan_version: str
+    packages: dict[str, str]
+    python: str
+    platform: str
+    device: str = Field(description="'cpu' or 'cuda:N'.")
+    device_name: str
+    hostname: str
+    git_commit: str | None = None
+    started_at: str
+    finished_at: str | None = None
+
+
+class IntermediateValue(_Strict):
+    step: int
+    eval_loss: float
+
+
+class TrialResult(_Strict):
+    """One trial of a bench run."""
+
+    schema_version: int = SCHEMA_VERSION
+    suite_name: str
+    suite_hash: str
+    study_name: str
+    model: str
+    task: str
+    method: str
+    trial_number: int
+    config: dict[str, Any] = Field(description="The fully resolved method + training config of this trial.")
+    config_hash: str
+    status: TrialStatus
+    error: str | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+    forgetting: Forgetting | None = None
+    latency: Latency | None = None
+    memory: MemoryMeasurement | None = None
+    intermediate: list[IntermediateValue] = Field(default_factory=list)
+    provenance: Provenance
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a resolved config."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_result(result: TrialResult, path: Path) -> None:
+    """Write atomically: a reader sees the old file or the whole new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(result.model_dump_json(indent=2))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_result(path: Path) -> TrialResult:
+    return TrialResult.model_validate_json(path.read_text())

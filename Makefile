@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.peftplan-installed
 # GPU users: create the venv, install your CUDA torch into it first, then `make setup TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo test lint clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -20,7 +20,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/peftplan methods --model HuggingFaceTB/SmolLM2-135M-Instruct
 
-test: setup
+# Debian's chromium for the HTML reports' real-browser tests (they skip, saying why, when it is absent).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null ) \
+	  || echo "browser: could not install chromium; the browser tests will skip"; \
+	else echo "browser: no apt-get here; install chromium to run the browser tests"; fi
+
+test: setup browser
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint: setup

@@ -10,6 +10,7 @@ from typer.exceptions import TyperException
 
 from peftplan.commands.methods import methods_command
 from peftplan.commands.models import models_command
+from peftplan.commands.report import report_command
 from peftplan.errors import PeftplanError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.command("methods")(methods_command)
 app.command("models")(models_command)
+app.command("report")(report_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,9 @@ class Forgetting(_Strict):
     loss_adapted: float
     delta: float = Field(description="loss_adapted - loss_base; positive means forgetting.")
     lm_eval: dict[str, float] = Field(default_factory=dict, description="Task -> metric delta against the base.")
+    base_reference: str | None = Field(
+        None, description="'adapter-disabled' (peft methods) or 'before-training' (methods without a switch)."
+    )
 
 
 class Latency(_Strict):
@@ -78,6 +81,10 @@ class Metrics(_Strict):
     trainable_params: int | None = None
     total_params: int | None = None
     adapter_bytes: int | None = None
+    task_metrics: dict[str, float] = Field(default_factory=dict, description="Every task metric, e.g. macro_f1.")
+    train_tokens: int | None = None
+    startup_s: float | None = Field(None, description="Trial process start and imports (per-trial overhead).")
+    load_time_s: float | None = Field(None, description="Base model and tokenizer load (per-trial overhead).")
 
 
 class Provenance(_Strict):
@@ -111,6 +118,9 @@ class TrialResult(_Strict):
     trial_number: int
     config: dict[str, Any] = Field(description="The fully resolved method + training config of this trial.")
     config_hash: str
+    label: str | None = Field(None, description="The suite's label for this method entry (names the file).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The Optuna params sampled for this trial.")
+    retry_of: int | None = Field(None, description="The trial number this one re-runs (its runner died).")
     status: TrialStatus
     error: str | None = None
     metrics: Metrics = Field(default_factory=Metrics)

@@ -1,0 +1,59 @@
+"""Assemble a `Report` from a loaded run: the tables and charts both renderers (HTML, Markdown) share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from peftplan.reports.chart import Chart
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from peftplan.reports.rundir import Run
+    from peftplan.reports.tables import Summary
+
+
+@dataclass
+class Report:
+    """Everything a report shows, as data."""
+
+    summary: Summary
+    comparison: pd.DataFrame  # raw numbers, one row per method
+    trials: pd.DataFrame  # raw numbers, one row per trial
+    charts: list[Chart]  # only charts with data
+    notes: list[str] = field(default_factory=list)  # skipped inputs and charts left out, with the reason
+
+    @property
+    def multi_run(self) -> bool:
+        return self.trials["run"].nunique() > 1
+
+
+def build_report(run: Run, *, with_studies: bool = True) -> Report:
+    """Compute tables and charts for a run.
+
+    Args:
+        run: The loaded (possibly merged) run.
+        with_studies: Read the Optuna studies for history and importance charts.
+    """
+    from peftplan.reports.charts import result_charts
+    from peftplan.reports.frame import trials_frame
+    from peftplan.reports.studies import load_study_views, study_charts
+    from peftplan.reports.tables import method_comparison, summarize
+
+    frame = trials_frame(run)
+    summary = summarize(run, frame)
+    comparison = method_comparison(frame)
+    notes = list(summary.notes)
+    charts = []
+    for chart in result_charts(frame, comparison, summary.metric_name, summary.higher_is_better):
+        if chart.points:
+            charts.append(chart)
+        else:
+            notes.append(f"chart '{chart.title}' left out: no trial has the data it needs")
+    if with_studies:
+        views, study_notes = load_study_views(run.storages, run.results, objective=summary.metric_name)
+        more, view_notes = study_charts(views)
+        charts.extend(c for c in more if c.points)
+        notes.extend(study_notes + view_notes)
+    return Report(summary=summary, comparison=comparison, trials=frame, charts=charts, notes=notes)

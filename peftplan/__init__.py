@@ -1,1 +1,89 @@
-"""peftplan."""
+"""peftplan: a declarative planner and benchmarking harness for PEFT fine-tuning.
+
+The Python API mirrors the CLI: `peftplan.plan(...)` returns the same Plan `peftplan plan` prints.
+Importing the package is cheap; the planner is imported on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from peftplan.planner.plan import Plan
+
+__all__ = ["plan"]
+
+
+def plan(
+    model: str,
+    *,
+    vram: float | None = None,
+    gpu: str | None = None,
+    gpus: int = 1,
+    shard: str = "none",
+    methods: list[str] | str | None = None,
+    seq_len: int = 2048,
+    batch_size: int = 1,
+    grad_checkpointing: bool = False,
+    optimizer: str = "adamw",
+    dtype: str = "bf16",
+    attention: str = "sdpa",
+    device: str = "cuda",
+    rank: int | None = None,
+    alpha: float | None = None,
+    targets: str | None = None,
+    virtual_tokens: int | None = None,
+    quant: str | None = None,
+    bottleneck: int | None = None,
+    peft_config: str | Path | None = None,
+    tasks: int = 1,
+    switching: str = "merge",
+    examples: int | None = None,
+    train_tokens: int | None = None,
+    epochs: float = 1.0,
+    mfu: float = 0.40,
+    fit_search: bool = True,
+    gpu_profiles: str | Path | None = None,
+    engine: str = "analytic",
+    model_config: dict[str, Any] | None = None,
+    method_config: dict[str, Any] | None = None,
+) -> Plan:
+    """Plan PEFT fine-tuning of `model` on a budget (`vram` GiB per GPU and/or a `gpu` profile).
+
+    Without a budget, memory is not limited (fit is not judged): a pure prediction. `model_config`
+    plans a config dict under the name `model`; `method_config` is the settings of the one method in
+    `methods` (e.g. {"rank": 8, "targets": ["q_proj", "v_proj"]}).
+
+    Returns the Plan: one entry per method (memory breakdown, fits, limits, file size, speed, task
+    switching) and a recommendation. `plan(...).to_dict()` is the `--format json` output. `engine`
+    "trace" or "both" also runs the traced engine (slow: seconds per method).
+
+    Raises:
+        BadInputError: unknown model, method, target or GPU; an invalid knob (exit code 2 in the CLI).
+    """
+    from peftplan.commands.plan import (
+        ATTENTION,
+        DEVICES,
+        DTYPES,
+        ENGINES,
+        OPTIMIZERS,
+        SHARDS,
+        SWITCHING,
+        _choice,
+        make_plan,
+    )
+
+    names = [methods] if isinstance(methods, str) else methods
+    return make_plan(  # type: ignore[no-any-return]
+        model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
+        gpu_profiles=Path(gpu_profiles) if gpu_profiles is not None else None, seq_len=seq_len,
+        batch_size=batch_size, grad_ckpt=grad_checkpointing, optimizer=_choice("optimizer", optimizer, OPTIMIZERS),
+        dtype=_choice("dtype", dtype, DTYPES), attn=_choice("attention kernel", attention, ATTENTION),
+        device=_choice("device", device, DEVICES), methods=names, rank=rank, alpha=alpha, targets=targets,
+        virtual_tokens=virtual_tokens, quant=quant, bottleneck=bottleneck,
+        peft_config=Path(peft_config) if peft_config is not None else None, tasks=tasks,
+        switching=_choice("switching mode", switching, SWITCHING), examples=examples, train_tokens=train_tokens,
+        epochs=epochs, mfu=mfu, fit_search=fit_search, engine=_choice("engine", engine, ENGINES),
+        model_config=model_config, method_config=method_config, require_budget=False,
+    )

@@ -10,7 +10,9 @@ from typer.exceptions import TyperException
 
 from peftplan.commands.methods import methods_command
 from peftplan.commands.models import models_command
+from peftplan.commands.plan import plan_command
 from peftplan.commands.report import report_command
+from peftplan.commands.trace import trace_command
 from peftplan.errors import PeftplanError
 
 app = typer.Typer(
@@ -23,7 +25,9 @@ app = typer.Typer(
 )
 app.command("methods")(methods_command)
 app.command("models")(models_command)
+app.command("plan")(plan_command)
 app.command("report")(report_command)
+app.command("trace")(trace_command)
 
 
 def main(argv: list[str] | None = None) -> int:

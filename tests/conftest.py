@@ -13,6 +13,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests run many tiny torch ops; on 2 cores, one intra-op thread per process is far faster for them
+# (and pytest-xdist, when used, already keeps both cores busy).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_LLAMA = {
     "model_type": "llama",

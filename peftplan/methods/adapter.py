@@ -17,6 +17,7 @@ from peftplan.methods.base import Method, MethodConfig
 if TYPE_CHECKING:
     from torch import nn
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import LinearInfo, ModelSpec
 
 
@@ -89,6 +90,22 @@ class BottleneckAdapter(Method):
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         h, b = spec.hidden_size, cfg.bottleneck
         return len(adapter_sites(spec)) * (2 * h * b + b + h)
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import MemoryTerms
+
+        h, b = spec.hidden_size, cfg.bottleneck
+        sites = adapter_sites(spec)
+        return MemoryTerms(
+            adapter_params=self.trainable_params(spec, cfg),
+            bottleneck=cfg.bottleneck,
+            bottleneck_sites=tuple(site.name for site in sites),
+            bottleneck_activation=cfg.activation,
+            extra_tensors=((b, h), (b,), (h, b), (h,)) * len(sites),
+            extra_names=tuple(
+                f"{site.name}.adapter.{part}" for site in sites for part in ("down.weight", "down.bias", "up.weight", "up.bias")
+            ),
+        )
 
     def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
         from peftplan.models.spec import ModelSpec

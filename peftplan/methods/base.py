@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import optuna
     from torch import nn
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 InferenceOverhead = Literal["none", "unmerged-matmul", "extra-tokens", "extra-layers"]
@@ -67,6 +68,16 @@ class Method(ABC):
     @abstractmethod
     def trainable_params(self, spec: ModelSpec, cfg: MethodConfig) -> int:
         """Exact number of trainable parameters, computed from the spec alone."""
+
+    def memory_terms(self, spec: ModelSpec, cfg: MethodConfig) -> MemoryTerms:
+        """What this method changes in a training step's memory (priced by `peftplan.planner`).
+
+        The default describes a frozen base plus `trainable_params` new fp32 parameters; methods that
+        adapt Linears, train base parameters or change the sequence override it.
+        """
+        from peftplan.methods.memory import MemoryTerms
+
+        return MemoryTerms(adapter_params=self.trainable_params(spec, cfg))
 
     @abstractmethod
     def apply(self, model: nn.Module, cfg: MethodConfig) -> nn.Module:

@@ -10,6 +10,7 @@ from peftplan.methods.base import Method, MethodConfig
 if TYPE_CHECKING:
     from torch import nn
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -37,6 +38,11 @@ class BitFit(Method):
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return sum(p.numel for p in spec.params if p.tied_to is None and _is_bias(p.name))
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import MemoryTerms
+
+        return MemoryTerms(trainable_base="biases")
 
     def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
         from peftplan.models.spec import ModelSpec

@@ -10,6 +10,7 @@ from peftplan.methods.base import Method, MethodConfig
 if TYPE_CHECKING:
     from torch import nn
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -26,6 +27,11 @@ class FullFineTuning(Method):
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return spec.total_params
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import MemoryTerms
+
+        return MemoryTerms(trainable_base="all")
 
     def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
         model.requires_grad_(True)

@@ -14,6 +14,7 @@ from peftplan.methods.targets import peft_target_pattern
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import LinearInfo, ModelSpec
 
 
@@ -38,6 +39,18 @@ class IA3(PeftMethod):
         return sum(
             lin.in_features if is_ffn_output(lin) else lin.out_features for lin in selected_linears(spec, cfg)
         )
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+
+        adapters = {
+            lin.name: LinearAdapter("ia3_in", tensors=((1, lin.in_features),), names=("ia3_l",))
+            if is_ffn_output(lin)
+            else LinearAdapter("ia3_out", tensors=((lin.out_features, 1),), names=("ia3_l",))
+            for lin in selected_linears(spec, cfg)
+        }
+        total = sum(a.delta_params for a in adapters.values())
+        return MemoryTerms(adapter_params=total, linear_adapters=adapters)
 
     def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
         from peft import IA3Config as PeftIA3Config

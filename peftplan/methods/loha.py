@@ -12,6 +12,7 @@ from peftplan.methods._peft import task_type as peft_task_type
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -32,6 +33,21 @@ class LoHa(PeftMethod):
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return sum(2 * cfg.rank * (lin.in_features + lin.out_features) for lin in selected_linears(spec, cfg))
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+
+        adapters = {
+            lin.name: LinearAdapter(
+                "loha",
+                rank=cfg.rank,
+                dropout=cfg.dropout,
+                tensors=((lin.out_features, cfg.rank), (cfg.rank, lin.in_features)) * 2,
+                names=("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+            )
+            for lin in selected_linears(spec, cfg)
+        }
+        return MemoryTerms(adapter_params=sum(a.delta_params for a in adapters.values()), linear_adapters=adapters)
 
     def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
         from peft import LoHaConfig as PeftLoHaConfig

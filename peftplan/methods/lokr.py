@@ -12,6 +12,7 @@ from peftplan.methods._peft import task_type as peft_task_type
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -42,15 +43,32 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     return (n, m) if m > n else (m, n)
 
 
-def lokr_layer_params(in_features: int, out_features: int, cfg: LoKrConfig) -> int:
+def lokr_layer_tensors(in_features: int, out_features: int, cfg: LoKrConfig) -> tuple[tuple[int, int], ...]:
+    """Shapes of the trainable tensors LoKr adds to one Linear (w1 or w1_a/w1_b, w2 or w2_a/w2_b)."""
     in_m, in_n = factorization(in_features, cfg.decompose_factor)
     out_l, out_k = factorization(out_features, cfg.decompose_factor)
     r = cfg.rank
     use_w1 = not (cfg.decompose_both and r < max(out_l, in_m) / 2)
     use_w2 = not (r < max(out_k, in_n) / 2)
-    w1 = out_l * in_m if use_w1 else r * (out_l + in_m)
-    w2 = out_k * in_n if use_w2 else r * (out_k + in_n)
+    w1 = ((out_l, in_m),) if use_w1 else ((out_l, r), (r, in_m))
+    w2 = ((out_k, in_n),) if use_w2 else ((out_k, r), (r, in_n))
     return w1 + w2
+
+
+def lokr_layer_names(in_features: int, out_features: int, cfg: LoKrConfig) -> tuple[str, ...]:
+    """peft's names for the tensors of `lokr_layer_tensors`, in the same order."""
+    in_m, in_n = factorization(in_features, cfg.decompose_factor)
+    out_l, out_k = factorization(out_features, cfg.decompose_factor)
+    r = cfg.rank
+    use_w1 = not (cfg.decompose_both and r < max(out_l, in_m) / 2)
+    use_w2 = not (r < max(out_k, in_n) / 2)
+    w1 = ("lokr_w1",) if use_w1 else ("lokr_w1_a", "lokr_w1_b")
+    w2 = ("lokr_w2",) if use_w2 else ("lokr_w2_a", "lokr_w2_b")
+    return w1 + w2
+
+
+def lokr_layer_params(in_features: int, out_features: int, cfg: LoKrConfig) -> int:
+    return sum(a * b for a, b in lokr_layer_tensors(in_features, out_features, cfg))
 
 
 class LoKr(PeftMethod):
@@ -63,6 +81,21 @@ class LoKr(PeftMethod):
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return sum(lokr_layer_params(lin.in_features, lin.out_features, cfg) for lin in selected_linears(spec, cfg))
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+
+        adapters = {
+            lin.name: LinearAdapter(
+                "lokr",
+                rank=cfg.rank,
+                dropout=cfg.dropout,
+                tensors=lokr_layer_tensors(lin.in_features, lin.out_features, cfg),
+                names=lokr_layer_names(lin.in_features, lin.out_features, cfg),
+            )
+            for lin in selected_linears(spec, cfg)
+        }
+        return MemoryTerms(adapter_params=sum(a.delta_params for a in adapters.values()), linear_adapters=adapters)
 
     def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
         from peft import LoKrConfig as PeftLoKrConfig

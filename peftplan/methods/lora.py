@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from peft import PeftConfig
     from torch import nn
 
+    from peftplan.methods.memory import AdapterKind, MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -39,6 +40,24 @@ class Lora(PeftMethod):
         # DoRA adds a learned magnitude per output feature.
         magnitudes = [lin.out_features for lin in selected_linears(spec, cfg)] if self.use_dora else []
         return sum(per_layer) + sum(magnitudes)
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+
+        kind: AdapterKind = "dora" if self.use_dora else "lora"
+        adapters = {
+            lin.name: LinearAdapter(
+                kind,
+                rank=cfg.rank,
+                dropout=cfg.dropout,
+                tensors=((cfg.rank, lin.in_features), (lin.out_features, cfg.rank))
+                + (((lin.out_features,),) if self.use_dora else ()),
+                names=("lora_A.weight", "lora_B.weight") + (("lora_magnitude_vector",) if self.use_dora else ()),
+            )
+            for lin in selected_linears(spec, cfg)
+        }
+        total = sum(a.delta_params for a in adapters.values())
+        return MemoryTerms(adapter_params=total, quant=cfg.quant, linear_adapters=adapters)
 
     def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
         from peft import LoraConfig as PeftLoraConfig

@@ -11,6 +11,7 @@ from peftplan.methods.prompt import VirtualTokensConfig, token_dim
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -33,6 +34,17 @@ class PrefixTuning(PeftMethod):
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return cfg.virtual_tokens * spec.num_layers * 2 * kv_width(spec)
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import MemoryTerms
+
+        width = spec.num_layers * 2 * kv_width(spec)
+        return MemoryTerms(
+            adapter_params=self.trainable_params(spec, cfg),
+            prefix_tokens=cfg.virtual_tokens,
+            extra_tensors=((cfg.virtual_tokens, width),),
+            extra_names=("prompt_embeddings",),
+        )
 
     def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
         from peft import PrefixTuningConfig

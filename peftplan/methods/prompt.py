@@ -13,6 +13,7 @@ from peftplan.methods.base import MethodConfig
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -38,6 +39,16 @@ class PromptTuning(PeftMethod):
 
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         return cfg.virtual_tokens * token_dim(spec)
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import MemoryTerms
+
+        return MemoryTerms(
+            adapter_params=self.trainable_params(spec, cfg),
+            extra_tokens=cfg.virtual_tokens,
+            extra_tensors=((cfg.virtual_tokens, token_dim(spec)),),
+            extra_names=("prompt_embeddings",),
+        )
 
     def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
         from peft import PromptTuningConfig

@@ -12,6 +12,7 @@ from peftplan.methods._peft import task_type as peft_task_type
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 
@@ -32,6 +33,26 @@ class Vera(PeftMethod):
     def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
         # lambda_b scales each output feature, lambda_d each rank direction.
         return sum(lin.out_features + cfg.rank for lin in selected_linears(spec, cfg))
+
+    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
+        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+
+        selected = selected_linears(spec, cfg)
+        adapters = {
+            lin.name: LinearAdapter("vera", rank=cfg.rank, dropout=cfg.dropout, tensors=((lin.out_features,), (cfg.rank,)),
+                                      names=("vera_lambda_b", "vera_lambda_d"))
+            for lin in selected
+        }
+        # One shared pair of frozen random projections, sized for the widest adapted layer.
+        widest_in = max(lin.in_features for lin in selected)
+        widest_out = max(lin.out_features for lin in selected)
+        return MemoryTerms(
+            adapter_params=sum(a.delta_params for a in adapters.values()),
+            frozen_adapter_params=cfg.rank * (widest_in + widest_out),
+            linear_adapters=adapters,
+            # peft saves the projections with the adapter (save_projection=True).
+            frozen_saved=(("base_model.vera_A", (cfg.rank, widest_in)), ("base_model.vera_B", (widest_out, cfg.rank))),
+        )
 
     def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
         from peft import VeraConfig as PeftVeraConfig

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 # Bump when ModelSpec's fields change, so old cache files are not read.
-_SPEC_FORMAT = 1
+_SPEC_FORMAT = 2
 
 
 def cache_dir() -> Path:
@@ -76,4 +76,37 @@ def _with_id(spec: ModelSpec, model_id: str) -> ModelSpec:
 def get_spec(model: str, *, trust_remote_code: bool = False) -> ModelSpec:
     """ModelSpec for a catalog id, local path or Hub id."""
     resolved = resolve_model(model)
+    if resolved.source == "catalog":
+        shipped = shipped_spec(resolved.model_id, resolved.config)
+        if shipped is not None:
+            return shipped
     return spec_from_config(resolved.config, model_id=resolved.model_id, trust_remote_code=trust_remote_code)
+
+
+# Catalog models ship their ModelSpec precomputed (scripts/build_model_specs.py writes them), so that
+# planning a catalog model never imports torch or transformers. A file is used only when the catalog
+# config it was built from is unchanged; tests/planner/test_analytic_specs.py rebuilds and compares.
+SHIPPED_SPECS = Path(__file__).with_name("specs")
+
+
+def config_digest(config: dict) -> str:
+    """A hash of a config dict (key order ignored)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def shipped_spec_path(model_id: str) -> Path:
+    return SHIPPED_SPECS / (model_id.replace("/", "__") + ".json.gz")
+
+
+def shipped_spec(model_id: str, config: dict) -> ModelSpec | None:
+    """The precomputed spec of a catalog model, or None if absent or built from another config."""
+    import gzip
+
+    path = shipped_spec_path(model_id)
+    try:
+        raw = json.loads(gzip.decompress(path.read_bytes()))
+        if raw["format"] != _SPEC_FORMAT or raw["config_digest"] != config_digest(config):
+            return None
+        return ModelSpec.from_json(raw["spec"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None

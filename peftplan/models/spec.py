@@ -145,12 +145,14 @@ def _find_layers_path(model: nn.Module, num_layers: int) -> str:
     return candidates[0]
 
 
+_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra", "albert"}
+
+
 def _model_kind(config: dict[str, Any], architecture: str) -> ModelKind:
-    if "vision_config" in config or "ConditionalGeneration" in architecture and "text_config" in config:
+    if "vision_config" in config or ("ConditionalGeneration" in architecture and "text_config" in config):
         return "vlm"
-    if config.get("is_decoder") is False or any(
-        key in architecture for key in ("MaskedLM", "ForSequenceClassification", "ForTokenClassification")
-    ) or architecture.endswith("Model") and config.get("model_type") in {"bert", "roberta", "deberta-v2", "deberta"}:
+    # Not `is_decoder`: PretrainedConfig defaults it to False for decoder-only models too.
+    if config.get("model_type") in _ENCODER_TYPES or "MaskedLM" in architecture:
         return "encoder"
     return "decoder"
 

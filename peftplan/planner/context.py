@@ -9,6 +9,7 @@ Dtype = Literal["bf16", "fp16", "fp32"]
 Optimizer = Literal["adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor"]
 Attention = Literal["sdpa", "flash", "eager"]
 Shard = Literal["none", "fsdp"]
+Device = Literal["cuda", "cpu"]
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -25,6 +26,10 @@ class TrainContext:
     attention: Attention = "sdpa"
     gpus: int = 1
     shard: Shard = "none"
+    # Whose kernels and autocast rules to model: "cuda" (the default; what a GPU allocates) or "cpu"
+    # (what a CPU run or a trace under CPU dispatch allocates: dropout keeps float masks, SDPA with
+    # dropout falls back to the math kernel, LayerNorm stays in the autocast dtype).
+    device: Device = "cuda"
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "gpus"):

@@ -1,0 +1,152 @@
+"""`peftplan plan`: for every PEFT method, what fits on the budget, what it costs, and what to pick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from peftplan.commands._options import check_format, print_json
+
+OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor")
+DTYPES = ("bf16", "fp16", "fp32")
+ATTENTION = ("sdpa", "flash", "eager")
+SHARDS = ("none", "fsdp")
+DEVICES = ("cuda", "cpu")
+SWITCHING = ("merge", "hot-swap", "multi-tenant")
+ENGINES = ("analytic", "trace", "both")
+
+
+def _choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        from peftplan.errors import UnknownNameError
+
+        raise UnknownNameError(kind, value, allowed, hint=f"Use one of: {', '.join(allowed)}.")
+    return value
+
+
+def plan_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Catalog id, local config path or Hub id.")],
+    vram: Annotated[float | None, typer.Option(help="GPU memory budget per GPU, in GiB.")] = None,
+    gpu: Annotated[str | None, typer.Option(help="A GPU profile (memory, speed, price), e.g. rtx-4090, h100.")] = None,
+    gpus: Annotated[int, typer.Option(help="Number of GPUs.")] = 1,
+    shard: Annotated[str, typer.Option(help="none or fsdp (FSDP/ZeRO-3 shards weights, grads and states).")] = "none",
+    gpu_profiles: Annotated[Path | None, typer.Option("--gpu-profiles", help="A TOML file of extra GPU profiles.")] = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1,
+    grad_ckpt: Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")] = False,
+    optimizer: Annotated[str, typer.Option(help=", ".join(OPTIMIZERS) + ".")] = "adamw",
+    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16",
+    attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa",
+    device: Annotated[str, typer.Option(help="Whose kernels to model: cuda (default) or cpu.")] = "cuda",
+    method: Annotated[list[str] | None, typer.Option("--method", help="Restrict to these methods (repeat or comma-separate).")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA-family rank.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA-family alpha.")] = None,
+    targets: Annotated[str | None, typer.Option(help="Module names or presets attn, mlp, all-linear.")] = None,
+    virtual_tokens: Annotated[int | None, typer.Option("--virtual-tokens", help="Prefix/prompt tuning tokens.")] = None,
+    quant: Annotated[str | None, typer.Option(help="Base quantization: none, nf4, fp4, int8.")] = None,
+    bottleneck: Annotated[int | None, typer.Option(help="Bottleneck adapter width.")] = None,
+    peft_config: Annotated[Path | None, typer.Option("--peft-config", help="Plan exactly this peft adapter_config.json.")] = None,
+    tasks: Annotated[int, typer.Option(help="How many adapted tasks will be served.")] = 1,
+    switching: Annotated[str, typer.Option(help="merge, hot-swap or multi-tenant.")] = "merge",
+    examples: Annotated[int | None, typer.Option(help="Training examples (for time, cost and rank advice).")] = None,
+    train_tokens: Annotated[int | None, typer.Option("--train-tokens", help="Training tokens (for time and cost).")] = None,
+    epochs: Annotated[float, typer.Option(help="Epochs over --examples.")] = 1.0,
+    mfu: Annotated[float, typer.Option(help="Model-FLOPs utilisation assumed for speed.")] = 0.40,
+    fit_search: Annotated[bool, typer.Option("--fit-search/--no-fit-search", help="Search the largest batch, sequence and rank that fit.")] = True,
+    engine: Annotated[str, typer.Option(help="analytic (fast), trace (fake-tensor step) or both (adds the error).")] = "analytic",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's custom code.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
+) -> None:
+    """Plan PEFT fine-tuning of a model on a GPU budget: memory, fit, cost and a recommendation.
+
+    Exits 0 when some method fits, 3 when none does, 2 on bad input.
+    """
+    check_format(fmt)
+    plan = make_plan(
+        model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
+        gpu_profiles=gpu_profiles, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
+        optimizer=_choice("optimizer", optimizer, OPTIMIZERS), dtype=_choice("dtype", dtype, DTYPES),
+        attn=_choice("attention kernel", attn, ATTENTION), device=_choice("device", device, DEVICES),
+        methods=method, rank=rank, alpha=alpha, targets=targets, virtual_tokens=virtual_tokens, quant=quant,
+        bottleneck=bottleneck, peft_config=peft_config, tasks=tasks,
+        switching=_choice("switching mode", switching, SWITCHING), examples=examples, train_tokens=train_tokens,
+        epochs=epochs, mfu=mfu, fit_search=fit_search, trust_remote_code=trust_remote_code,
+        engine=_choice("engine", engine, ENGINES),
+    )
+    if fmt == "json":
+        print_json(plan.to_dict())
+    elif fmt == "markdown":
+        from peftplan.planner.render import to_markdown
+
+        print(to_markdown(plan), end="")
+    else:
+        from peftplan.planner.render import print_table
+
+        print_table(plan)
+    from peftplan.planner.plan import check_fits
+
+    check_fits(plan)
+
+
+def make_plan(
+    *, model: str, vram: float | None = None, gpu: str | None = None, gpus: int = 1, shard: str = "none",
+    gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool = False,
+    optimizer: str = "adamw", dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
+    methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
+    targets: str | None = None, virtual_tokens: int | None = None, quant: str | None = None,
+    bottleneck: int | None = None, peft_config: Path | None = None, tasks: int = 1, switching: str = "merge",
+    examples: int | None = None, train_tokens: int | None = None, epochs: float = 1.0, mfu: float = 0.40,
+    fit_search: bool = True, trust_remote_code: bool = False, engine: str = "analytic",
+    model_config: dict[str, Any] | None = None, method_config: dict[str, Any] | None = None,
+    require_budget: bool = True,
+) -> Any:
+    """Resolve inputs and build the Plan (shared by the CLI and `peftplan.plan`).
+
+    `model_config` plans that config dict under the name `model`; `method_config` gives the single
+    method's settings as a dict; without `require_budget`, a missing budget means no memory limit.
+    """
+    from peftplan.budgets import parse_budget
+    from peftplan.commands._options import method_configs
+    from peftplan.errors import BadInputError
+    from peftplan.models import get_spec
+    from peftplan.planner.context import TrainContext
+    from peftplan.planner.plan import build_plan
+
+    for name, value in (("--seq-len", seq_len), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(f"{name} must be a positive integer, got {value!r}")
+    notes: list[str] = []
+    if vram is None and gpu is None and not require_budget:
+        from peftplan.budgets import unlimited_budget
+
+        budget = unlimited_budget(gpus, gpu_profiles)
+        fit_search = False
+        notes.append(f"no budget given: memory is not limited, fit is not judged; time and cost assume {budget.gpu.name}")
+    else:
+        budget = parse_budget(vram=vram, gpu=gpu, gpus=gpus, profiles_file=gpu_profiles)
+    chosen = method_configs(methods, rank=rank, alpha=alpha, targets=targets, virtual_tokens=virtual_tokens,
+                            quant=quant, bottleneck=bottleneck, peft_config=peft_config)
+    if method_config is not None:
+        if len(chosen) != 1:
+            raise BadInputError("method_config needs exactly one method")
+        chosen = [(chosen[0][0], chosen[0][0].make_config(**method_config))]
+    if model_config is not None:
+        from peftplan.models import spec_from_config
+
+        spec = spec_from_config(dict(model_config), model_id=model, trust_remote_code=trust_remote_code)
+    else:
+        spec = get_spec(model, trust_remote_code=trust_remote_code)
+    ctx = TrainContext(seq_len=seq_len, batch_size=batch_size, grad_checkpointing=grad_ckpt,
+                       optimizer=optimizer, dtype=dtype, attention=attn,  # type: ignore[arg-type]
+                       gpus=gpus, shard=shard, device=device)  # type: ignore[arg-type]
+    plan = build_plan(spec, chosen, ctx, budget, tasks=tasks, switching=switching, examples=examples,
+                      train_tokens=train_tokens, epochs=epochs, mfu=mfu, fit_search=fit_search,
+                      strict=bool(methods) or peft_config is not None)
+    plan.notes[:0] = notes
+    if engine != "analytic":
+        from peftplan.planner.plan import attach_traces
+
+        attach_traces(plan, chosen, engine)
+    return plan

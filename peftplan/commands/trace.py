@@ -1,0 +1,181 @@
+"""`peftplan trace`: run one training step of the real model on fake tensors and report its memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import typer
+
+from peftplan.commands._options import check_format, method_configs, print_json
+from peftplan.errors import BadInputError, UnknownNameError
+
+GIB = 1024**3
+_COLUMNS = (
+    ("weights", "weights"),
+    ("quant", "quant_constants"),
+    ("adapter", "adapter"),
+    ("grads", "gradients"),
+    ("optim", "optimizer"),
+    ("activ", "activations"),
+    ("logits", "logits"),
+)
+
+
+def _choice(kind: str, value: str, literal: Any) -> str:
+    choices = get_args(literal)
+    if value not in choices:
+        raise UnknownNameError(kind, value, choices, hint=f"Use one of: {', '.join(choices)}.")
+    return value
+
+
+def trace_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Catalog id, local path or Hub id.")],
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help="Methods to trace (repeat or comma-separate).")
+    ] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA-family rank.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA-family alpha.")] = None,
+    targets: Annotated[
+        str | None, typer.Option(help="Module names or presets attn, mlp, all-linear.")
+    ] = None,
+    virtual_tokens: Annotated[
+        int | None, typer.Option("--virtual-tokens", help="Prefix/prompt tuning tokens.")
+    ] = None,
+    quant: Annotated[str | None, typer.Option(help="Base quantization: none, nf4, fp4, int8.")] = None,
+    bottleneck: Annotated[int | None, typer.Option(help="Bottleneck adapter width.")] = None,
+    peft_config: Annotated[
+        Path | None, typer.Option("--peft-config", help="Trace exactly this peft adapter.")
+    ] = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 1,
+    grad_ckpt: Annotated[
+        bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Activation checkpointing.")
+    ] = False,
+    optimizer: Annotated[
+        str, typer.Option(help="adamw, adamw-fp32, adamw8bit, paged-adamw8bit, sgd, ...")
+    ] = "adamw",
+    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit: weights and autocast).")] = "bf16",
+    attn: Annotated[str, typer.Option("--attn", help="sdpa, flash or eager.")] = "sdpa",
+    full_depth: Annotated[
+        bool, typer.Option("--full-depth", help="Trace every block; no extrapolation.")
+    ] = False,
+    top: Annotated[int, typer.Option(help="Modules listed at the peak.")] = 5,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
+) -> None:
+    """Trace one steady-state training step per method: exact peak allocated bytes, no GPU, no weights."""
+    check_format(fmt)
+    from peftplan.planner.context import Attention, Dtype, Optimizer, TrainContext
+
+    for name, value in (("seq-len", seq_len), ("batch-size", batch_size), ("top", top)):
+        if value < 1:
+            raise BadInputError(f"--{name} must be a positive integer, got {value}")
+    ctx = TrainContext(
+        seq_len=seq_len,
+        batch_size=batch_size,
+        grad_checkpointing=grad_ckpt,
+        optimizer=_choice("optimizer", optimizer, Optimizer),  # type: ignore[arg-type]
+        dtype=_choice("dtype", dtype, Dtype),  # type: ignore[arg-type]
+        attention=_choice("attention kernel", attn, Attention),  # type: ignore[arg-type]
+    )
+    chosen = method_configs(
+        method,
+        rank=rank,
+        alpha=alpha,
+        targets=targets,
+        virtual_tokens=virtual_tokens,
+        quant=quant,
+        bottleneck=bottleneck,
+        peft_config=peft_config,
+    )
+    from peftplan.models import get_spec
+    from peftplan.planner.trace import trace_memory
+
+    spec = get_spec(model)
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for m, cfg in chosen:
+        try:
+            result = trace_memory(spec, m, cfg, ctx, extrapolate=not full_depth, top=top)
+        except BadInputError as exc:
+            if len(chosen) == 1:
+                raise
+            notes.append(f"{m.name}: not traced: {exc}")
+            continue
+        entries.append(
+            {**result.to_dict(), "mergeable": m.mergeable, "inference_overhead": m.inference_overhead}
+        )
+    if not entries:
+        raise BadInputError("no method could be traced: " + "; ".join(notes))
+    data = {
+        "model": {"id": spec.model_id, "architecture": spec.architecture, "total_params": spec.total_params},
+        "training": {
+            "seq_len": ctx.seq_len,
+            "batch_size": ctx.batch_size,
+            "grad_checkpointing": ctx.grad_checkpointing,
+            "optimizer": ctx.optimizer,
+            "dtype": ctx.dtype,
+            "attention": ctx.attention,
+        },
+        "engine": "trace",
+        "methods": entries,
+        "notes": notes,
+    }
+    if fmt == "json":
+        print_json(data)
+    else:
+        _render(data, fmt)
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def _render(data: dict[str, Any], fmt: str) -> None:
+    t = data["training"]
+    title = (
+        f"Traced step of {data['model']['id']}: seq {t['seq_len']} x batch {t['batch_size']}, {t['dtype']}, "
+        f"{t['optimizer']}, checkpointing {'on' if t['grad_checkpointing'] else 'off'} (GiB)"
+    )
+    columns = ["method", "trainable"] + [label for label, _ in _COLUMNS] + ["peak", "phase", "s"]
+    rows = []
+    for entry in data["methods"]:
+        mem = entry["memory"]
+        rows.append(
+            [entry["method"], f"{entry['trainable_params']:,}"]
+            + [_gib(mem[key]) for _, key in _COLUMNS]
+            + [_gib(mem["peak_allocated"]), entry["peak_phase"], f"{entry['seconds']:.1f}"]
+        )
+    single = data["methods"][0] if len(data["methods"]) == 1 else None
+    modules = [(m["module"], _gib(m["bytes"])) for m in single["top_modules"]] if single else []
+    if fmt == "markdown":
+        print(f"### {title}\n")
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---|" * len(columns))
+        for cells in rows:
+            print("| " + " | ".join(cells) + " |")
+        if modules:
+            print(f"\nLargest transient holders at the peak ({single['peak_segment']}):\n")  # type: ignore[index]
+            for name, size in modules:
+                print(f"- `{name}`: {size} GiB")
+        for note in data["notes"]:
+            print(f"\n- {note}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped output: do not squash the columns to 80
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("method", "phase") else "right", no_wrap=True)
+    for cells in rows:
+        table.add_row(*cells)
+    console.print(table)
+    if modules:
+        console.print(f"Largest transient holders at the peak ({single['peak_segment']}):", highlight=False)  # type: ignore[index]
+        for name, size in modules:
+            console.print(f"  {size:>8} GiB  {name}", highlight=False)
+    for note in data["notes"]:
+        console.print(f"[dim]{note}[/dim]", highlight=False)

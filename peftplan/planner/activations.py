@@ -1,0 +1,232 @@
+"""Activation memory of one training step: the whole model replayed once, priced for any batch and length.
+
+`activation_profile` replays embeddings, every block (blocks with the same adapters share one replay)
+and the LM head with its loss, and returns `Poly`s: what autograd keeps at the loss, the logits
+terms, what checkpointing keeps instead, and the transient moments that may peak higher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peftplan.methods.memory import MemoryTerms
+from peftplan.models.spec import ModelSpec
+from peftplan.planner.arch import Arch, BlockLinears, arch_of, block_linears
+from peftplan.planner.blocks import block
+from peftplan.planner.context import DTYPE_BYTES, TrainContext
+from peftplan.planner.ops import Ops, Replay, Weight
+from peftplan.planner.symbolic import ZERO, Graph, Poly, Sym, tokens
+
+INDEX_BYTES = 8  # int64 token ids and labels
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Activation bytes of one step as polynomials in batch size and sequence length.
+
+    Attributes:
+        saved: what autograd keeps when the loss is reached (all blocks, embeddings, head, batch),
+            without the vocabulary-sized loss tensors.
+        logits_saved: the log-softmax output (and soft-capping output) kept for backward.
+        loss_backward: extra vocabulary-sized gradients alive at the loss backward (its peak).
+        forward_extra: beyond `saved`, alive at the end of the forward (logits, KV caches).
+        ckpt_saved: with checkpointing, what stays saved instead of `saved` (block inputs, head).
+        block_max: the most one block saves (what a checkpointed block rebuilds in backward).
+        recompute_extra: what a block's forward holds beyond its saved set (its working tensors).
+        backward_temp: gradient temporaries alive while a block runs backward.
+        moments: totals at moments of the forward when temporaries are alive (the MLP's working
+            tensors, a dequantized weight, DoRA's weight norm).
+        ckpt_moments: the same moments with checkpointed blocks (which save nothing in the forward).
+        grad_stream: bytes of one gradient of the residual stream (alive throughout backward).
+        batch: the input ids and labels.
+    """
+
+    saved: Poly
+    logits_saved: Poly
+    loss_backward: Poly
+    forward_extra: Poly
+    ckpt_saved: Poly
+    block_max: Poly
+    moments: list[Poly] = field(default_factory=list)
+    ckpt_moments: list[Poly] = field(default_factory=list)
+    recompute_extra: Poly = ZERO
+    backward_temp: Poly = ZERO
+    grad_stream: Poly = ZERO
+    batch: Poly = ZERO
+
+
+def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Arch | None = None) -> Replay:
+    """The replay settings for a method's terms under a training context."""
+    arch = arch or arch_of(spec)
+    dtype = DTYPE_BYTES[ctx.dtype]
+    quantized = terms.quant != "none"
+    base = 4 if quantized else dtype  # peft's k-bit preparation upcasts what it does not quantize
+    master = ctx.optimizer == "adamw-fp32"
+    return Replay(
+        arch=arch,
+        terms=terms,
+        low=dtype if dtype != 4 else None,
+        base_itemsize=base,
+        train_itemsize=4 if master else base,
+        compute_itemsize=dtype,
+        device=getattr(ctx, "device", "cuda"),
+        attention=ctx.attention,
+        extra=terms.extra_tokens,
+        prefix=terms.prefix_tokens,
+    )
+
+
+def _signature(spec: ModelSpec, terms: MemoryTerms, linears: BlockLinears) -> tuple:
+    """What makes two blocks replay alike: their Linears' shapes, adapters and bottleneck sites."""
+    parts: list[tuple | None] = []
+    for group in (linears.attn_in, (linears.attn_out,), linears.mlp_in, (linears.mlp_out,), linears.other):
+        for lin in group:
+            if lin is None:
+                parts.append(None)
+                continue
+            adapter = terms.linear_adapters.get(lin.name)
+            parts.append((lin.leaf, lin.in_features, lin.out_features, lin.bias, adapter,
+                          lin.name in terms.bottleneck_sites))
+    return tuple(parts)
+
+
+@dataclass
+class _BlockReplay:
+    saved: Poly
+    moments: list[Poly]
+    live: list[tuple[Poly, Poly]]
+    forward_live: Poly
+    used_external: set[int]
+    out_grad: bool
+    out_itemsize: int
+    keeps_input: bool
+    backward_temp: Poly
+
+
+def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
+    """Replay one training step of `spec` adapted per `terms` under `ctx` (see the module docstring)."""
+    r = make_replay(spec, terms, ctx)
+    a = r.arch
+    main = Graph()
+    ops = Ops(r, main)
+    vocab_extra = r.extra
+
+    # -- inputs and embeddings ------------------------------------------------------------------------
+    batch = tokens(INDEX_BYTES * 2)  # input ids and labels, already on the device
+    emb_itemsize = r.param_itemsize(r.trains_all)
+    x = ops.tok(a.hidden, emb_itemsize, r.trains_all)
+    if r.extra:  # prompt tuning: the trained prompt is concatenated in front of the embeddings
+        x = ops.tok(a.hidden, emb_itemsize, True)
+        main.forward_live = main.forward_live + tokens(INDEX_BYTES, r.extra)  # labels padded for the prompt
+    if a.embed_scale:
+        x = ops.pointwise(x)
+    if a.learned_positions:
+        x = ops.add(x, ops.positions(a.hidden, emb_itemsize))
+    if a.family == "bert":
+        x = ops.layer_norm(x, "embeddings.norm")
+    x = ops.dropout(x, a.embed_dropout)
+
+    rope: tuple[Sym, Sym] | None = None
+    if a.rotary:
+        width = a.head_dim  # cos and sin tables, cast to the activation dtype, shared by every block
+        rope = (ops.positions(width, x.itemsize), ops.positions(width, x.itemsize))
+    mask: Sym | None = None
+    if r.prefix:
+        mask = Sym.fresh(Poly(s2=1, n=r.prefix), x.itemsize, False)
+    elif r.attention == "eager" or a.attn_softcap:
+        main.forward_live = main.forward_live + Poly(s2=1) * x.itemsize  # the 4-D causal mask
+    shared = frozenset(t.storage for t in (*(rope or ()), mask) if t is not None)
+    shared_syms = {t.storage: t for t in (*(rope or ()), mask) if t is not None}
+
+    # -- the blocks -----------------------------------------------------------------------------------
+    cache: dict[tuple, _BlockReplay] = {}
+    block_saved: list[Poly] = []
+    ckpt_inputs = ZERO
+    moments: list[Poly] = []  # forward moments without checkpointing (totals)
+    ckpt_moments: list[Poly] = []  # forward moments of checkpointed blocks (totals)
+    recompute_extra = ZERO  # the most a block holds beyond its saved set during its forward
+    backward_temp = ZERO  # gradient temporaries while a block runs backward
+    running = ZERO
+    used: set[int] = set()
+    forward_live = ZERO
+    embeddings = x
+    embeddings_held = embeddings.storage_bytes  # LlamaModel.forward keeps `inputs_embeds` until it returns
+    for index in range(a.layers):
+        linears = block_linears(spec, index)
+        key = (_signature(spec, terms, linears), x.grad, x.itemsize)
+        replay = cache.get(key)
+        if replay is None:
+            graph = Graph(external=shared)
+            x_in = x if index else embeddings
+            out = block(Ops(r, graph), x_in, linears, index, rope, mask)
+            replay = cache[key] = _BlockReplay(graph.total(), list(graph.moments), graph.live_moments,
+                                               graph.forward_live, set(graph.used_external), out.grad,
+                                               out.itemsize, embeddings.storage in graph.saved,
+                                               graph.largest * 2 + graph.backward_extra)
+        if index == 0 and replay.keeps_input:
+            embeddings_held = ZERO
+        ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input
+        moments.extend(running + m for m in replay.moments)
+        moments.extend(running + unsaved for unsaved, _ in replay.live)
+        ckpt_moments.extend(ckpt_inputs + everything for _, everything in replay.live)
+        # In a block's backward, gradients of its largest tensors are alive together (about two).
+        temps = replay.backward_temp
+        backward_temp = temps if temps.at(1, 1024) > backward_temp.at(1, 1024) else backward_temp
+        for unsaved, _ in replay.live:
+            extra = unsaved - replay.saved
+            recompute_extra = extra if extra.at(1, 1024) > recompute_extra.at(1, 1024) else recompute_extra
+        running = running + replay.saved
+        block_saved.append(replay.saved)
+        used |= replay.used_external
+        forward_live = forward_live + replay.forward_live
+        x = Sym.fresh(x.numel, replay.out_itemsize, replay.out_grad)
+    for storage in used:
+        main.save(shared_syms[storage])
+
+    # -- the head and the loss ------------------------------------------------------------------------
+    head = Graph()
+    hops = Ops(r, head)
+    h = x
+    if a.family != "bert":
+        h = hops.norm(h, a.hidden, "final_norm")
+    if a.mlm_head:
+        dense = hops.matmul(h, hops.linear_weight("head.transform", a.hidden, a.hidden), a.hidden,
+                            bias_trainable=r.trains_biases)
+        h = hops.layer_norm(hops.act(dense, a.act), "head.norm")
+    lm_trainable = r.trains_all
+    lm_itemsize = r.param_itemsize(lm_trainable)
+    lm_key = "embeddings" if a.tied else "lm_head"
+    logits = hops.matmul(h, Weight(a.vocab * a.hidden, lm_itemsize, lm_trainable, lm_key), a.vocab)
+    logits_bytes = tokens(a.vocab, vocab_extra) * logits.itemsize
+    logits_saved = ZERO
+    if a.final_softcap:  # tanh(logits / cap) * cap: tanh's output is saved
+        logits_saved = logits_saved + logits_bytes
+    as_float = logits_bytes if logits.itemsize != 4 else ZERO
+    loss_rows = tokens(a.vocab, vocab_extra) * 4
+    logits_saved = logits_saved + loss_rows  # log_softmax saves its fp32 output
+    head.save(Sym.fresh(tokens(1, vocab_extra), INDEX_BYTES, False))  # the shifted labels (nll target)
+    forward_extra = forward_live + main.forward_live + logits_bytes + as_float
+
+    saved_blocks = running
+    model_saved = main.total() + head.total()
+    saved = model_saved + saved_blocks + batch
+    ckpt_saved = model_saved + ckpt_inputs + batch
+    block_max = ZERO
+    for p in block_saved:
+        block_max = p if p.at(1, 1024) > block_max.at(1, 1024) else block_max
+    stream = tokens(a.hidden, vocab_extra) * x.itemsize
+    fixed = model_saved + batch + embeddings_held
+    return ActivationProfile(
+        saved=saved,
+        logits_saved=logits_saved,
+        loss_backward=loss_rows * 2,  # the gradient arriving from nll_loss and log_softmax's result
+        forward_extra=forward_extra,
+        ckpt_saved=ckpt_saved,
+        moments=[m + fixed for m in moments],
+        ckpt_moments=[m + fixed for m in ckpt_moments],
+        block_max=block_max,
+        recompute_extra=recompute_extra,
+        backward_temp=backward_temp,
+        grad_stream=stream,
+        batch=batch,
+    )

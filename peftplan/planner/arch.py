@@ -1,0 +1,176 @@
+"""The architecture facts the activation model needs, read from a ModelSpec and its config.
+
+Families differ in what autograd saves: pre-norm RMSNorm decoders with gated MLPs (Llama, Mistral,
+Qwen, Gemma, Phi-3), GPT-2 (LayerNorm, fused QKV, tanh GELU written out in Python, dropout), parallel
+attention/MLP blocks (Phi, GPT-NeoX, Falcon) and post-norm encoders (BERT, RoBERTa, DeBERTa).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from peftplan.models.spec import LinearInfo, ModelSpec
+
+Family = Literal["llama", "gpt2", "parallel", "bert"]
+NormKind = Literal["rms", "rms_gemma", "layer"]
+
+_ATTN_OUT_LEAVES = ("o_proj", "dense", "c_proj", "out_proj", "wo")
+_LLAMA_LIKE = {
+    "llama", "mistral", "qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3", "mixtral", "gemma", "gemma2", "phi3",
+    "olmo", "olmo2", "granite", "stablelm", "cohere", "internlm2", "qwen3_moe", "smollm3",
+}
+_PARALLEL = {"phi", "gpt_neox", "falcon", "gptj", "codegen"}
+_ENCODERS = {"bert", "roberta", "deberta", "deberta-v2", "xlm-roberta", "electra", "distilbert"}
+
+
+@dataclass(frozen=True)
+class BlockLinears:
+    """The Linears of one block, by their place in it."""
+
+    attn_in: tuple[LinearInfo, ...]
+    attn_out: LinearInfo | None
+    mlp_in: tuple[LinearInfo, ...]
+    mlp_out: LinearInfo | None
+    other: tuple[LinearInfo, ...]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What the activation model needs to know about one architecture."""
+
+    family: Family
+    norm: NormKind
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    causal: bool
+    act: str  # activation function name (HF spelling)
+    gated: bool
+    norms_per_layer: int
+    qk_norm: bool  # per-head RMSNorm on queries and keys (Qwen3, OLMo-2)
+    embed_scale: bool  # embeddings multiplied by sqrt(hidden) (Gemma)
+    final_softcap: bool  # tanh soft-capping of the logits (Gemma 2)
+    attn_softcap: bool
+    moe_experts: int  # routed experts (0: dense MLP)
+    moe_top_k: int
+    attn_dropout: float
+    hidden_dropout: float
+    embed_dropout: float
+    learned_positions: bool  # absolute position embeddings added to the input (GPT-2, BERT)
+    rotary: bool
+    rotary_fraction: float  # share of each head that rotary embeddings rotate (Phi, GPT-NeoX: partial)
+    cpu_math_attention: bool  # SDPA falls back to the math kernel on CPU (Falcon's expanded MQA keys)
+    mlm_head: bool  # BERT-style prediction head: dense + activation + LayerNorm before the decoder
+    lm_head: bool  # produces vocabulary logits (causal or masked LM)
+    tied: bool
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def groups(self) -> int:
+        return max(1, self.heads // max(1, self.kv_heads))
+
+
+def _first(cfg: dict, *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    return default
+
+
+def _float(cfg: dict, *keys: str) -> float:
+    value = _first(cfg, *keys, default=0.0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def arch_of(spec: ModelSpec) -> Arch:
+    """The architecture facts of `spec` (its family decides how a block is replayed)."""
+    cfg = spec.text_config
+    model_type = spec.model_type
+    family: Family
+    if model_type in _ENCODERS or spec.kind == "encoder" and not _is_causal_lm(spec):
+        family = "bert"
+    elif model_type == "gpt2":
+        family = "gpt2"
+    elif model_type in _PARALLEL:
+        family = "parallel"
+    else:
+        family = "llama"  # the common modern decoder, also the fallback
+    block = block_linears(spec, 0)
+    block_norms = [n for n in spec.norms if n.name.startswith(f"{spec.layers_path}.0.")]
+    per_head = [n for n in block_norms if n.numel == spec.head_dim]
+    layer_norms = [n for n in block_norms if n.numel != spec.head_dim]
+    norm: NormKind = "layer" if layer_norms and layer_norms[0].numel == 2 * spec.hidden_size else "rms"
+    if model_type.startswith("gemma"):
+        norm = "rms_gemma"
+    act = str(_first(cfg, "hidden_act", "hidden_activation", "activation_function", default="gelu"))
+    if model_type.startswith("gemma") and act == "gelu":
+        act = "gelu_pytorch_tanh"  # transformers maps Gemma's legacy "gelu" to the tanh approximation
+    mlp_in_width = sum(lin.out_features for lin in block.mlp_in)
+    moe_experts = int(_first(cfg, "num_local_experts", "num_experts", default=0) or 0)
+    gated = family == "llama" and (len(block.mlp_in) >= 2 or mlp_in_width == 2 * spec.intermediate_size or moe_experts > 0)
+    embedding_names = {e.name.rsplit(".", 1)[-1] for e in spec.embeddings}
+    return Arch(
+        family=family,
+        norm=norm,
+        hidden=spec.hidden_size,
+        layers=spec.num_layers,
+        heads=spec.num_heads,
+        kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        intermediate=spec.intermediate_size,
+        vocab=spec.vocab_size,
+        causal=family != "bert",
+        act=act,
+        gated=gated,
+        norms_per_layer=max(1, len(layer_norms)),
+        qk_norm=bool(per_head),
+        embed_scale=model_type.startswith("gemma"),
+        final_softcap=cfg.get("final_logit_softcapping") is not None,
+        attn_softcap=cfg.get("attn_logit_softcapping") is not None,
+        moe_experts=moe_experts if not block.mlp_in else 0,
+        moe_top_k=int(_first(cfg, "num_experts_per_tok", default=2) or 2),
+        attn_dropout=_float(cfg, "attention_dropout", "attention_probs_dropout_prob", "attn_pdrop"),
+        hidden_dropout=_float(cfg, "hidden_dropout_prob", "resid_pdrop", "hidden_dropout"),
+        embed_dropout=_float(cfg, "embd_pdrop", "hidden_dropout_prob") if family in ("gpt2", "bert") else _float(cfg, "embd_pdrop"),
+        learned_positions=bool(embedding_names & {"wpe", "position_embeddings"}),
+        rotary=family in ("llama", "parallel"),
+        rotary_fraction=float(_first(cfg, "partial_rotary_factor", "rotary_pct", default=1.0) or 1.0),
+        cpu_math_attention=model_type == "falcon",
+        mlm_head=any(lin.role == "other" and not lin.in_block and "transform" in lin.name or lin.name == "lm_head.dense"
+                     for lin in spec.linears),
+        lm_head=any(lin.role == "output" for lin in spec.linears),
+        tied=spec.tie_word_embeddings,
+    )
+
+
+def _is_causal_lm(spec: ModelSpec) -> bool:
+    return spec.architecture.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+
+
+def block_linears(spec: ModelSpec, index: int) -> BlockLinears:
+    """The Linears of block `index`, sorted into attention inputs/output and MLP inputs/output."""
+    block = spec.layer_linears(index)
+    attn = [lin for lin in block if lin.role == "attn"]
+    mlp = [lin for lin in block if lin.role == "mlp"]
+    attn_out = next((lin for lin in attn if lin.leaf in _ATTN_OUT_LEAVES and lin.out_features == spec.hidden_size), None)
+    mlp_out = next((lin for lin in reversed(mlp) if lin.out_features == spec.hidden_size), None)
+    return BlockLinears(
+        attn_in=tuple(lin for lin in attn if lin is not attn_out),
+        attn_out=attn_out,
+        mlp_in=tuple(lin for lin in mlp if lin is not mlp_out and lin.in_features == spec.hidden_size),
+        mlp_out=mlp_out,
+        other=tuple(lin for lin in block if lin.role == "other"
+                    or (lin.role == "mlp" and lin is not mlp_out and lin.in_features != spec.hidden_size)),
+    )

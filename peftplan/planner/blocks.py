@@ -1,0 +1,246 @@
+"""Replays of one transformer block and of the model around the blocks, per architecture family.
+
+Each replay follows the transformers implementation of the family op by op (see `ops.py` for what an
+op saves), so the saved set is what autograd really keeps: no seq² scores under SDPA/flash, grouped
+key/value heads, gated MLPs, the fp32 statistics of RMSNorm, and the adapter terms of `adapters.py`.
+"""
+
+from __future__ import annotations
+
+from peftplan.models.spec import LinearInfo
+from peftplan.planner.adapters import adapted_linear, bottleneck
+from peftplan.planner.arch import BlockLinears
+from peftplan.planner.ops import Ops
+from peftplan.planner.symbolic import Poly, Sym
+
+__all__ = ["attention", "block"]
+
+
+def _kv_tokens(ops: Ops, width: int) -> Poly:
+    """Elements of a key/value tensor: the sequence plus prefix-tuning positions."""
+    r = ops.r
+    return Poly(n=width, b=width * (r.extra + r.prefix))
+
+
+def _scores(ops: Ops, heads: int) -> Poly:
+    """Elements of a (B, heads, S, S_kv) attention-score tensor."""
+    r = ops.r
+    e, p = r.extra, r.prefix
+    return Poly(s2=heads, n=heads * (2 * e + p), b=heads * (e * e + e * p))
+
+
+def _linear(ops: Ops, x: Sym, lin: LinearInfo | None, width: int) -> Sym:
+    if lin is None:
+        return ops.tok(width, x.itemsize, x.grad)
+    out = adapted_linear(ops, x, lin)
+    if lin.name in ops.r.terms.bottleneck_sites:
+        terms = ops.r.terms
+        out = bottleneck(ops, out, lin.out_features, terms.bottleneck, terms.bottleneck_activation, lin.name)
+    return out
+
+
+# -- attention ---------------------------------------------------------------------------------------
+def _qkv(ops: Ops, h: Sym, block: BlockLinears) -> tuple[Sym, Sym, Sym]:
+    a = ops.r.arch
+    if len(block.attn_in) == 1:  # fused projection: q, k and v are views of one output
+        fused = _linear(ops, h, block.attn_in[0], a.q_width + 2 * a.kv_width)
+        return fused.view(ops.r.tok(a.q_width)), fused.view(ops.r.tok(a.kv_width)), fused.view(ops.r.tok(a.kv_width))
+    by_leaf = {lin.leaf: lin for lin in block.attn_in}
+    ordered = list(block.attn_in)
+    q_lin = by_leaf.get("q_proj") or by_leaf.get("query") or by_leaf.get("query_proj") or ordered[0]
+    k_lin = by_leaf.get("k_proj") or by_leaf.get("key") or by_leaf.get("key_proj") or ordered[1]
+    v_lin = by_leaf.get("v_proj") or by_leaf.get("value") or by_leaf.get("value_proj") or ordered[-1]
+    return _linear(ops, h, q_lin, a.q_width), _linear(ops, h, k_lin, a.kv_width), _linear(ops, h, v_lin, a.kv_width)
+
+
+def _rope(ops: Ops, t: Sym, cos: Sym, sin: Sym, rotary_width: int, width: int) -> Sym:
+    """`t * cos + rotate_half(t) * sin` on the first `rotary_width` of each head."""
+    ops.mul(t, cos)
+    ops.mul(t, sin)
+    rotated = ops.fresh(t.numel, max(t.itemsize, cos.itemsize), t.grad)
+    if rotary_width == width:
+        return rotated
+    return ops.pointwise(ops.fresh(t.numel, rotated.itemsize, t.grad))  # cat with the pass-through part
+
+
+def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
+    """The attention core (after projections and rope); returns the (B, S, heads·head_dim) output."""
+    r = ops.r
+    a = r.arch
+    if r.prefix:  # prefix tuning: the cache concatenates the trained prefix before the keys/values
+        k = ops.fresh(_kv_tokens(ops, a.kv_width), k.itemsize, True)
+        v = ops.fresh(_kv_tokens(ops, a.kv_width), v.itemsize, True)
+        ops.g.forward_live = ops.g.forward_live + (k.storage_bytes + v.storage_bytes)
+    eager = r.attention == "eager" or a.attn_softcap
+    repeat = a.groups > 1 and (eager or mask is not None)  # transformers repeats kv unless SDPA does GQA
+    if repeat:
+        k = ops.fresh(_kv_tokens(ops, a.q_width), k.itemsize, k.grad)
+        v = ops.fresh(_kv_tokens(ops, a.q_width), v.itemsize, v.grad)
+    grad = q.grad or k.grad or v.grad
+    if eager:
+        return _eager(ops, q, k, v, grad)
+    dropout = a.attn_dropout if r.device == "cpu" else 0.0
+    if dropout > 0 or (r.device == "cpu" and a.cpu_math_attention):
+        # CPU's SDPA has no fused dropout kernel: the math path stores the scores.
+        return _sdpa_math(ops, q, k, v, grad, dropout)
+    qa, ka, va = ops.autocast_in(q), ops.autocast_in(k), ops.autocast_in(v)
+    out = ops.tok(a.q_width, qa.itemsize, grad)
+    if grad:
+        lse = ops.tok(a.heads, 4, False)
+        ops.g.save(qa, ka, va, out, lse, mask)
+    return out
+
+
+def _eager(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool) -> Sym:
+    r = ops.r
+    a = r.arch
+    qa, ka = ops.autocast_in(q), ops.autocast_in(k)
+    low = qa.itemsize
+    if grad:
+        ops.g.save(qa, ka)
+    scores = ops.fresh(_scores(ops, a.heads), low, grad)
+    if a.attn_softcap:  # tanh(scores / cap) * cap: tanh saves its output
+        capped = ops.fresh(scores.numel, low, grad)
+        if grad:
+            ops.g.save(capped)
+    probs32 = ops.fresh(scores.numel, 4, grad)  # softmax(dtype=float32) saves its output
+    probs = ops.cast(probs32, q.itemsize)
+    if grad:
+        ops.g.save(probs32)
+    probs = ops.dropout(probs, a.attn_dropout)
+    pa, va = ops.autocast_in(probs), ops.autocast_in(v)
+    if grad:
+        ops.g.save(pa, va)
+    out = ops.fresh(_scores(ops, 0) + r.tok(a.q_width), low, grad)
+    return ops.pointwise(out)  # transpose(1, 2).contiguous() copies
+
+
+def _sdpa_math(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool, dropout: float) -> Sym:
+    """SDPA's math kernel (CPU with dropout): it upcasts 16-bit inputs to fp32 and stores the scores,
+    the dropout noise and the dropped probabilities, each (B, heads, S, S_kv) in fp32."""
+    a = ops.r.arch
+    qa, va = ops.autocast_in(q), ops.autocast_in(v)
+    work = 4 if qa.itemsize < 4 else qa.itemsize
+    q_scaled = ops.tok(a.q_width, work, grad)  # q * sqrt(scale)
+    k_scaled = ops.fresh(_kv_tokens(ops, a.q_width), work, grad)  # (k * sqrt(scale)).transpose
+    v_work = ops.cast(va, work)
+    probs = ops.fresh(_scores(ops, a.heads), work, grad)
+    if grad:
+        ops.g.save(q_scaled, k_scaled, v_work, probs)
+        if dropout > 0:
+            ops.g.save(ops.fresh(probs.numel, work, False), ops.fresh(probs.numel, work, grad))  # noise, dropped
+    return ops.tok(a.q_width, qa.itemsize, grad)
+
+
+# -- MLP -----------------------------------------------------------------------------------------------
+def _mlp(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> Sym:
+    """The MLP; `held` are tensors the caller keeps alive meanwhile (for the forward's live moment)."""
+    a = ops.r.arch
+    if a.moe_experts and not block.mlp_in:
+        return _moe(ops, h)
+    if a.gated:
+        if len(block.mlp_in) == 1:  # fused gate_up: gate and up are views of one output
+            fused = _linear(ops, h, block.mlp_in[0], 2 * a.intermediate)
+            gate, up = fused.view(ops.r.tok(a.intermediate)), fused.view(ops.r.tok(a.intermediate))
+        else:
+            by_leaf = {lin.leaf: lin for lin in block.mlp_in}
+            gate_lin = by_leaf.get("gate_proj") or by_leaf.get("w1") or block.mlp_in[0]
+            up_lin = by_leaf.get("up_proj") or by_leaf.get("w3") or block.mlp_in[1]
+            gate, up = _linear(ops, h, gate_lin, a.intermediate), _linear(ops, h, up_lin, a.intermediate)
+        activated = ops.act(gate, a.act)
+        mixed = ops.mul(activated, up)
+        ops.g.live(*held, *ops.held, h, gate, up, activated, mixed)
+    else:
+        hidden = _linear(ops, h, block.mlp_in[0] if block.mlp_in else None, a.intermediate)
+        mixed = ops.act(hidden, a.act)
+        ops.g.live(*held, *ops.held, h, hidden, mixed)
+    return _linear(ops, mixed, block.mlp_out, a.hidden)
+
+
+def _moe(ops: Ops, h: Sym) -> Sym:
+    """A routed MoE with fused expert weights: each token visits top_k experts' gated MLPs."""
+    r = ops.r
+    a = r.arch
+    router = ops.matmul(h, ops.linear_weight("router", a.hidden, a.moe_experts), a.moe_experts)
+    probs = ops.fresh(router.numel, 4, router.grad)
+    ops.g.save(probs)
+    k = a.moe_top_k
+    routed = ops.fresh(r.tok(a.hidden * k), h.itemsize, h.grad)  # gathered token copies
+    w_in = ops.linear_weight("experts.gate_up", a.hidden, 2 * a.intermediate * a.moe_experts)
+    gate_up = ops.matmul(routed, w_in, 2 * a.intermediate * k)
+    gate = gate_up.view(r.tok(a.intermediate * k))
+    mixed = ops.mul(ops.act(gate, a.act), gate)
+    w_out = ops.linear_weight("experts.down", a.intermediate * a.moe_experts, a.hidden)
+    out = ops.matmul(mixed, w_out, a.hidden * k)
+    ops.mul(out, ops.fresh(r.tok(k), 4, True))  # weighted by the routing probabilities
+    return ops.tok(a.hidden, h.itemsize, True)
+
+
+# -- blocks --------------------------------------------------------------------------------------------
+def block(ops: Ops, x: Sym, linears: BlockLinears, index: int, rope: tuple[Sym, Sym] | None, mask: Sym | None) -> Sym:
+    """One block of the stack; returns its output (the next block's input)."""
+    family = ops.r.arch.family
+    if family == "bert":
+        return _post_norm_block(ops, x, linears, index, mask)
+    if family in ("parallel",):
+        return _parallel_block(ops, x, linears, index, rope, mask)
+    return _pre_norm_block(ops, x, linears, index, rope, mask)
+
+
+def _attention_sublayer(ops: Ops, h: Sym, linears: BlockLinears, index: int,
+                        rope: tuple[Sym, Sym] | None, mask: Sym | None) -> Sym:
+    a = ops.r.arch
+    q, k, v = _qkv(ops, h, linears)
+    if a.qk_norm:
+        rows = Poly(n=a.heads, b=a.heads * ops.r.extra)
+        q = ops.rms_norm(q, a.head_dim, f"{index}.q_norm", rows=rows)
+        k = ops.rms_norm(k, a.head_dim, f"{index}.k_norm", rows=Poly(n=a.kv_heads, b=a.kv_heads * ops.r.extra))
+    if rope is not None:
+        cos, sin = rope
+        rotary = _rotary_width(ops)
+        q = _rope(ops, q, cos, sin, rotary, a.head_dim)
+        k = _rope(ops, k, cos, sin, rotary, a.head_dim)
+    out = attention(ops, q, k, v, mask)
+    return _linear(ops, out, linears.attn_out, a.hidden)
+
+
+def _rotary_width(ops: Ops) -> int:
+    a = ops.r.arch
+    return int(a.head_dim * a.rotary_fraction)
+
+
+def _pre_norm_block(ops: Ops, x: Sym, linears: BlockLinears, index: int,
+                    rope: tuple[Sym, Sym] | None, mask: Sym | None) -> Sym:
+    a = ops.r.arch
+    h = ops.norm(x, a.hidden, f"{index}.norm1")
+    attn = _attention_sublayer(ops, h, linears, index, rope, mask)
+    if a.norms_per_layer >= 4:
+        attn = ops.norm(attn, a.hidden, f"{index}.post_attn_norm")
+    attn = ops.dropout(attn, a.hidden_dropout)
+    x = ops.add(x, attn)
+    h = ops.norm(x, a.hidden, f"{index}.norm2")
+    mlp = _mlp(ops, h, linears, held=(x,))
+    if a.norms_per_layer >= 4:
+        mlp = ops.norm(mlp, a.hidden, f"{index}.post_mlp_norm")
+    mlp = ops.dropout(mlp, a.hidden_dropout)
+    return ops.add(x, mlp)
+
+
+def _parallel_block(ops: Ops, x: Sym, linears: BlockLinears, index: int,
+                    rope: tuple[Sym, Sym] | None, mask: Sym | None) -> Sym:
+    """Phi / GPT-NeoX / Falcon: attention and MLP read the same normed input (or two norms of x)."""
+    a = ops.r.arch
+    h = ops.norm(x, a.hidden, f"{index}.norm1")
+    attn = ops.dropout(_attention_sublayer(ops, h, linears, index, rope, mask), a.hidden_dropout)
+    h2 = ops.norm(x, a.hidden, f"{index}.norm2") if a.norms_per_layer >= 2 else h
+    mlp = ops.dropout(_mlp(ops, h2, linears, held=(x, h, attn)), a.hidden_dropout)
+    return ops.add(ops.add(attn, mlp), x)
+
+
+def _post_norm_block(ops: Ops, x: Sym, linears: BlockLinears, index: int, mask: Sym | None) -> Sym:
+    """BERT / RoBERTa: LayerNorm(x + dropout(sublayer(x))) twice."""
+    a = ops.r.arch
+    attn = _attention_sublayer(ops, x, linears, index, None, mask)
+    x = ops.layer_norm(ops.add(ops.dropout(attn, a.hidden_dropout), x), f"{index}.norm1")
+    mlp = _mlp(ops, x, linears, held=(x,))
+    return ops.layer_norm(ops.add(ops.dropout(mlp, a.hidden_dropout), x), f"{index}.norm2")

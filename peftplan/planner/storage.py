@@ -1,0 +1,144 @@
+"""Adapter files on disk and what serving N tasks costs: storage, swap time, multi-tenant memory.
+
+The adapter size is computed as safetensors lays it out: an 8-byte length, a compact JSON header
+(one entry per tensor, data offsets in name order, padded with spaces to 8 bytes), then the data.
+peft's `save_pretrained` writes fp32 tensors named `base_model.model.<module>.<suffix>` (prompt
+learning: `prompt_embeddings`) with `{"format": "pt"}` metadata; peftplan's own methods (adapter,
+BitFit, full) write the trainable parameters under their module names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from peftplan.methods.base import Method
+from peftplan.methods.memory import MemoryTerms, Shape, numel
+from peftplan.models.spec import ModelSpec
+from peftplan.planner.context import DTYPE_BYTES
+
+PEFT_PREFIX = "base_model.model."
+_DTYPE_NAMES = {4: "F32", 2: "BF16", 1: "U8"}
+DISK_GBS = 3.0  # NVMe sequential read (GB/s), for load and swap times
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    shape: Shape
+    itemsize: int
+    dtype: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return numel(self.shape) * self.itemsize
+
+
+def safetensors_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None) -> int:
+    """Exact size of a safetensors file holding `entries` (see the module docstring)."""
+    offset = 0
+    header: dict[str, object] = {}
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for entry in sorted(entries, key=lambda e: (-e.itemsize, e.name)):
+        end = offset + entry.nbytes
+        dtype = entry.dtype or _DTYPE_NAMES[entry.itemsize]
+        header[entry.name] = {"dtype": dtype, "shape": list(entry.shape), "data_offsets": [offset, end]}
+        offset = end
+    text = json.dumps(header, separators=(",", ":"))
+    length = len(text.encode())
+    length += -(8 + length) % 8  # padded with spaces so the data starts 8-byte aligned
+    return 8 + length + offset
+
+
+def adapter_entries(spec: ModelSpec, terms: MemoryTerms, *, peft: bool, dtype: str = "bf16") -> list[Entry]:
+    """The tensors a saved adapter holds, with their file names."""
+    entries: list[Entry] = []
+    prefix = PEFT_PREFIX if peft else ""
+    for module, adapter in terms.linear_adapters.items():
+        for suffix, shape in zip(adapter.names, adapter.tensors, strict=True):
+            entries.append(Entry(f"{prefix}{module}.{suffix}", shape, 4))
+    for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True):
+        entries.append(Entry(name, shape, 4))
+    for name, shape in terms.frozen_saved:
+        entries.append(Entry(name, shape, 4))
+    if terms.trainable_base != "none":
+        size = DTYPE_BYTES[dtype]
+        for p in spec.params:
+            if p.tied_to is not None:
+                continue
+            if terms.trainable_base == "biases" and p.name.rsplit(".", 1)[-1] != "bias":
+                continue
+            entries.append(Entry(p.name, p.shape, size))
+    return entries
+
+
+def adapter_file_bytes(spec: ModelSpec, method: Method, terms: MemoryTerms, *, dtype: str = "bf16") -> int:
+    """Bytes of the weights file `Method.save` writes (peft's adapter_model.safetensors, or ours)."""
+    from peftplan.methods._peft import PeftMethod
+
+    peft = isinstance(method, PeftMethod)
+    return safetensors_bytes(adapter_entries(spec, terms, peft=peft, dtype=dtype), {"format": "pt"} if peft else None)
+
+
+@dataclass(frozen=True)
+class TaskSwitching:
+    """Serving `tasks` adapted tasks: storage, swap time and memory, against full copies."""
+
+    tasks: int
+    mode: str
+    adapter_bytes: int
+    storage_bytes: int  # base once plus one adapter per task (full fine-tuning: one model per task)
+    full_copies_bytes: int  # one full model per task
+    swap_seconds: float  # load one task's adapter from disk and copy it to the GPU
+    merge_seconds: float  # fold an adapter into (or out of) the base weights, memory-bound
+    serving_bytes: int  # GPU memory for the weights while serving (multi-tenant: base + N adapters)
+    notes: tuple[str, ...] = ()
+
+
+def task_switching(
+    *,
+    method: Method,
+    terms: MemoryTerms,
+    adapter_bytes: int,
+    base_bytes: int,
+    base_gpu_bytes: int,
+    adapted_weight_bytes: int,
+    tasks: int,
+    mode: str,
+    pcie_gbs: float,
+    mem_bw_gbs: float,
+) -> TaskSwitching:
+    """Storage, swap time and serving memory for `tasks` tasks switched by `mode`.
+
+    `adapted_weight_bytes` is the base weights the adapter touches (what a merge reads and writes).
+    """
+    full = terms.trainable_base == "all"
+    storage = tasks * base_bytes if full else base_bytes + tasks * adapter_bytes
+    swap = adapter_bytes / (DISK_GBS * 1e9) + adapter_bytes / (pcie_gbs * 1e9)
+    merge = 2 * adapted_weight_bytes / (mem_bw_gbs * 1e9) if method.mergeable and not full else 0.0
+    notes: list[str] = []
+    if mode == "multi-tenant" and not full:
+        serving = base_gpu_bytes + tasks * adapter_bytes
+    elif full:
+        serving = base_gpu_bytes * (tasks if mode == "multi-tenant" else 1)
+    else:
+        serving = base_gpu_bytes + adapter_bytes
+    if mode == "merge" and not method.mergeable:
+        notes.append(f"{method.name} cannot be merged; it runs unmerged")
+    if mode == "merge" and terms.quant != "none":
+        notes.append("merging into a 4/8-bit base needs a dequantize-merge-requantize pass")
+    if mode == "merge" and method.mergeable and not full:
+        swap += 2 * merge  # unmerge the previous task, merge the next one
+    return TaskSwitching(
+        tasks=tasks,
+        mode=mode,
+        adapter_bytes=adapter_bytes,
+        storage_bytes=storage,
+        full_copies_bytes=tasks * base_bytes,
+        swap_seconds=swap if not full else base_bytes / (DISK_GBS * 1e9) + base_bytes / (pcie_gbs * 1e9),
+        merge_seconds=merge,
+        serving_bytes=serving,
+        notes=tuple(notes),
+    )

@@ -1,0 +1,149 @@
+"""Symbolic tensors for the analytic memory model: sizes as polynomials in batch and sequence length.
+
+A training step's activation memory is the set of tensors autograd saves for backward. The block
+replays in `peftplan.planner.blocks` run the forward pass of a layer op by op on `Sym` tensors and
+record, as autograd does, which storages each op saves. Views and no-op casts share their input's
+storage, so a tensor saved by several ops is counted once. Sizes are `Poly`s, so one replay prices
+every batch size and sequence length.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Poly:
+    """`n·(B·S) + s2·(B·S²) + b·B + s·S + c` for batch size B and sequence length S (bytes or elements)."""
+
+    n: int = 0
+    s2: int = 0
+    b: int = 0
+    s: int = 0
+    c: int = 0
+
+    def __add__(self, other: Poly) -> Poly:
+        return Poly(self.n + other.n, self.s2 + other.s2, self.b + other.b, self.s + other.s, self.c + other.c)
+
+    def __sub__(self, other: Poly) -> Poly:
+        return Poly(self.n - other.n, self.s2 - other.s2, self.b - other.b, self.s - other.s, self.c - other.c)
+
+    def __mul__(self, k: int) -> Poly:
+        return Poly(self.n * k, self.s2 * k, self.b * k, self.s * k, self.c * k)
+
+    __rmul__ = __mul__
+
+    def at(self, batch: int, seq: int) -> int:
+        """The value for batch size `batch` and sequence length `seq`."""
+        return (self.n * batch * seq + self.s2 * batch * seq * seq + self.b * batch + self.s * seq
+                + self.c)
+
+
+ZERO = Poly()
+
+
+def tokens(width: int, extra: int = 0) -> Poly:
+    """Elements of a (B, S + extra, width) tensor."""
+    return Poly(n=width, b=width * extra)
+
+
+def const(value: int) -> Poly:
+    return Poly(c=value)
+
+
+def positions(width: int, extra: int = 0) -> Poly:
+    """Elements of a (1, S + extra, width) tensor (shared by the whole batch)."""
+    return Poly(s=width, c=width * extra)
+
+
+_ids = itertools.count(1)
+
+
+def new_storage() -> int:
+    return next(_ids)
+
+
+@dataclass(frozen=True)
+class Sym:
+    """A symbolic tensor: element count and size, whether it requires grad, and the storage it lives in.
+
+    `storage_bytes` is the size of the whole storage (a view reports its base's storage).
+    """
+
+    numel: Poly
+    itemsize: int
+    grad: bool
+    storage: int
+    storage_bytes: Poly
+
+    @staticmethod
+    def fresh(numel: Poly, itemsize: int, grad: bool) -> Sym:
+        return Sym(numel, itemsize, grad, new_storage(), numel * itemsize)
+
+    def view(self, numel: Poly | None = None, *, grad: bool | None = None) -> Sym:
+        """A view (same storage), optionally of a different shape."""
+        return Sym(numel if numel is not None else self.numel, self.itemsize,
+                   self.grad if grad is None else grad, self.storage, self.storage_bytes)
+
+
+class Graph:
+    """The storages autograd saves while blocks are replayed, plus moments with extra temporaries.
+
+    `saved` maps storage id -> bytes. `moments` holds totals at moments when temporaries are alive
+    on top of what is saved so far (e.g. a dequantized weight): each is a peak candidate.
+    """
+
+    def __init__(self, external: frozenset[int] = frozenset()) -> None:
+        self.saved: dict[int, Poly] = {}
+        self.moments: list[Poly] = []
+        self.forward_live = ZERO  # bytes alive until the forward ends, not saved (e.g. KV caches)
+        self.external = external  # storages owned by an enclosing graph (shared rope tables, masks)
+        self.used_external: set[int] = set()
+        self.live_moments: list[tuple[Poly, Poly]] = []
+        self.largest = ZERO  # the largest tensor created (its gradient is a backward temporary)
+        self.backward_extra = ZERO  # the largest temporaries one module's backward needs on its own
+
+    def save(self, *tensors: Sym | None) -> None:
+        for t in tensors:
+            if t is None:
+                continue
+            if t.storage in self.external:
+                self.used_external.add(t.storage)
+            else:
+                self.saved[t.storage] = t.storage_bytes
+
+    def transient(self, extra: Poly) -> None:
+        """Record a moment when `extra` bytes beyond the saved set are alive."""
+        self.moments.append(self.total() + extra)
+
+    def live(self, *tensors: Sym) -> None:
+        """Record a moment when `tensors` are alive: (saved so far + those not saved, all of them)."""
+        unsaved = ZERO
+        everything = ZERO
+        seen: set[int] = set()
+        for t in tensors:
+            if t.storage in seen or t.storage in self.external:
+                continue
+            seen.add(t.storage)
+            everything = everything + t.storage_bytes
+            if t.storage not in self.saved:
+                unsaved = unsaved + t.storage_bytes
+        self.live_moments.append((self.total() + unsaved, everything))
+
+    def created(self, t: Sym) -> Sym:
+        """Note a new tensor (keeps `largest` current); returns it."""
+        if t.storage_bytes.at(1, 1024) > self.largest.at(1, 1024):
+            self.largest = t.storage_bytes
+        return t
+
+    def backward_temporary(self, extra: Poly) -> None:
+        """A module whose backward briefly needs `extra` bytes (e.g. LoHa rebuilding its factors)."""
+        if extra.at(1, 1024) > self.backward_extra.at(1, 1024):
+            self.backward_extra = extra
+
+    def total(self) -> Poly:
+        out = ZERO
+        for p in self.saved.values():
+            out = out + p
+        return out

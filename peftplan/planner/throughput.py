@@ -1,0 +1,111 @@
+"""Training throughput, time and cost from FLOPs at a stated model-FLOPs utilisation (MFU).
+
+FLOPs per trained token:
+- full fine-tuning: 6 per matmul weight (forward 2, backward 4), plus attention;
+- frozen-base PEFT: 4 per base weight (forward, and the input gradients backward needs), plus the
+  adapter's own 6 per adapter weight, plus attention. LoHa and LoKr build a dense delta weight and
+  multiply by it, so they cost a full extra matmul per adapted layer;
+- gradient checkpointing adds one more forward.
+Attention counts 4·S·width per layer forward (causal: half of that, as flash kernels skip it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftplan.methods.memory import MemoryTerms, numel
+from peftplan.models.spec import ModelSpec
+from peftplan.planner.arch import Arch
+
+DEFAULT_MFU = 0.40
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training speed and what the data costs."""
+
+    flops_per_token: float
+    tokens_per_second: float
+    mfu: float
+    train_tokens: int | None
+    hours: float | None
+    cost_usd: float | None
+
+
+def matmul_params(spec: ModelSpec, arch: Arch) -> int:
+    """Weights every token multiplies by in a forward (Linears, LM head, routed experts)."""
+    linear = sum(lin.in_features * lin.out_features for lin in spec.linears)
+    if arch.moe_experts:
+        linear += arch.layers * arch.moe_top_k * 3 * arch.hidden * arch.intermediate
+    return linear
+
+
+def attention_flops(arch: Arch, seq: int, extra_kv: int = 0) -> float:
+    """Forward FLOPs per token for scores and weighted values, over every layer."""
+    per_layer = 4 * (seq + extra_kv) * arch.q_width
+    return arch.layers * per_layer * (0.5 if arch.causal else 1.0)
+
+
+def adapter_flops(spec: ModelSpec, terms: MemoryTerms, *, forward_only: bool = False) -> float:
+    """FLOPs per token that the method's own tensors add: training (forward and backward) or forward only."""
+    linears = {lin.name: lin for lin in spec.linears}
+    train = 0.0 if forward_only else 1.0
+    total = 0.0
+    for name, adapter in terms.linear_adapters.items():
+        lin = linears.get(name)
+        if lin is None:
+            continue
+        if adapter.kind in ("loha", "lokr"):  # x @ delta_W: a dense matmul, its input and weight grads
+            total += (2.0 + 4.0 * train) * lin.in_features * lin.out_features
+        elif adapter.kind == "vera":  # frozen projections: forward and input gradients only
+            total += (2.0 + 2.0 * train) * adapter.rank * (lin.in_features + lin.out_features)
+        elif adapter.kind.startswith("ia3"):
+            total += (1.0 + 2.0 * train) * adapter.delta_params
+        else:
+            total += (2.0 + 4.0 * train) * adapter.delta_params
+    if terms.bottleneck:
+        total += (2.0 + 4.0 * train) * sum(numel(shape) for shape in terms.extra_tensors)
+    return total
+
+
+def training_flops_per_token(spec: ModelSpec, arch: Arch, terms: MemoryTerms, seq: int, *, checkpointing: bool) -> float:
+    """FLOPs to train on one token (see the module docstring)."""
+    weights = matmul_params(spec, arch)
+    attn = attention_flops(arch, seq, terms.prefix_tokens)
+    if terms.trainable_base == "all":
+        flops = 6.0 * weights + 3 * attn
+    else:
+        flops = 4.0 * weights + 3 * attn + adapter_flops(spec, terms)
+    if checkpointing:
+        flops += 2.0 * weights + attn
+    if terms.extra_tokens:  # the prompt is processed with every sequence
+        flops *= (seq + terms.extra_tokens) / seq
+    return flops
+
+
+def throughput(
+    flops_per_token: float, *, tflops: float, gpus: int, mfu: float = DEFAULT_MFU,
+    train_tokens: int | None = None, usd_per_hour: float | None = None,
+) -> Throughput:
+    """Tokens per second on `gpus` GPUs of `tflops` bf16 peak at `mfu`, and time and cost for the data."""
+    tokens_per_second = gpus * tflops * 1e12 * mfu / flops_per_token
+    hours = cost = None
+    if train_tokens is not None:
+        hours = train_tokens / tokens_per_second / 3600
+        cost = hours * usd_per_hour * gpus if usd_per_hour is not None else None
+    return Throughput(flops_per_token, tokens_per_second, mfu, train_tokens, hours, cost)
+
+
+def inference_overhead(spec: ModelSpec, arch: Arch, terms: MemoryTerms, kind: str, seq: int) -> dict[str, object]:
+    """What the method costs at inference: extra FLOPs unmerged (none once merged), extra tokens or layers."""
+    base = 2.0 * matmul_params(spec, arch) + attention_flops(arch, seq)
+    if kind == "none":
+        return {"kind": "none", "extra_flops_pct": 0.0}
+    if kind == "extra-tokens":
+        tokens = terms.extra_tokens or terms.prefix_tokens
+        return {"kind": kind, "extra_tokens": tokens, "extra_flops_pct": round(100.0 * tokens / max(seq, 1), 3)}
+    if kind == "extra-layers":
+        layers = 2.0 * sum(numel(shape) for shape in terms.extra_tensors)
+        return {"kind": kind, "extra_layers": len(terms.bottleneck_sites), "extra_flops_pct": round(100.0 * layers / base, 3)}
+    extra = adapter_flops(spec, terms, forward_only=True)
+    return {"kind": "unmerged-matmul", "extra_flops_pct": round(100.0 * extra / base, 3), "merged_extra_flops_pct": 0.0}

@@ -1,0 +1,206 @@
+"""Build the model a trace runs: the real architecture at a chosen depth, the real method applied.
+
+`build_trained_model` makes the same model on two devices:
+- `"meta"` then `make_fake`: the traced engine's model, no weights at all (quantized layers per
+  `trace_quant.py`);
+- `"cpu"`: random real weights, quantized by real bitsandbytes, for the trace-equals-reality tests.
+
+Precision (what the harness's training loop does too):
+- `dtype` bf16/fp16: the base is loaded in that dtype and the step runs under `torch.autocast` in it;
+  peft keeps its adapters in fp32, and autocast casts them (cached for the forward) for the matmuls;
+- `dtype` fp32: everything fp32, no autocast;
+- optimizer `adamw-fp32`: the trainable parameters are held in fp32 (master weights), whatever `dtype`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from peftplan.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from peftplan.methods.base import Method, MethodConfig
+    from peftplan.planner.context import TrainContext
+
+__all__ = [
+    "BASE_MARK",
+    "attribute_tensors",
+    "build_trained_model",
+    "config_at_depth",
+    "depth_of",
+    "enable_checkpointing",
+    "make_fake",
+    "torch_dtype",
+]
+
+BASE_MARK = "_peftplan_base"  # set on every parameter of the base model before the method is applied
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _layer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The (sub)config holding the text stack's depth: `text_config` for VLMs that nest it."""
+    nested = config.get("text_config")
+    if isinstance(nested, dict) and any(k in nested for k in _LAYER_KEYS):
+        return nested
+    return config
+
+
+def depth_of(config: dict[str, Any]) -> int:
+    """Number of blocks in the text stack of `config`."""
+    layer_config = _layer_config(config)
+    for key in _LAYER_KEYS:
+        if isinstance(layer_config.get(key), int):
+            return int(layer_config[key])
+    raise BadInputError(f"cannot find the layer count in the {config.get('model_type')!r} config")
+
+
+def config_at_depth(config: dict[str, Any], depth: int) -> dict[str, Any]:
+    """A copy of `config` with its text stack truncated to `depth` blocks (per-layer lists too)."""
+    out = copy.deepcopy(config)
+    layer_config = _layer_config(out)
+    full = depth_of(config)
+    for key in _LAYER_KEYS:
+        if isinstance(layer_config.get(key), int):
+            layer_config[key] = depth
+            break
+    for key, value in list(layer_config.items()):
+        if isinstance(value, list) and len(value) == full and key.startswith("layer"):
+            layer_config[key] = value[:depth]  # e.g. layer_types (sliding vs full attention)
+    return out
+
+
+def build_trained_model(
+    config: dict[str, Any],
+    method: Method,
+    cfg: MethodConfig,
+    ctx: TrainContext,
+    *,
+    device: str = "meta",
+) -> nn.Module:
+    """The model of one training run: built, quantized if asked, adapted by `method`, in train mode.
+
+    Raises:
+        BadInputError: the method refuses the model or config.
+    """
+    import torch
+
+    from peftplan.models.build import build_model
+
+    config = dict(config)
+    if ctx.attention == "eager":
+        config["attn_implementation"] = "eager"
+    # else transformers' own default: SDPA where the architecture supports it (flash-attention 2 needs
+    # CUDA; on this CPU dispatch SDPA runs a flash-style kernel that stores no seq x seq scores).
+    config["use_cache"] = False  # a training step keeps no KV cache
+    model: Any = build_model(config, device=device, dtype=torch_dtype(ctx.dtype))
+    _mark_base(model)
+    quant = getattr(cfg, "quant", "none")
+    if quant != "none" and device == "meta":
+        from peftplan.planner.trace_quant import quantize_base_on_meta
+
+        quantize_base_on_meta(model, quant)  # what method.apply's prepare_base does on a real base
+        _mark_base(model)
+    with torch.device(device):  # meta: what peft creates (and bnb copies) stays on meta too
+        model = method.apply(model, cfg)
+    if ctx.optimizer == "adamw-fp32":
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+    if ctx.grad_checkpointing:
+        enable_checkpointing(model)
+    model.train()
+    return model
+
+
+def _mark_base(model: nn.Module) -> None:
+    """Mark every tensor of the base model, so that what the method adds can be told apart."""
+    for tensor in [*model.parameters(), *model.buffers(), *attribute_tensors(model)]:
+        setattr(tensor, BASE_MARK, True)
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing of every block (torch's recommended kind)."""
+    target: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(target, "supports_gradient_checkpointing", False):
+        raise BadInputError(f"{type(target).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.x
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def make_fake(model: nn.Module, mode: FakeTensorMode) -> None:
+    """Swap every meta parameter, buffer and tensor attribute of `model` for a fake CPU tensor, in place.
+
+    Tied parameters stay one object; bnb-quantized weights get their stand-ins (`trace_quant.py`).
+    `.to()` cannot be used: it fails inside FakeTensorMode (torch 2.13), hence the manual swap.
+    """
+    import torch
+    from torch import nn
+
+    from peftplan.planner.trace_quant import fake_quantized_weight, is_quantized_weight
+
+    converter = mode.fake_tensor_converter
+    cpu = torch.device("cpu")
+    swapped: dict[int, Any] = {}
+
+    def fake(t: torch.Tensor) -> Any:
+        out = converter.from_meta_and_device(mode, t, cpu)
+        if getattr(t, BASE_MARK, False):
+            setattr(out, BASE_MARK, True)
+        return out
+
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or not param.is_meta:
+                continue
+            new = swapped.get(id(param))
+            if new is None:
+                if is_quantized_weight(param):
+                    new = fake_quantized_weight(mode, param, module)
+                else:
+                    new = nn.Parameter(fake(param.data), requires_grad=param.requires_grad)
+                if getattr(param, BASE_MARK, False):
+                    setattr(new, BASE_MARK, True)
+                swapped[id(param)] = new
+            module._parameters[name] = new  # type: ignore[assignment]
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_meta:
+                module._buffers[name] = swapped.setdefault(id(buf), fake(buf))
+        for name, value in list(vars(module).items()):
+            if name.startswith("_"):
+                continue
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(module, name, swapped.setdefault(id(value), fake(value)))
+            elif isinstance(value, dict):  # e.g. peft's prompt_tokens per adapter
+                for key, item in list(value.items()):
+                    if isinstance(item, torch.Tensor) and item.is_meta:
+                        value[key] = swapped.setdefault(id(item), fake(item))
+
+
+def attribute_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Tensors a model holds outside its parameters and buffers (plain attributes, dicts of them)."""
+    import torch
+
+    found: list[torch.Tensor] = []
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(value, torch.Tensor):
+                found.append(value)
+            elif isinstance(value, dict):
+                found.extend(v for v in value.values() if isinstance(v, torch.Tensor))
+    return found

@@ -1,0 +1,407 @@
+"""One steady-state training step under the live-bytes tracker, cut into segments and categorised.
+
+The step is what the harness's loop does: states already exist (`trace_optim.warm_up`), then
+`loss = model(input_ids=..., labels=...).loss` (under autocast for 16-bit dtypes; the outputs object
+is dropped at once, as a trainer keeps only the loss), `loss.backward()`, `optimizer.step()`,
+`optimizer.zero_grad(set_to_none=True)`. It runs on fake tensors (the trace) or real ones (the tests).
+
+Segments: hooks mark where the step is, finer than the four phases, so that depth extrapolation
+(`trace_extrapolate.py`) can tell the per-layer pattern from the rest:
+`forward:pre`, `forward:layer:<i>`, `forward:post`, `loss` (from the output head on),
+`backward:head` (until the gradient reaches the head's input), `backward:post`, `backward:layer:<i>`
+(from the gradient of block i's output), `backward:pre`, `optimizer`.
+
+Categories at each segment's peak: parameters by identity (`weights` of the base, packed bnb weights
+included; `quant_constants`; `adapter` for what the method added), `gradients`, `optimizer` states;
+everything else is transient and sorted by when it appeared: `logits` (output head, loss and their
+backward), `activations` (made in the forward), `temporaries` (made in backward or optimizer step).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from peftplan.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from peftplan.planner.context import TrainContext
+    from peftplan.planner.livebytes import LiveBytes, Record
+
+__all__ = ["CATEGORIES", "SegmentPeak", "StepTrace", "run_step"]
+
+CATEGORIES = (
+    "weights",
+    "quant_constants",
+    "adapter",
+    "gradients",
+    "optimizer",
+    "activations",
+    "temporaries",
+    "logits",
+)
+_PEFT_PREFIX = re.compile(r"^base_model\.model\.")
+
+
+@dataclass
+class SegmentPeak:
+    """Live bytes at one segment's peak, split by category, and the transient bytes by module."""
+
+    total: int
+    categories: dict[str, int]
+    modules: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class StepTrace:
+    """What one traced step held: the peak and each segment's peak (in the order they ran)."""
+
+    depth: int
+    peak: int
+    segments: dict[str, SegmentPeak]
+    layers_path: str = ""
+
+    @property
+    def peak_segment(self) -> str:
+        return max(self.segments, key=lambda s: self.segments[s].total)
+
+
+def _unique_trainable(model: nn.Module) -> list[torch.nn.Parameter]:
+    seen: set[int] = set()
+    params = []
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+def find_layers(model: nn.Module, depth: int) -> tuple[str, nn.ModuleList | None]:
+    """The text stack: the shallowest ModuleList of `depth` blocks that is not a vision tower."""
+    from torch import nn
+
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == depth and name
+    ]
+    candidates.sort(key=lambda c: ("visual" in c[0] or "vision" in c[0], c[0].count(".")))
+    return candidates[0] if candidates else ("", None)
+
+
+def _first_tensor(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple | list) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+def _module_tag(name: str) -> str:
+    """A module's name without peft's wrapper prefix; "" for the wrappers and the root model."""
+    return "" if name in ("", "base_model", "base_model.model") else _PEFT_PREFIX.sub("", name)
+
+
+class _Instrument:
+    """Module hooks that mark segments and tag new storages with the innermost running module."""
+
+    def __init__(self, model: Any, lb: LiveBytes, layers: nn.ModuleList | None) -> None:
+        self.lb = lb
+        self.stage = "idle"
+        self.stack: list[str] = []
+        self.handles: list[Any] = []
+        self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        for name, module in model.named_modules():
+            tag = _module_tag(name)
+            self.handles.append(module.register_forward_pre_hook(self._push(tag)))
+            self.handles.append(module.register_forward_hook(self._pop, always_call=True))
+        if layers is not None:
+            last = len(layers) - 1
+            for index, layer in enumerate(layers):
+                self.handles.append(
+                    layer.register_forward_pre_hook(self._layer_start(index), with_kwargs=True)
+                )
+                self.handles.append(layer.register_forward_hook(self._layer_end(index, last)))
+        if self.head is not None:
+            self.handles.append(self.head.register_forward_pre_hook(self._head_start))
+
+    def _push(self, tag: str) -> Any:
+        def hook(module: Any, args: Any) -> None:
+            self.stack.append(tag)
+            self.lb.tag = tag
+
+        return hook
+
+    def _pop(self, module: Any, args: Any, output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+        self.lb.tag = self.stack[-1] if self.stack else ""
+
+    def _on_grad(self, segment: str) -> Any:
+        def hook(grad: Any) -> None:
+            self.lb.mark(segment)
+
+        return hook
+
+    def _watch(self, tensor: Any, segment: str) -> None:
+        if tensor is not None and tensor.requires_grad:
+            tensor.register_hook(self._on_grad(segment))
+
+    def _layer_start(self, index: int) -> Any:
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            if self.stage != "forward":
+                return  # a checkpointed block recomputing during backward
+            self.lb.mark(f"forward:layer:{index}")
+            if index == 0:
+                self._watch(_first_tensor(args) if args else kwargs.get("hidden_states"), "backward:pre")
+
+        return hook
+
+    def _layer_end(self, index: int, last: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            if self.stage != "forward":
+                return
+            self._watch(_first_tensor(output), f"backward:layer:{index}")
+            if index == last:
+                self.lb.mark("forward:post")
+
+        return hook
+
+    def _head_start(self, module: Any, args: Any) -> None:
+        if self.stage != "forward":
+            return
+        self.lb.mark("loss")
+        self._watch(_first_tensor(args), "backward:post")
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _quant_constant_tensors(model: nn.Module) -> list[Any]:
+    import torch
+
+    tensors: list[Any] = []
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        while state is not None:
+            tensors.extend(t for t in (state.absmax, state.code, state.offset) if isinstance(t, torch.Tensor))
+            state = state.state2
+        scb = getattr(p, "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            tensors.append(scb)
+    for module in model.modules():  # bnb int8 layers move CB/SCB into their matmul state
+        scb = getattr(getattr(module, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            tensors.append(scb)
+    return tensors
+
+
+def _persistent_categories(model: nn.Module, optimizer: Any) -> dict[int, str]:
+    """Storage id -> category for everything that outlives the step (read before zero_grad)."""
+    from peftplan.planner.livebytes import storage_of
+    from peftplan.planner.trace_build import BASE_MARK, attribute_tensors
+    from peftplan.planner.trace_optim import optimizer_tensors
+    from peftplan.planner.trace_quant import is_quantized_weight
+
+    categories: dict[int, str] = {}
+
+    def put(tensor: Any, category: str) -> None:
+        storage = storage_of(tensor)
+        if storage is not None:
+            categories.setdefault(id(storage), category)
+
+    for t in optimizer_tensors(optimizer):
+        put(t, "optimizer")
+    for p in model.parameters():
+        if p.grad is not None:
+            put(p.grad, "gradients")
+    for t in _quant_constant_tensors(model):
+        put(t, "quant_constants")
+    for p in model.parameters():
+        put(p, "weights" if getattr(p, BASE_MARK, False) or is_quantized_weight(p) else "adapter")
+    for b in [*model.buffers(), *attribute_tensors(model)]:
+        put(b, "weights" if getattr(b, BASE_MARK, False) else "adapter")
+    return categories
+
+
+def _transient_category(record: Record) -> str:
+    segment = record.phase
+    if segment in ("loss", "backward:head"):
+        return "logits"
+    if segment.startswith("forward"):
+        return "activations"
+    return "temporaries"
+
+
+def _segment_peak(records: list[Record], persistent: dict[int, str]) -> SegmentPeak:
+    categories = dict.fromkeys(CATEGORIES, 0)
+    modules: dict[str, int] = {}
+    for record in records:
+        storage = record.storage()
+        category = persistent.get(id(storage)) if storage is not None else None
+        if category is None:
+            category = _transient_category(record)
+            tag = record.tag or f"({record.phase.split(':')[0] or 'step'})"  # outside any block: the phase
+            modules[tag] = modules.get(tag, 0) + record.nbytes
+        categories[category] += record.nbytes
+    return SegmentPeak(sum(categories.values()), categories, modules)
+
+
+class _AdapterKeptTorch:
+    """`torch` as seen by peft's LoHa/LoKr layers, except that the module-dropout draw `rand(1)` is 1.
+
+    Those layers run `if torch.rand(1) > module_dropout` in training; a fake draw has no value. The
+    answer "keep the adapter" is the only one with module_dropout 0, and the costlier one otherwise.
+    The constant still allocates like the real draw.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        import torch
+
+        return getattr(torch, name)
+
+    @staticmethod
+    def rand(*size: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if size == (1,) and not kwargs:
+            return torch.tensor([1.0])
+        return torch.rand(*size, **kwargs)
+
+
+@contextmanager
+def _data_answers() -> Iterator[None]:
+    """Answer the library code's data-dependent questions on fake inputs as the real step answers them.
+
+    - transformers looks at the values of `position_ids` to detect packed sequences; on fake tensors
+      it cannot, and assumes packing, which builds a dense mask and forces the math attention kernel.
+      The traced batch is plain unpacked sequences, so the answer is "not packed" (the same ops run).
+    - peft's LoHa/LoKr module-dropout draw (see `_AdapterKeptTorch`).
+    """
+    from unittest import mock
+
+    from peft.tuners.loha import layer as loha_layer
+    from peft.tuners.lokr import layer as lokr_layer
+    from transformers import masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+
+    def not_packed(position_ids: Any) -> None:
+        original(position_ids)
+        return None
+
+    kept = _AdapterKeptTorch()
+    with (
+        mock.patch.object(masking_utils, "find_packed_sequence_indices", not_packed),
+        mock.patch.object(loha_layer, "torch", kept),
+        mock.patch.object(lokr_layer, "torch", kept),
+    ):
+        yield
+
+
+def _labels(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Labels for `ids`: the ids themselves, shifted by the model's loss as it does for training.
+
+    Prompt tuning puts virtual tokens before the sequence. peft pads the labels itself for causal LMs;
+    for other task types the training loop must, with -100 (ignored) for the virtual positions.
+    """
+    import torch
+
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return ids
+    if str(getattr(config, "task_type", "")).endswith("CAUSAL_LM") or "PREFIX" in str(config.peft_type):
+        return ids
+    pad = torch.full((ids.shape[0], config.num_virtual_tokens), -100, dtype=ids.dtype)
+    return torch.cat([pad, ids], dim=1)
+
+
+def _host_tensors(optimizer: Any) -> list[Any]:
+    """torch keeps AdamW's per-parameter step counters on the host even on CUDA: not device memory."""
+    return [state["step"] for state in optimizer.state.values() if getattr(state.get("step"), "ndim", 1) == 0]
+
+
+def run_step(
+    model: Any,
+    ctx: TrainContext,
+    *,
+    depth: int,
+    fake_mode: FakeTensorMode | None = None,
+    decompose_bnb: bool = False,
+    granularity: int = 512,
+    seed: int = 0,
+) -> StepTrace:
+    """Run one steady-state step of `model` and return what it held at each segment's peak.
+
+    `granularity` rounds each storage like the CUDA caching allocator (512 bytes).
+
+    Raises:
+        BadInputError: the model has nothing to train.
+    """
+    import torch
+
+    from peftplan.planner.livebytes import LiveBytes
+    from peftplan.planner.trace_build import attribute_tensors, torch_dtype
+    from peftplan.planner.trace_optim import build_optimizer, optimizer_tensors, warm_up
+    from peftplan.planner.trace_quant import DecomposeGemm4bit
+
+    trainable = _unique_trainable(model)
+    if not trainable:
+        raise BadInputError("the method left nothing to train")
+    optimizer = build_optimizer(ctx.optimizer, trainable)  # outside fake mode: bnb builds real code maps
+    layers_path, layers = find_layers(model, depth)
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    autocast: Any = (
+        torch.autocast("cpu", dtype=torch_dtype(ctx.dtype)) if ctx.dtype != "fp32" else nullcontext()
+    )
+    with fake_mode if fake_mode is not None else nullcontext():
+        warm_up(optimizer, trainable)
+        lb = LiveBytes(granularity=granularity, snapshot_peak=True)
+        lb.ignore(_host_tensors(optimizer))
+        lb.track_module(model)
+        lb.track(attribute_tensors(model))
+        lb.track(optimizer_tensors(optimizer))
+        instrument = _Instrument(model, lb, layers)
+        decompose = DecomposeGemm4bit() if decompose_bnb else None
+        generator = torch.Generator().manual_seed(seed) if fake_mode is None else None
+        try:
+            with ExitStack() as stack:
+                if fake_mode is not None:
+                    stack.enter_context(_data_answers())  # imports first: module constants are not the step's
+                stack.enter_context(lb)
+                if decompose is not None:
+                    stack.enter_context(decompose)
+                lb.mark("forward:pre")
+                instrument.stage = "forward"
+                ids = torch.randint(vocab, (ctx.batch_size, ctx.seq_len), generator=generator)
+                labels = _labels(model, ids)
+                with autocast:
+                    loss = model(input_ids=ids, labels=labels).loss
+                instrument.stage = "backward"
+                lb.mark("backward:head")
+                loss.backward()
+                del loss, ids, labels
+                instrument.stage = "optimizer"
+                lb.mark("optimizer")
+                optimizer.step()
+                # Categorise now: gradients are still alive, and every segment's peak is behind us.
+                persistent = _persistent_categories(model, optimizer)
+                segments = {
+                    name: _segment_peak(records, persistent) for name, records in lb.phase_records.items()
+                }
+                optimizer.zero_grad(set_to_none=True)
+        finally:
+            instrument.remove()
+    return StepTrace(
+        depth=depth, peak=lb.peak, segments=segments, layers_path=_PEFT_PREFIX.sub("", layers_path)
+    )

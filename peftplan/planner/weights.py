@@ -1,0 +1,95 @@
+"""Bytes of the model's parameters as the real stack stores them: by dtype, or as bitsandbytes packs them.
+
+bitsandbytes (what `methods/quantize.py` uses) quantizes every Linear except the output layer:
+- NF4/FP4 pack two weights per byte, with one absmax per 64-weight block. Under double quantization
+  (QLoRA's default, and ours) that absmax is 8-bit, with fp32 second-level absmax per 256 blocks, a
+  256-entry fp32 code table and an fp32 offset; the 16-entry 4-bit code is fp32 too.
+- int8 (LLM.int8) keeps one int8 per weight plus an fp32 absmax per output row (SCB).
+Embeddings, norms, biases and the output layer stay unquantized, and peft's k-bit preparation
+casts them to fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftplan.methods.base import Quant
+from peftplan.methods.memory import MemoryTerms
+from peftplan.models.spec import LinearInfo, ModelSpec
+from peftplan.planner.context import DTYPE_BYTES, TrainContext
+
+BLOCK_4BIT = 64  # weights per absmax block
+BLOCK_DOUBLE = 256  # absmax values per second-level block
+CODE_4BIT = 16 * 4  # the NF4/FP4 code table (fp32)
+CODE_DYNAMIC = 256 * 4  # the 8-bit dynamic map of double quantization (fp32)
+OFFSET = 4
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """Parameter storage: base weights, quantization constants, the method's own tensors."""
+
+    weights: int
+    quant_constants: int
+    adapter: int
+    quantized_params: int = 0  # base parameters stored quantized
+
+
+def quantized_linear_bytes(numel: int, out_features: int, quant: Quant, *, double_quant: bool = True) -> tuple[int, int]:
+    """(data bytes, constant bytes) bitsandbytes stores for one Linear weight of `numel` values."""
+    if quant == "int8":
+        return numel, out_features * 4
+    blocks = -(-numel // BLOCK_4BIT)
+    data = -(-numel // 2)
+    if double_quant:
+        second = -(-blocks // BLOCK_DOUBLE)
+        return data, blocks + second * 4 + CODE_DYNAMIC + OFFSET + CODE_4BIT
+    return data, blocks * 4 + CODE_4BIT
+
+
+def quantized_linears(spec: ModelSpec) -> list[LinearInfo]:
+    """The Linears bitsandbytes replaces: all but the output layer."""
+    return [lin for lin in spec.linears if lin.role != "output"]
+
+
+def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> WeightBytes:
+    """Bytes of every parameter at rest, for the method's `terms` under `ctx`."""
+    dtype = DTYPE_BYTES[ctx.dtype]
+    master = ctx.optimizer == "adamw-fp32"  # trainable parameters are kept in fp32
+    adapter = 4 * (terms.adapter_params + terms.frozen_adapter_params)
+    if terms.quant != "none":
+        data = constants = packed_params = 0
+        for lin in quantized_linears(spec):
+            numel = lin.in_features * lin.out_features
+            d, c = quantized_linear_bytes(numel, lin.out_features, terms.quant)
+            data, constants, packed_params = data + d, constants + c, packed_params + numel
+        rest = spec.total_params - packed_params
+        return WeightBytes(data + 4 * rest, constants, adapter, packed_params)
+    trainable = trainable_base_params(spec, terms)
+    frozen = spec.total_params - trainable
+    train_size = 4 if master else dtype
+    return WeightBytes(frozen * dtype + trainable * train_size, 0, adapter)
+
+
+def trainable_base_params(spec: ModelSpec, terms: MemoryTerms) -> int:
+    """How many of the base model's own parameters train (full fine-tuning: all; BitFit: biases)."""
+    if terms.trainable_base == "all":
+        return spec.total_params
+    if terms.trainable_base == "biases":
+        return sum(p.numel for p in spec.params if p.tied_to is None and p.name.rsplit(".", 1)[-1] == "bias")
+    return 0
+
+
+def trainable_base_tensors(spec: ModelSpec, terms: MemoryTerms) -> list[int]:
+    """Element counts of the base parameters that train, one per tensor."""
+    if terms.trainable_base == "all":
+        return [p.numel for p in spec.params if p.tied_to is None]
+    if terms.trainable_base == "biases":
+        return [p.numel for p in spec.params if p.tied_to is None and p.name.rsplit(".", 1)[-1] == "bias"]
+    return []
+
+
+def bits_per_param(quant: Quant, *, double_quant: bool = True, numel: int = 4096 * 4096, rows: int = 4096) -> float:
+    """Storage bits per weight of a quantized Linear, constants included."""
+    data, constants = quantized_linear_bytes(numel, rows, quant, double_quant=double_quant)
+    return 8 * (data + constants) / numel

@@ -1,0 +1,116 @@
+"""Trace equals reality: the fake-tensor step holds exactly the bytes the same step holds for real.
+
+Each case builds the model twice, on meta (then fake) and on CPU with random weights (real bitsandbytes
+for quantized bases), runs the identical steady-state step under the live-bytes tracker, and compares
+every segment's peak and its split by category, byte for byte. The model is a 2-block Llama with
+SmolLM2-135M widths (hidden 576, 9 heads, 3 kv heads, vocab 49,152; the settings matrix uses a
+4,096 vocabulary to keep the real runs quick), plus small GPT-2, BERT and Mixtral shapes for Conv1D layers, an encoder and mixture-of-experts blocks.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from peftplan.methods import get_method, method_names
+from peftplan.models.catalog import catalog_config_dict
+from peftplan.planner.context import TrainContext
+from peftplan.planner.trace import real_step_at_depth, trace_step_at_depth
+
+SMOL = catalog_config_dict("HuggingFaceTB/SmolLM2-135M")
+SMOL_BIASED = {**SMOL, "attention_bias": True}  # BitFit needs biases
+SMOL_SMALL_VOCAB = {
+    **SMOL,
+    "vocab_size": 4096,
+}  # the same blocks, a cheaper real head for the settings matrix
+SMALL = TrainContext(seq_len=32, batch_size=2)
+
+
+def assert_same_step(
+    config: dict, method_name: str, ctx: TrainContext, depth: int = 2, **values: object
+) -> int:
+    method = get_method(method_name)
+    cfg = method.make_config(**values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fake = trace_step_at_depth(config, method, cfg, ctx, depth)
+        real = real_step_at_depth(config, method, cfg, ctx, depth)
+    assert fake.peak == real.peak
+    assert list(fake.segments) == list(real.segments)
+    for name, segment in fake.segments.items():
+        assert segment.categories == real.segments[name].categories, name
+        assert segment.modules == real.segments[name].modules, name
+    return fake.peak
+
+
+@pytest.mark.parametrize("method_name", method_names())
+def test_every_method_bf16_adamw(method_name: str) -> None:
+    config = SMOL_BIASED if method_name == "bitfit" else SMOL
+    assert assert_same_step(config, method_name, SMALL) > 0
+
+
+@pytest.mark.parametrize(
+    ("method_name", "ctx", "values"),
+    [
+        (
+            "lora",
+            TrainContext(
+                seq_len=32, batch_size=2, dtype="fp32", grad_checkpointing=True, optimizer="sgd-momentum"
+            ),
+            {},
+        ),
+        ("qlora", TrainContext(seq_len=32, batch_size=2, dtype="fp32", grad_checkpointing=True), {}),
+        ("full", TrainContext(seq_len=32, batch_size=2, grad_checkpointing=True, optimizer="adamw-fp32"), {}),
+        (
+            "lora",
+            TrainContext(seq_len=32, batch_size=2, dtype="fp16", optimizer="adamw8bit"),
+            {"quant": "int8"},
+        ),
+        ("lora", TrainContext(seq_len=32, batch_size=2, optimizer="paged-adamw8bit"), {"quant": "fp4"}),
+        ("full", TrainContext(seq_len=32, batch_size=2, optimizer="adafactor"), {}),
+        ("ia3", TrainContext(seq_len=32, batch_size=2, attention="eager", optimizer="sgd"), {}),
+    ],
+    ids=[
+        "lora-fp32-ckpt-sgdm",
+        "qlora-fp32-ckpt",
+        "full-master-ckpt",
+        "lora-int8-fp16-8bit",
+        "lora-fp4-paged",
+        "full-adafactor",
+        "ia3-eager-sgd",
+    ],
+)
+def test_settings(method_name: str, ctx: TrainContext, values: dict) -> None:
+    assert_same_step(SMOL_SMALL_VOCAB, method_name, ctx, **values)
+
+
+TINY_GPT2 = {**catalog_config_dict("openai-community/gpt2"), "n_embd": 64, "n_head": 4, "vocab_size": 512}
+TINY_BERT = {
+    **catalog_config_dict("FacebookAI/roberta-base"),
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "vocab_size": 512,
+}
+TINY_MIXTRAL = {
+    **catalog_config_dict("mistralai/Mixtral-8x7B-v0.1"),
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 512,
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "method_name"),
+    [
+        (TINY_GPT2, "full"),
+        (TINY_BERT, "prompt"),
+        (TINY_MIXTRAL, "lora"),
+    ],
+    ids=["gpt2-full", "roberta-prompt", "mixtral-lora"],
+)
+def test_other_architectures(config: dict, method_name: str) -> None:
+    assert_same_step(config, method_name, TrainContext(seq_len=32, batch_size=2, grad_checkpointing=True))

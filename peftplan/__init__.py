@@ -25,7 +25,7 @@ def plan(
     methods: list[str] | str | None = None,
     seq_len: int = 2048,
     batch_size: int = 1,
-    grad_checkpointing: bool = False,
+    grad_checkpointing: bool = True,
     optimizer: str = "adamw",
     dtype: str = "bf16",
     attention: str = "sdpa",

@@ -35,7 +35,7 @@ def plan_command(
     gpu_profiles: Annotated[Path | None, typer.Option("--gpu-profiles", help="A TOML file of extra GPU profiles.")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1,
-    grad_ckpt: Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")] = False,
+    grad_ckpt: Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default on, as TRL and most PEFT recipes train).")] = True,
     optimizer: Annotated[str, typer.Option(help=", ".join(OPTIMIZERS) + ".")] = "adamw",
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16",
     attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa",
@@ -92,7 +92,7 @@ def plan_command(
 
 def make_plan(
     *, model: str, vram: float | None = None, gpu: str | None = None, gpus: int = 1, shard: str = "none",
-    gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool = False,
+    gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool = True,
     optimizer: str = "adamw", dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
     methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
     targets: str | None = None, virtual_tokens: int | None = None, quant: str | None = None,

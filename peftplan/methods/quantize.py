@@ -5,6 +5,7 @@ The output layer, embeddings and norms stay unquantized, as transformers' bitsan
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,28 +13,70 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def _quantized_linear(linear: nn.Linear, quant: str, compute_dtype: object) -> nn.Module:
+@dataclass(frozen=True)
+class QuantTarget:
+    """A layer to quantize: its weight in nn.Linear layout (out, in), whatever the source layer was."""
+
+    name: str
+    in_features: int
+    out_features: int
+    weight: torch.Tensor
+    bias: torch.nn.Parameter | None
+
+
+def quantization_targets(model: nn.Module) -> list[QuantTarget]:
+    """Every Linear and GPT-2 style Conv1D except the output layer, as transformers' bnb integration does."""
+    from torch import nn
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]
+    targets = []
+    for name, module in model.named_modules():
+        if module is output:
+            continue
+        if type(module) is nn.Linear:
+            weight = module.weight.data
+        elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+            weight = module.weight.data.t().contiguous()  # Conv1D stores (in, out)
+        else:
+            continue
+        targets.append(QuantTarget(name, weight.shape[1], weight.shape[0], weight, module.bias))
+    return targets
+
+
+def compute_dtype_of(model: nn.Module) -> torch.dtype:
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _quantized_linear(target: QuantTarget, quant: str, compute_dtype: object) -> nn.Module:
     import bitsandbytes as bnb
 
-    device = linear.weight.device
-    weight = linear.weight.data.to("cpu")
+    device = target.weight.device
+    weight = target.weight.to("cpu")
     if quant == "int8":
         new: nn.Module = bnb.nn.Linear8bitLt(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, has_fp16_weights=False
+            target.in_features, target.out_features, bias=target.bias is not None, has_fp16_weights=False
         )
         new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
         new = bnb.nn.Linear4bit(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
+            target.in_features,
+            target.out_features,
+            bias=target.bias is not None,
             compute_dtype=compute_dtype,
             compress_statistics=True,  # double quantization of the absmax constants
             quant_type=quant,
         )
         new.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type=quant)
-    if linear.bias is not None:
-        new.bias = linear.bias
+    if target.bias is not None:
+        new.bias = target.bias
     new = new.to(device)  # bitsandbytes quantizes on the move to a real device
     disable_cpu_repacking(new)
     return new
@@ -53,23 +96,11 @@ def disable_cpu_repacking(module: nn.Module) -> None:
 
 
 def quantize_linears(model: nn.Module, quant: str) -> int:
-    """Replace every Linear except the output layer by its bitsandbytes version; returns how many."""
-    import torch
-    from torch import nn
-
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]
-    compute_dtype = next(model.parameters()).dtype
-    if compute_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        compute_dtype = torch.float32
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) is nn.Linear and module is not output
-    ]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _quantized_linear(module, quant, compute_dtype))
+    """Replace every Linear/Conv1D except the output layer by its bitsandbytes version; returns how many."""
+    compute_dtype = compute_dtype_of(model)
+    targets = quantization_targets(model)
+    for target in targets:
+        replace_module(model, target.name, _quantized_linear(target, quant, compute_dtype))
     return len(targets)
 
 

@@ -149,12 +149,13 @@ class Plan:
         }
 
 
-def _unsupported_reason(method: Method, ctx: TrainContext) -> str | None:
-    """Combinations the real stack cannot train (checked on transformers 5.23 / peft 0.21)."""
+def _trainable_context(method: Method, ctx: TrainContext) -> tuple[TrainContext, str | None]:
+    """The context the real stack can train this method in (checked on transformers 5.23 / peft 0.21)."""
     if method.name == "prefix" and ctx.grad_checkpointing:
-        return ("prefix tuning cannot train with gradient checkpointing: transformers drops the prefix "
-                "key/values in checkpointed blocks and the step fails; use --no-grad-ckpt")
-    return None
+        note = ("planned without gradient checkpointing: transformers drops prefix tuning's key/values in "
+                "checkpointed blocks and the step fails")
+        return replace(ctx, grad_checkpointing=False), note
+    return ctx, None
 
 
 def plan_method(
@@ -168,9 +169,7 @@ def plan_method(
         BadInputError: the method cannot apply to this model or setting.
     """
     method.check(spec, cfg)
-    reason = _unsupported_reason(method, ctx)
-    if reason:
-        raise BadInputError(reason)
+    ctx, context_note = _trainable_context(method, ctx)
     terms = method.memory_terms(spec, cfg)
     model = step_model_from_terms(spec, terms, ctx)
     memory, moment = price(model, ctx.batch_size, ctx.seq_len)
@@ -198,7 +197,7 @@ def plan_method(
         pcie_gbs=budget.gpu.pcie_gbs, mem_bw_gbs=budget.gpu.mem_bw_gbs,
     )
     trainable = spec.total_params if terms.trainable_base == "all" else method.trainable_params(spec, cfg)
-    notes = list(switch.notes)
+    notes = list(switch.notes) + ([context_note] if context_note else [])
     if terms.quant != "none":
         notes.append("bitsandbytes dequantizes each weight per matmul; the FLOP-based speed does not include it")
     return MethodPlan(

@@ -30,6 +30,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from peftplan.methods.quantize import QuantTarget, compute_dtype_of, quantization_targets, replace_module
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -54,17 +56,17 @@ class Int8Params(FakeTensor):
     SCB: Any
 
 
-def _quantized_linear_on_meta(linear: nn.Linear, quant: str, compute_dtype: torch.dtype) -> nn.Module:
+def _quantized_linear_on_meta(target: QuantTarget, quant: str, compute_dtype: torch.dtype) -> nn.Module:
     """The bnb layer `methods.quantize._quantized_linear` makes, with bnb's own layout, on meta."""
     import bitsandbytes as bnb
 
-    weight = linear.weight.data
-    bias = linear.bias is not None
+    weight = target.weight
+    bias = target.bias is not None
     new: Any
     param: Any
     if quant == "int8":
         new = bnb.nn.Linear8bitLt(
-            linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False, device="meta"
+            target.in_features, target.out_features, bias=bias, has_fp16_weights=False, device="meta"
         )
         # Int8Params._quantize: fp16 rows -> int8 rows (data and CB are one tensor) + fp32 row absmax.
         cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
@@ -73,8 +75,8 @@ def _quantized_linear_on_meta(linear: nn.Linear, quant: str, compute_dtype: torc
         new.weight = param
     else:
         new = bnb.nn.Linear4bit(
-            linear.in_features,
-            linear.out_features,
+            target.in_features,
+            target.out_features,
             bias=bias,
             compute_dtype=compute_dtype,
             compress_statistics=True,
@@ -102,7 +104,7 @@ def _quantized_linear_on_meta(linear: nn.Linear, quant: str, compute_dtype: torc
         new.quant_state = state
         new.support_avx512bf16_for_cpu = False  # as methods.quantize.disable_cpu_repacking
     if bias:
-        new.bias = linear.bias
+        new.bias = target.bias
     return new
 
 
@@ -114,23 +116,13 @@ def quantize_base_on_meta(model: Any, quant: str) -> int:
     """
     import bitsandbytes as bnb
     from peft import prepare_model_for_kbit_training
-    from torch import nn
 
     # bitsandbytes caches its dynamic code map on the device of its first use: make that the CPU, not meta.
     bnb.functional.name2qmap.setdefault("dynamic", bnb.functional.create_dynamic_map())
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    compute_dtype = next(model.parameters()).dtype
-    if compute_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        compute_dtype = torch.float32
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) is nn.Linear and module is not output
-    ]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _quantized_linear_on_meta(module, quant, compute_dtype))
+    compute_dtype = compute_dtype_of(model)
+    targets = quantization_targets(model)
+    for target in targets:
+        replace_module(model, target.name, _quantized_linear_on_meta(target, quant, compute_dtype))
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return len(targets)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """(name, storage bytes of the weight and each quantization constant) for every bnb layer."""
     rows = []
     for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
+        weight: Any = getattr(module, "weight", None)
         if type(weight).__name__ == "Params4bit":
             state = weight.quant_state
             tensors = [weight, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
@@ -66,10 +67,10 @@ def test_fake_weights_pass_for_bitsandbytes_ones() -> None:
     meta = build_model(CONFIG, device="meta", dtype=torch.bfloat16)
     quantize_base_on_meta(meta, "nf4")
     make_fake(meta, FakeTensorMode(allow_non_fake_inputs=True))
-    weight = meta.model.layers[0].mlp.up_proj.weight
+    weight: Any = meta.get_submodule("model.layers.0.mlp.up_proj").weight
     assert type(weight).__name__ == "Params4bit"  # peft dispatches on the class name
-    assert isinstance(weight, nn.Parameter) and not weight.requires_grad
     assert weight.quant_state.absmax.dtype == torch.uint8
+    assert isinstance(weight, nn.Parameter) and not weight.requires_grad
 
 
 def test_decomposition_shows_the_dequantized_weight() -> None:

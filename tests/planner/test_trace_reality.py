@@ -4,7 +4,8 @@ Each case builds the model twice, on meta (then fake) and on CPU with random wei
 for quantized bases), runs the identical steady-state step under the live-bytes tracker, and compares
 every segment's peak and its split by category, byte for byte. The model is a 2-block Llama with
 SmolLM2-135M widths (hidden 576, 9 heads, 3 kv heads, vocab 49,152; the settings matrix uses a
-4,096 vocabulary to keep the real runs quick), plus small GPT-2, BERT and Mixtral shapes for Conv1D layers, an encoder and mixture-of-experts blocks.
+4,096 vocabulary to keep the real runs quick), plus small GPT-2, BERT and Mixtral shapes for Conv1D
+layers, an encoder and mixture-of-experts blocks.
 """
 
 from __future__ import annotations

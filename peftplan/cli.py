@@ -8,11 +8,14 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
+from peftplan.commands.bench import bench_command
 from peftplan.commands.methods import methods_command
 from peftplan.commands.models import models_command
 from peftplan.commands.plan import plan_command
 from peftplan.commands.report import report_command
 from peftplan.commands.trace import trace_command
+from peftplan.commands.validate import validate_command
+from peftplan.commands.worker import worker_command
 from peftplan.errors import PeftplanError
 
 app = typer.Typer(
@@ -26,8 +29,11 @@ app = typer.Typer(
 app.command("methods")(methods_command)
 app.command("models")(models_command)
 app.command("plan")(plan_command)
+app.command("bench")(bench_command)
+app.command("validate")(validate_command)
 app.command("report")(report_command)
 app.command("trace")(trace_command)
+app.command("worker")(worker_command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure: one line, traceback on request
         if os.environ.get("PEFTPLAN_DEBUG"):
             raise
-        print(f"peftplan: unexpected {type(exc).__name__}: {exc} (set PEFTPLAN_DEBUG=1 for a traceback)", file=sys.stderr)
+        from peftplan.errors import one_line
+
+        print(f"peftplan: unexpected {type(exc).__name__}: {one_line(str(exc))} (set PEFTPLAN_DEBUG=1 for a traceback)",
+              file=sys.stderr)
         return 1
     # With standalone_mode off, click returns the exit code of `typer.Exit(code)` instead of raising.
     return result if isinstance(result, int) else 0

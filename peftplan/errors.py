@@ -7,9 +7,19 @@ from collections.abc import Iterable
 
 
 class PeftplanError(Exception):
-    """Base class; `exit_code` is what the CLI returns."""
+    """Base class; `exit_code` is what the CLI returns. Its message is always one printable line."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """`text` with every line break and control character escaped (user input can hold any of them)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 class BadInputError(PeftplanError):

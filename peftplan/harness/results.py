@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = 1
 
 
-class TrialStatus(str, Enum):
+class TrialStatus(str, Enum):  # noqa: UP042 - readers compare and format it as a plain str
     SUCCESS = "success"
     PRUNED = "pruned"
     OOM = "oom"
@@ -67,6 +67,8 @@ class MemoryMeasurement(_Strict):
     rss_peak: int | None = None
     predicted: dict[str, int] | None = Field(None, description="The planner's MemoryBreakdown (bytes).")
     predicted_engine: str | None = None
+    measured_batch: int | None = Field(None, description="Micro-batch size of the measured step.")
+    measured_seq_len: int | None = Field(None, description="Padded sequence length of the measured step.")
 
 
 class Metrics(_Strict):
@@ -85,6 +87,7 @@ class Metrics(_Strict):
     train_tokens: int | None = None
     startup_s: float | None = Field(None, description="Trial process start and imports (per-trial overhead).")
     load_time_s: float | None = Field(None, description="Base model and tokenizer load (per-trial overhead).")
+    threads: int | None = Field(None, description="torch CPU threads the trial trained with.")
 
 
 class Provenance(_Strict):

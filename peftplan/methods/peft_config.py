@@ -48,6 +48,9 @@ def read_peft_config(path: Path) -> tuple[Method, MethodConfig]:
         raise BadInputError(f"cannot read peft config {file}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{file} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{file} is a binary file, not an adapter_config.json (weights are never read from "
+                            "pickle files; give the adapter's directory or its adapter_config.json)") from None
     if not isinstance(raw, dict) or "peft_type" not in raw:
         raise BadInputError(f"{file} is not a peft adapter_config.json (no 'peft_type')")
 

@@ -27,7 +27,8 @@ def to_hf_config(config: dict[str, Any], *, trust_remote_code: bool = False) -> 
     try:
         return transformers.AutoConfig.for_model(**fields)
     except (ValueError, KeyError) as exc:
-        raise BadInputError(f"transformers cannot build a config for model_type {config.get('model_type')!r}: {exc}") from None
+        reason = str(exc).split(". Should contain one of")[0][:300]  # not the list of every known type
+        raise BadInputError(f"transformers cannot build a config for model_type {config.get('model_type')!r}: {reason}") from None
 
 
 def build_model(

@@ -93,7 +93,9 @@ def load_study_views(storages: list[str], results: list[TrialResult], *,
             notes.append(f"no Optuna storage at {url}: no such file")  # optuna would create an empty one
             continue
         try:
-            storage = optuna.storages.get_storage(url)
+            from peftplan.harness.storage_url import normalize_storage_url
+
+            storage = optuna.storages.get_storage(normalize_storage_url(url))  # an installed driver for postgresql://
             opened[url] = (storage, optuna.study.get_all_study_names(storage=storage))
         except Exception as exc:  # an unreachable database must not stop the report
             notes.append(f"could not read Optuna storage {url}: {type(exc).__name__}: {exc}")

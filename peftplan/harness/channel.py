@@ -1,0 +1,48 @@
+"""The pipe between the runner and a trial subprocess: JSON lines each way.
+
+The trial sends events (`step`, `eval`, `phase`); after each `eval` it waits for the runner's answer
+`{"prune": bool}`, because only the runner talks to the Optuna study. The file descriptors are passed
+with `pass_fds`, and named in the child's environment as `PEFTPLAN_TRIAL_FDS=read,write`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+ENV = "PEFTPLAN_TRIAL_FDS"
+LAUNCHED_AT_ENV = "PEFTPLAN_LAUNCHED_AT"  # time.time() when the runner started the process
+
+
+class TrialChannel:
+    """The trial's end. Without the environment variable (a trial run by hand) it is a no-op."""
+
+    def __init__(self, read_fd: int | None, write_fd: int | None) -> None:
+        self._reader = os.fdopen(read_fd, "r") if read_fd is not None else None
+        self._writer = os.fdopen(write_fd, "w", buffering=1) if write_fd is not None else None
+
+    @classmethod
+    def from_env(cls) -> TrialChannel:
+        value = os.environ.get(ENV)
+        if not value:
+            return cls(None, None)
+        read_fd, write_fd = (int(part) for part in value.split(","))
+        return cls(read_fd, write_fd)
+
+    def send(self, event: str, **fields: Any) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.write(json.dumps({"event": event, **fields}) + "\n")
+            except BrokenPipeError:
+                raise SystemExit("the runner went away") from None
+
+    def ask_prune(self, step: int, eval_loss: float) -> bool:
+        """Report an intermediate eval loss; True if the runner's pruner says stop."""
+        self.send("eval", step=step, eval_loss=eval_loss)
+        if self._reader is None:
+            return False
+        line = self._reader.readline()
+        if not line:
+            raise SystemExit("the runner went away")
+        return bool(json.loads(line).get("prune", False))

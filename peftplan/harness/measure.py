@@ -1,0 +1,233 @@
+"""Measurements of a trained trial: memory peak, forgetting, latency, adapter size, planner prediction.
+
+Memory: on CUDA, `torch.cuda.max_memory_allocated`/`max_memory_reserved`, reset when training starts. On
+CPU, the live-bytes tracker (`planner/livebytes.py`) counts every tensor storage during one steady-state
+step (the second: optimizer states exist, gradients were set to None), which is the step the planner
+predicts; plus the process's peak RSS. A memory cap, when the suite sets one, is enforced on every step:
+exceeding it raises `MemoryCapExceeded` at the allocation that crosses it, and the trial is `oom`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class MemoryCapExceeded(MemoryError):
+    """A trial allocated more than the suite's `budget.memory_cap`."""
+
+
+def rss_peak_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@dataclass
+class MemoryPeak:
+    source: str
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+
+
+class StepMemoryProbe:
+    """Measures the peak memory of training steps (see the module docstring); a `train.StepProfiler`."""
+
+    def __init__(self, model: nn.Module, device: str, *, cap: int | None = None, steps: int = 1) -> None:
+        self.model = model
+        self.device = device
+        self.cap = cap
+        self.measured_step = 1 if steps > 1 else 0
+        self.peak: int | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.measured_shape = (0, 0)  # (batch, sequence) of the measured step's widest micro-batch
+        self._cuda = device.startswith("cuda")
+        if self._cuda:
+            import torch
+
+            if cap is not None:
+                total = torch.cuda.get_device_properties(device).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def record_batch(self, index: int, shape: tuple[int, ...]) -> None:
+        if index == self.measured_step:
+            self.measured_shape = (max(self.measured_shape[0], shape[0]), max(self.measured_shape[1], shape[1]))
+
+    @contextlib.contextmanager
+    def step(self, index: int) -> Iterator[None]:
+        if self._cuda or (index != self.measured_step and self.cap is None):
+            yield
+            return
+        tracker = _capped_live_bytes(self.cap)
+        tracker.track_module(self.model)
+        if self.optimizer is not None:
+            tracker.track(optimizer_state_tensors(self.optimizer))
+        with tracker:
+            yield
+        if index == self.measured_step:
+            self.peak = tracker.peak
+
+    def result(self) -> MemoryPeak:
+        if self._cuda:
+            import torch
+
+            return MemoryPeak(
+                "cuda",
+                int(torch.cuda.max_memory_allocated(self.device)),
+                int(torch.cuda.max_memory_reserved(self.device)),
+            )
+        return MemoryPeak("cpu-livebytes", self.peak, None)
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    import torch
+
+    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+
+
+def _capped_live_bytes(cap: int | None) -> Any:
+    from peftplan.planner.livebytes import LiveBytes
+
+    class CappedLiveBytes(LiveBytes):
+        def _raise_peaks(self) -> None:
+            super()._raise_peaks()
+            if cap is not None and self.current > cap:
+                raise MemoryCapExceeded(f"{self.current:,} live bytes exceed the memory cap of {cap:,} bytes")
+
+    return CappedLiveBytes()
+
+
+# -- forgetting --------------------------------------------------------------------------------------
+def probe_windows(tokenizer: Any, text: str, *, tokens: int, window: int) -> list[list[int]]:
+    """The first `tokens` tokens of `text`, cut into windows of `window` tokens."""
+    ids = list(tokenizer(text, add_special_tokens=False).input_ids)[:tokens]
+    return [ids[i : i + window] for i in range(0, len(ids) - 1, window) if len(ids[i : i + window]) > 1]
+
+
+def probe_loss(model: nn.Module, windows: Sequence[list[int]], *, device: str, autocast: str | None) -> float:
+    """Mean per-token next-token loss over the probe windows."""
+    from peftplan.harness.tasks import Encoded
+    from peftplan.harness.train import evaluate_loss
+
+    items = [Encoded(w, list(w)) for w in windows]
+    # Padding is masked out of attention and loss, so its id does not matter.
+    return evaluate_loss(model, items, 0, batch_size=8, device=device, autocast=autocast)
+
+
+def self_sampled_text(model: nn.Module, tokenizer: Any, *, tokens: int, window: int, device: str, seed: int) -> str:
+    """Text the base model writes itself: the forgetting probe when no general text is available."""
+    import torch
+
+    starts = ["The", "In", "A", "It", "When", "There", "This", "One"]
+    sequences = max(1, -(-tokens // window))
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompts = [bos + list(tokenizer(starts[i % len(starts)], add_special_tokens=False).input_ids) for i in range(sequences)]
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    torch.manual_seed(seed)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(  # type: ignore[operator]
+            input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, temperature=1.0,
+            max_new_tokens=window, min_new_tokens=window, pad_token_id=pad,
+        )
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return "\n".join(t.strip() for t in texts)
+
+
+# -- latency -----------------------------------------------------------------------------------------
+@dataclass
+class Speed:
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float | None  # None when background load made the difference meaningless
+
+
+def measure_speed(model: nn.Module, prompt_ids: list[int], *, new_tokens: int, repeats: int, device: str) -> Speed:
+    """Prefill and greedy decode tokens/s at batch 1, best of `repeats`.
+
+    Prefill is one forward over the prompt. Decode is the time `generate` takes for `new_tokens` more
+    tokens than a one-token generate (which holds the same prefill), so both paths are the model's own.
+    """
+    import torch
+
+    ids = torch.tensor([prompt_ids], device=device)
+    mask = torch.ones_like(ids)
+
+    def generate(count: int) -> None:
+        model.generate(  # type: ignore[operator]
+            input_ids=ids, attention_mask=mask, do_sample=False,
+            max_new_tokens=count, min_new_tokens=count, pad_token_id=0,
+        )
+
+    model.eval()
+    prefill, short, long = [], [], []
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)  # warm-up
+        for _ in range(repeats):
+            prefill.append(timed(model, input_ids=ids, attention_mask=mask)[1])
+            short.append(timed(generate, 1)[1])
+            long.append(timed(generate, new_tokens + 1)[1])
+    decode_time = min(long) - min(short)
+    return Speed(len(prompt_ids) / min(prefill), new_tokens / decode_time if decode_time > 0 else None)
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - started
+
+
+def directory_bytes(path: Any) -> int:
+    """Bytes of the weight files in a saved adapter directory."""
+    from pathlib import Path
+
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
+
+
+# -- the planner's prediction ------------------------------------------------------------------------
+def planner_prediction(
+    model_id: str,
+    model_config: dict[str, Any] | None,
+    method: str,
+    method_config: dict[str, Any],
+    *,
+    seq_len: int,
+    batch_size: int,
+    grad_checkpointing: bool,
+    optimizer: str,
+    dtype: str,
+    device: str,
+) -> tuple[dict[str, int] | None, str | None]:
+    """The planner's MemoryBreakdown (bytes) for exactly the measured step, and which engine made it.
+
+    Returns (None, None) when the planner is not importable or cannot plan this config: a missing
+    prediction never fails a trial.
+    """
+    try:
+        from peftplan import plan
+    except ImportError:
+        return None, None
+    try:
+        result = plan(
+            model_id, methods=[method], method_config=method_config, model_config=model_config,
+            seq_len=seq_len, batch_size=batch_size, grad_checkpointing=grad_checkpointing,
+            optimizer=optimizer, dtype=dtype, device="cuda" if device.startswith("cuda") else "cpu",
+            fit_search=False,
+        )
+    except Exception:  # e.g. a setting the planner does not model yet: report no prediction
+        return None, None
+    (entry,) = result.methods
+    return {k: int(v) for k, v in entry.memory.to_dict().items()}, result.engine

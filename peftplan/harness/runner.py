@@ -1,0 +1,388 @@
+"""Run a suite: prepare the run directory, then run trials round-robin over methods until each has its count.
+
+A trial counts once the harness has finished it (success, pruned, oom, timeout or failed: the
+`peftplan_status` user attribute). Re-running the same suite, or `--resume`, continues: finished trials
+are kept, trials another runner still holds are waited for, and a trial whose runner died is failed
+by its expired heartbeat and queued again with the same params. The order of writes makes this safe:
+the trial writes `outcome.json`, then the runner tells Optuna, then writes the result file; on start, a
+finished trial without a result file gets it rebuilt from its outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftplan.errors import BadInputError
+from peftplan.harness import search, workqueue
+from peftplan.harness.data import TaskInfo, prepare_task, write_task
+from peftplan.harness.launch import launch_trial
+from peftplan.harness.loading import WeightsSource, weights_source
+from peftplan.harness.progress import LineProgress, Progress
+from peftplan.harness.published import publish_suite
+from peftplan.harness.results import TrialResult, TrialStatus, config_hash, read_result, write_result
+from peftplan.harness.rundir import RunDir, study_name, write_tables
+from peftplan.harness.space import SampledConfig, as_choice, recipe_params, sample_config
+from peftplan.harness.storage_url import check_reachable, normalize_storage_url
+from peftplan.harness.trial import OUTCOME, TrialSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+    from peftplan.harness.suite import LoadedSuite, MethodEntry
+
+KEY_ATTR = "peftplan_key"
+CONFIG_ATTR = "peftplan_config"
+RECIPE_ATTR = "peftplan_recipe"
+RECOVERED_ATTR = "peftplan_recovered_from"
+OWNER_ATTR = "peftplan_owner"  # host:run-dir of the runner that ran the trial (it writes the result file)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stopped_by_time: bool = False
+    trials_run: int = 0
+
+
+class _Listener:
+    """Relays one trial's events to the progress display and its eval losses to Optuna's pruner."""
+
+    def __init__(self, trial: optuna.Trial, key: str, pruning: bool, maximize: bool, progress: Progress) -> None:
+        self.trial, self.key, self.pruning, self.maximize, self.progress = trial, key, pruning, maximize, progress
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.progress.trial_event(self.key, self.trial.number, event)
+
+    def should_prune(self, step: int, eval_loss: float) -> bool:
+        if not self.pruning:
+            return False
+        # The pruner follows the study's direction; a maximised study gets the loss negated.
+        self.trial.report(-eval_loss if self.maximize else eval_loss, step)
+        return bool(self.trial.should_prune())
+
+
+class BenchRunner:
+    """Runs one suite in one run directory (several runners may share a study through its storage)."""
+
+    def __init__(self, loaded: LoadedSuite, run: RunDir, *, storage_url: str | None = None,
+                 progress: Progress | None = None, join: bool = False, only: list[str] | None = None) -> None:
+        """`join`: the studies exist (a worker); `only`: run just these method entries."""
+        self.loaded = loaded
+        self.suite = loaded.suite
+        self.run_dir = run
+        self.storage_url = normalize_storage_url(storage_url or self.suite.storage.url or run.default_storage())
+        self.progress: Progress = progress or LineProgress()
+        self.join = join
+        self.owner = f"{socket.gethostname()}:{run.path}"
+        self.entries = {entry.key: entry for entry in self.suite.methods if only is None or entry.key in only}
+        self.studies: dict[str, optuna.Study] = {}
+        self.weights: WeightsSource | None = None
+        self.task: TaskInfo | None = None
+
+    # -- preparation ----------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Data split, model weights, studies (with the recipe enqueued), and repair of missing result files."""
+        if not (self.run_dir.data_dir / "task.json").is_file():
+            prepared = prepare_task(self.loaded)
+            write_task(prepared, self.run_dir.data_dir)
+            for note in prepared.info.notes:
+                self.progress.message(note)
+        self.task = TaskInfo(**json.loads((self.run_dir.data_dir / "task.json").read_text()))
+        self.weights = weights_source(self.suite.model, self.loaded)
+        check_reachable(self.storage_url)
+        storage = search.make_storage(self.storage_url, self.suite.storage, self._on_stale)
+        self.storage = storage
+        seeds = {entry.key: self.suite.search.seed + index for index, entry in enumerate(self.suite.methods)}
+        for key, entry in self.entries.items():
+            study = search.open_study(storage, study_name(self.suite.name, key), self.suite, seeds[key])
+            self.studies[key] = study
+            if not self.join:
+                publish_suite(study, self.loaded)
+            if not self.join and not study.get_trials(deepcopy=False):
+                fixed = [(recipe_params(entry, self.suite), {RECIPE_ATTR: True})] if self.suite.search.recipe else []
+                fixed += [({k: as_choice(v) for k, v in params.items()}, {}) for params in entry.enqueue]
+                workqueue.fill_queue(study, self.suite.trials_for(entry), fixed)
+            self._rebuild_missing_results(key, study)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        if not self.studies:
+            self.prepare()
+        summary = RunSummary(self.run_dir.path)
+        deadline = None if self.suite.budget.total_time is None else time.monotonic() + self.suite.budget.total_time
+        while True:
+            ran, waiting_on_others = False, False
+            for key, entry in self.entries.items():
+                study = self.studies[key]
+                counted, running, queued = self._tally(study)
+                target = self.suite.trials_for(entry)
+                if counted >= target:
+                    continue
+                if queued == 0 and (running > 0 or not workqueue.top_up(study, target, counted, running, queued)):
+                    waiting_on_others = True  # another runner (or a dead one, until its heartbeat expires)
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    summary.stopped_by_time = True
+                    self.progress.message("budget.total_time reached: no new trials start")
+                    return self._finish(summary)
+                if self._run_one(key, entry, study):
+                    summary.trials_run += 1
+                ran = True  # tally again: a claim lost to another runner is no reason to wait
+            if ran:
+                continue
+            if not waiting_on_others:
+                return self._finish(summary)
+            time.sleep(self.suite.storage.heartbeat_interval)
+            for study in self.studies.values():
+                search.fail_stale_trials(study)
+
+    def _tally(self, study: optuna.Study) -> tuple[int, int, int]:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        counted = sum(1 for t in trials if t.state.is_finished() and search.STATUS_ATTR in t.user_attrs)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        queued = sum(1 for t in trials if t.state == TrialState.WAITING)
+        return counted, running, queued
+
+    def _run_one(self, key: str, entry: MethodEntry, study: optuna.Study) -> bool:
+        """Claim a queued trial and run it; False when another runner claimed the last one first."""
+        from optuna.trial import TrialState
+
+        search.fail_stale_trials(study)
+        trial = workqueue.claim(study)
+        if trial is None:
+            return False
+        trial.set_user_attr(OWNER_ATTR, self.owner)
+        try:
+            sampled = sample_config(trial, entry, self.suite)
+        except BadInputError as exc:  # e.g. a sampled target preset the model lacks
+            self._record(key, entry, study, trial, None, "failed", None, str(exc), 0.0)
+            return True
+        config = self._resolved_config(entry, sampled)
+        trial.set_user_attr(KEY_ATTR, key)
+        trial.set_user_attr(CONFIG_ATTR, config)
+        self.progress.trial_started(key, trial.number, trial.params, self.suite.training.steps)
+        spec = TrialSpec(
+            run_dir=str(self.run_dir.path),
+            suite=self.loaded.normalized(),
+            suite_dir=str(self.loaded.base_dir),
+            method_key=key,
+            method=entry.name,
+            method_config=sampled.config.model_dump(mode="json"),
+            lr=sampled.lr,
+            trial_number=trial.number,
+            pruning=search.pruning_enabled(self.suite),
+            weights=vars(self.weights) if self.weights is not None else {},
+            threads=self._threads(),
+        )
+        maximize = search.directions(self.suite)[0] == "maximize"
+        listener = _Listener(trial, key, search.pruning_enabled(self.suite), maximize, self.progress)
+        try:
+            with search.Heartbeat(self.storage, trial._trial_id, self.suite.storage.heartbeat_interval):
+                launched = launch_trial(spec, self.run_dir.work_dir(key, trial.number),
+                                        timeout=self.suite.budget.trial_timeout, listener=listener,
+                                        env=self._trial_env())
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={RECIPE_ATTR: trial.user_attrs.get(RECIPE_ATTR, False)})
+            self._write(key, entry, trial.number, config, trial.params, "canceled", None,
+                        "interrupted (Ctrl-C); queued again with the same params", 0.0, None)
+            raise
+        self._record(key, entry, study, trial, config, launched.status, launched.outcome, launched.error,
+                     launched.wall_time_s)
+        return True
+
+    def _record(self, key: str, entry: MethodEntry, study: optuna.Study, trial: optuna.Trial,
+                config: dict[str, Any] | None, status: str, outcome: dict[str, Any] | None, error: str | None,
+                wall: float) -> None:
+        """Tell Optuna, then write the result file (see the module docstring for why in this order)."""
+        from optuna.trial import TrialState
+
+        config = config or {"method": entry.name, "params": trial.params}
+        retry_of = self.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        result = self._result(key, entry, trial.number, config, trial.params, status, outcome, error, wall, retry_of)
+        trial.set_user_attr(search.STATUS_ATTR, status)
+        peak = _peak_bytes(result)
+        if self.suite.budget.vram is not None and peak is not None:
+            trial.set_user_attr(search.MEMORY_EXCESS_ATTR, float(peak - self.suite.budget.vram))
+        value = _objective_value(result, self.suite.search.objective)
+        if status == "success" and value is not None:
+            values = [value, float(peak or 0)] if self.suite.search.multi_objective else value
+            study.tell(trial, values)
+        elif status == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+        write_result(result, self.run_dir.trial_path(key, trial.number))
+        write_tables(self.run_dir)
+        self.progress.trial_finished(key, trial.number, status, result.metrics.task_metric, self._best_metric(key))
+
+    # -- results --------------------------------------------------------------------------------------
+    def _resolved_config(self, entry: MethodEntry, sampled: SampledConfig) -> dict[str, Any]:
+        return {
+            "model": self.suite.model.display_id,
+            "task": self.task.name if self.task else None,
+            **sampled.as_dict(),
+            "training": self.suite.training.model_dump(mode="json"),
+        }
+
+    def _result(self, key: str, entry: MethodEntry, number: int, config: dict[str, Any], params: dict[str, Any],
+                status: str, outcome: dict[str, Any] | None, error: str | None, wall: float,
+                retry_of: int | None) -> TrialResult:
+        from peftplan.harness.provenance import now_iso, provenance
+
+        outcome = outcome or {}
+        metrics = dict(outcome.get("metrics") or {})
+        metrics["wall_time_s"] = wall or metrics.get("wall_time_s")
+        prov = outcome.get("provenance") or {**provenance(self._device_guess(), now_iso()), "finished_at": now_iso()}
+        memory = outcome.get("memory")
+        return TrialResult(
+            suite_name=self.suite.name,
+            suite_hash=self.loaded.hash,
+            study_name=study_name(self.suite.name, key),
+            model=self.suite.model.display_id,
+            task=self.task.name if self.task else "",
+            method=entry.name,
+            label=key,
+            trial_number=number,
+            config=config,
+            config_hash=config_hash(config),
+            params=dict(params),
+            retry_of=retry_of,
+            status=TrialStatus(status),
+            error=error,
+            metrics=metrics,
+            forgetting=outcome.get("forgetting"),
+            latency=outcome.get("latency"),
+            memory=memory,
+            intermediate=outcome.get("intermediate") or [],
+            provenance=prov,
+        )
+
+    def _write(self, key: str, entry: MethodEntry, number: int, config: dict[str, Any], params: dict[str, Any],
+               status: str, outcome: dict[str, Any] | None, error: str | None, wall: float,
+               retry_of: int | None) -> None:
+        result = self._result(key, entry, number, config, params, status, outcome, error, wall, retry_of)
+        write_result(result, self.run_dir.trial_path(key, number))
+        write_tables(self.run_dir)
+
+    def _best_metric(self, key: str) -> float | None:
+        best = None
+        for path in self.run_dir.trials_dir.glob(f"{key}-*.json"):
+            result = read_result(path)
+            value = result.metrics.task_metric
+            if result.status == TrialStatus.SUCCESS and value is not None and (best is None or value > best):
+                best = value
+        return best
+
+    def _rebuild_missing_results(self, key: str, study: optuna.Study) -> None:
+        """A runner killed between telling Optuna and writing the file: rebuild the file from the outcome."""
+        entry = self.entries[key]
+        for trial in study.get_trials(deepcopy=False):
+            status = trial.user_attrs.get(search.STATUS_ATTR)
+            if status is None or not trial.state.is_finished() or self.run_dir.trial_path(key, trial.number).exists():
+                continue
+            if trial.user_attrs.get(OWNER_ATTR, self.owner) != self.owner:
+                continue  # another runner's trial: its result file is in its own run directory
+            source = trial.user_attrs.get(RECOVERED_ATTR, trial.number)
+            outcome = _read_json(self.run_dir.work_dir(key, source) / OUTCOME)
+            config = trial.user_attrs.get(CONFIG_ATTR) or {"method": entry.name, "params": trial.params}
+            wall = float(((outcome or {}).get("metrics") or {}).get("wall_time_s") or 0.0)
+            self._write(key, entry, trial.number, config, trial.params, status, outcome,
+                        (outcome or {}).get("error"), wall, trial.system_attrs.get("failed_trial"))
+
+    def _on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A trial whose runner died: keep its outcome if it had finished, else queue it again."""
+        import optuna
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        key = trial.user_attrs.get(KEY_ATTR) or study.study_name.rsplit("/", 1)[-1]
+        entry = self.entries.get(key)
+        if entry is None:
+            return
+        mine = trial.user_attrs.get(OWNER_ATTR, self.owner) == self.owner
+        outcome = _read_json(self.run_dir.work_dir(key, trial.number) / OUTCOME) if mine else None
+        config = trial.user_attrs.get(CONFIG_ATTR) or {"method": entry.name, "params": trial.params}
+        if outcome is not None and outcome.get("status") in ("success", "pruned", "oom", "failed"):
+            status = outcome["status"]
+            result = self._result(key, entry, trial.number, config, trial.params, status, outcome,
+                                  outcome.get("error"), 0.0, None)
+            value = _objective_value(result, self.suite.search.objective)
+            finished = status == "success" and value is not None
+            peak = float(_peak_bytes(result) or 0)
+            study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE if finished else (
+                    optuna.trial.TrialState.PRUNED if status == "pruned" else optuna.trial.TrialState.FAIL),
+                values=(([value, peak] if self.suite.search.multi_objective else [value])
+                        if finished and value is not None else None),
+                params=trial.params, distributions=trial.distributions,
+                user_attrs={**trial.user_attrs, search.STATUS_ATTR: status, RECOVERED_ATTR: trial.number,
+                            OWNER_ATTR: self.owner},
+            ))
+            return  # the copy has no result file yet: `_rebuild_missing_results` writes it on the next start
+        RetryHeartbeatStaleTrialCallback(max_retry=self.suite.storage.max_retry)(study, trial)
+        self._write(key, entry, trial.number, config, trial.params, "canceled", None,
+                    "its runner stopped (heartbeat expired); queued again with the same params", 0.0,
+                    trial.system_attrs.get("failed_trial"))
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _trial_env(self) -> dict[str, str]:
+        """Trials of a local or embedded model never reach the Hub."""
+        if self.weights is not None and self.weights.kind == "pretrained" and not Path(self.weights.location).is_dir():
+            return {}
+        return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def _threads(self) -> int | None:
+        """The suite's `training.threads`, else the cores idle right now (see `harness/cpu.py`)."""
+        if self.suite.training.threads is not None:
+            return self.suite.training.threads
+        if self.suite.training.device == "cuda":
+            return None
+        from peftplan.harness.cpu import idle_cores
+
+        return idle_cores()
+
+    def _device_guess(self) -> str:
+        return "cuda:0" if self.suite.training.device == "cuda" else "cpu"
+
+    def _finish(self, summary: RunSummary) -> RunSummary:
+        for path in self.run_dir.result_paths():
+            result = read_result(path)
+            summary.counts[result.status.value] = summary.counts.get(result.status.value, 0) + 1
+            key = result.label or result.method
+            value = result.metrics.task_metric
+            if result.status == TrialStatus.SUCCESS and value is not None:
+                if key not in summary.best or value > summary.best[key]["task_metric"]:
+                    summary.best[key] = {"trial": result.trial_number, "task_metric": value,
+                                         "metric": result.metrics.task_metric_name, "params": result.params}
+        write_tables(self.run_dir)
+        self.progress.close()
+        return summary
+
+
+def _peak_bytes(result: TrialResult) -> int | None:
+    if result.memory is None:
+        return None
+    return result.memory.peak_allocated or result.memory.rss_peak
+
+
+def _objective_value(result: TrialResult, objective: str) -> float | None:
+    if objective == "eval_loss":
+        return result.metrics.eval_loss
+    return result.metrics.task_metric
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, json.JSONDecodeError):
+        return None

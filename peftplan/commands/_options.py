@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 from peftplan.errors import BadInputError
 
@@ -13,6 +15,16 @@ if TYPE_CHECKING:
     from peftplan.methods.base import Method, MethodConfig
 
 FORMATS = ("table", "json", "markdown")
+
+# The method knobs `methods`, `plan` and `trace` share (see `method_configs`).
+MethodOpt = Annotated[list[str] | None, typer.Option("--method", help="Restrict to these methods (repeat or comma-separate).")]
+RankOpt = Annotated[int | None, typer.Option(help="LoRA-family rank.")]
+AlphaOpt = Annotated[float | None, typer.Option(help="LoRA-family alpha.")]
+TargetsOpt = Annotated[str | None, typer.Option(help="Module names, re:<regex>, or presets attn, mlp, all-linear.")]
+VirtualTokensOpt = Annotated[int | None, typer.Option("--virtual-tokens", help="Prefix/prompt tuning tokens.")]
+QuantOpt = Annotated[str | None, typer.Option(help="Base quantization: none, nf4, fp4, int8.")]
+BottleneckOpt = Annotated[int | None, typer.Option(help="Bottleneck adapter width.")]
+PeftConfigOpt = Annotated[Path | None, typer.Option("--peft-config", help="Use exactly this peft adapter_config.json.")]
 
 
 def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> str:

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from peftplan.commands._options import check_format, method_configs, print_json
+from peftplan.commands._options import (
+    AlphaOpt,
+    BottleneckOpt,
+    MethodOpt,
+    PeftConfigOpt,
+    QuantOpt,
+    RankOpt,
+    TargetsOpt,
+    VirtualTokensOpt,
+    check_format,
+    method_configs,
+    print_json,
+)
 
 
 def methods_command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Also count trainable parameters on this model.")] = None,
-    method: Annotated[list[str] | None, typer.Option("--method", help="Restrict to these methods (repeat or comma-separate).")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA-family rank.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="LoRA-family alpha.")] = None,
-    targets: Annotated[str | None, typer.Option(help="Module names or presets attn, mlp, all-linear.")] = None,
-    virtual_tokens: Annotated[int | None, typer.Option("--virtual-tokens", help="Prefix/prompt tuning tokens.")] = None,
-    quant: Annotated[str | None, typer.Option(help="Base quantization: none, nf4, fp4, int8.")] = None,
-    bottleneck: Annotated[int | None, typer.Option(help="Bottleneck adapter width.")] = None,
-    peft_config: Annotated[Path | None, typer.Option("--peft-config", help="A peft adapter_config.json to count.")] = None,
+    method: MethodOpt = None,
+    rank: RankOpt = None,
+    alpha: AlphaOpt = None,
+    targets: TargetsOpt = None,
+    virtual_tokens: VirtualTokensOpt = None,
+    quant: QuantOpt = None,
+    bottleneck: BottleneckOpt = None,
+    peft_config: PeftConfigOpt = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's custom code.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
 ) -> None:

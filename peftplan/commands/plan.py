@@ -7,7 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from peftplan.commands._options import check_format, print_json
+from peftplan.commands._options import (
+    AlphaOpt,
+    BottleneckOpt,
+    MethodOpt,
+    PeftConfigOpt,
+    QuantOpt,
+    RankOpt,
+    TargetsOpt,
+    VirtualTokensOpt,
+    check_format,
+    print_json,
+)
 
 OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor")
 DTYPES = ("bf16", "fp16", "fp32")
@@ -40,14 +51,14 @@ def plan_command(
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16",
     attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa",
     device: Annotated[str, typer.Option(help="Whose kernels to model: cuda (default) or cpu.")] = "cuda",
-    method: Annotated[list[str] | None, typer.Option("--method", help="Restrict to these methods (repeat or comma-separate).")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA-family rank.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="LoRA-family alpha.")] = None,
-    targets: Annotated[str | None, typer.Option(help="Module names or presets attn, mlp, all-linear.")] = None,
-    virtual_tokens: Annotated[int | None, typer.Option("--virtual-tokens", help="Prefix/prompt tuning tokens.")] = None,
-    quant: Annotated[str | None, typer.Option(help="Base quantization: none, nf4, fp4, int8.")] = None,
-    bottleneck: Annotated[int | None, typer.Option(help="Bottleneck adapter width.")] = None,
-    peft_config: Annotated[Path | None, typer.Option("--peft-config", help="Plan exactly this peft adapter_config.json.")] = None,
+    method: MethodOpt = None,
+    rank: RankOpt = None,
+    alpha: AlphaOpt = None,
+    targets: TargetsOpt = None,
+    virtual_tokens: VirtualTokensOpt = None,
+    quant: QuantOpt = None,
+    bottleneck: BottleneckOpt = None,
+    peft_config: PeftConfigOpt = None,
     tasks: Annotated[int, typer.Option(help="How many adapted tasks will be served.")] = 1,
     switching: Annotated[str, typer.Option(help="merge, hot-swap or multi-tenant.")] = "merge",
     examples: Annotated[int | None, typer.Option(help="Training examples (for time, cost and rank advice).")] = None,

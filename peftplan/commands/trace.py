@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
 
-from peftplan.commands._options import check_format, method_configs, print_json
+from peftplan.commands._options import (
+    AlphaOpt,
+    BottleneckOpt,
+    MethodOpt,
+    PeftConfigOpt,
+    QuantOpt,
+    RankOpt,
+    TargetsOpt,
+    VirtualTokensOpt,
+    check_format,
+    method_configs,
+    print_json,
+)
 from peftplan.errors import BadInputError, UnknownNameError
 
 GIB = 1024**3
@@ -31,27 +42,19 @@ def _choice(kind: str, value: str, literal: Any) -> str:
 
 def trace_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Catalog id, local path or Hub id.")],
-    method: Annotated[
-        list[str] | None, typer.Option("--method", help="Methods to trace (repeat or comma-separate).")
-    ] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA-family rank.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="LoRA-family alpha.")] = None,
-    targets: Annotated[
-        str | None, typer.Option(help="Module names or presets attn, mlp, all-linear.")
-    ] = None,
-    virtual_tokens: Annotated[
-        int | None, typer.Option("--virtual-tokens", help="Prefix/prompt tuning tokens.")
-    ] = None,
-    quant: Annotated[str | None, typer.Option(help="Base quantization: none, nf4, fp4, int8.")] = None,
-    bottleneck: Annotated[int | None, typer.Option(help="Bottleneck adapter width.")] = None,
-    peft_config: Annotated[
-        Path | None, typer.Option("--peft-config", help="Trace exactly this peft adapter.")
-    ] = None,
+    method: MethodOpt = None,
+    rank: RankOpt = None,
+    alpha: AlphaOpt = None,
+    targets: TargetsOpt = None,
+    virtual_tokens: VirtualTokensOpt = None,
+    quant: QuantOpt = None,
+    bottleneck: BottleneckOpt = None,
+    peft_config: PeftConfigOpt = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 1,
     grad_ckpt: Annotated[
-        bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Activation checkpointing.")
-    ] = False,
+        bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Activation checkpointing (default on, as plan).")
+    ] = True,
     optimizer: Annotated[
         str, typer.Option(help="adamw, adamw-fp32, adamw8bit, paged-adamw8bit, sgd, ...")
     ] = "adamw",

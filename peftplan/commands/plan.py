@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from peftplan.commands._options import (
+    FORMATS,
     AlphaOpt,
     BottleneckOpt,
     MethodOpt,
@@ -17,8 +19,8 @@ from peftplan.commands._options import (
     TargetsOpt,
     VirtualTokensOpt,
     check_format,
-    print_json,
 )
+from peftplan.errors import BadInputError
 
 OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor")
 DTYPES = ("bf16", "fp16", "fp32")
@@ -68,13 +70,14 @@ def plan_command(
     fit_search: Annotated[bool, typer.Option("--fit-search/--no-fit-search", help="Search the largest batch, sequence and rank that fit.")] = True,
     engine: Annotated[str, typer.Option(help="analytic (fast), trace (fake-tensor step) or both (adds the error).")] = "analytic",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's custom code.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table, json, markdown or html (one self-contained page).")] = "table",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the output to this file instead of stdout.")] = None,
 ) -> None:
     """Plan PEFT fine-tuning of a model on a GPU budget: memory, fit, cost and a recommendation.
 
     Exits 0 when some method fits, 3 when none does, 2 on bad input.
     """
-    check_format(fmt)
+    check_format(fmt, (*FORMATS, "html"))
     plan = make_plan(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
         gpu_profiles=gpu_profiles, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
@@ -86,12 +89,8 @@ def plan_command(
         epochs=epochs, mfu=mfu, fit_search=fit_search, trust_remote_code=trust_remote_code,
         engine=_choice("engine", engine, ENGINES),
     )
-    if fmt == "json":
-        print_json(plan.to_dict())
-    elif fmt == "markdown":
-        from peftplan.planner.render import to_markdown
-
-        print(to_markdown(plan), end="")
+    if fmt in ("json", "html") or out is not None:
+        _write(_render_text(plan, fmt), out)
     else:
         from peftplan.planner.render import print_table
 
@@ -99,6 +98,32 @@ def plan_command(
     from peftplan.planner.plan import check_fits
 
     check_fits(plan)
+
+
+def _render_text(plan: Any, fmt: str) -> str:
+    if fmt == "json":
+        import json
+
+        return json.dumps(plan.to_dict(), indent=2) + "\n"
+    if fmt == "html":
+        from peftplan.reports.plan_html import render_plan_html
+
+        return render_plan_html(plan.to_dict())
+    if fmt == "markdown":
+        from peftplan.planner.render import to_markdown
+
+        return str(to_markdown(plan))
+    raise BadInputError("--out needs --format json, markdown or html")
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def make_plan(

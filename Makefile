@@ -44,7 +44,7 @@ postgres:
 	else echo "postgres: no apt-get here; install postgresql to run the PostgreSQL tests"; fi
 
 test: setup browser postgres
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --timeout=900
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile --timeout=900
 
 lint: setup
 	$(VENV)/bin/ruff check peftplan tests benchmarks

@@ -207,7 +207,8 @@ def test_bad_cli_arguments_exit_2_with_one_line(data: st.DataObject, fuzz_dir: P
 
 
 def test_fuzzed_at_least_200_inputs() -> None:
-    # Runs after the three fuzz tests in this module (pytest keeps file order).
+    # Runs after the three fuzz tests in this module: pytest keeps file order, and `make test` runs
+    # pytest-xdist with --dist loadfile, so one worker runs this whole file.
     print(f"fuzzed {COUNTER['suites']} suite files and {COUNTER['argv']} argument lists")
     assert COUNTER["suites"] + COUNTER["argv"] >= 200, COUNTER
 

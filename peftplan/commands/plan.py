@@ -89,7 +89,7 @@ def plan_command(
         epochs=epochs, mfu=mfu, fit_search=fit_search, trust_remote_code=trust_remote_code,
         engine=_choice("engine", engine, ENGINES),
     )
-    if fmt in ("json", "html") or out is not None:
+    if fmt != "table" or out is not None:
         _write(_render_text(plan, fmt), out)
     else:
         from peftplan.planner.render import print_table

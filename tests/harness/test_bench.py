@@ -16,6 +16,7 @@ import pandas as pd
 
 from peftplan.harness.results import TrialStatus, read_result
 from tests.harness.tiny import write_suite
+from tests.processes import processes_with
 
 COUNTED = {"success", "pruned", "oom", "timeout", "failed"}
 QUIET = {"eval": {"forgetting": None, "latency": None, "task_examples": 8, "loss_examples": 8},
@@ -88,18 +89,6 @@ def test_memory_cap_gives_oom_and_time_limit_gives_timeout(tmp_path: Path) -> No
     assert result.status == TrialStatus.TIMEOUT and "time limit" in result.error
 
 
-def _trial_processes(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
-
-
 def test_kill_9_mid_trial_then_resume_keeps_every_finished_trial(tmp_path: Path) -> None:
     suite = write_suite(tmp_path, {**QUIET, "search": {"trials": 3, "pruner": {"kind": "none"}},
                                    "training": {"steps": 300, "eval_every": 100, "threads": 1}})
@@ -108,7 +97,7 @@ def test_kill_9_mid_trial_then_resume_keeps_every_finished_trial(tmp_path: Path)
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     first, second_log = run / "trials" / "lora-0.json", run / "work" / "lora-1" / "log.txt"
     deadline = time.monotonic() + 180
-    while not (first.exists() and second_log.exists() and _trial_processes("work/lora-1/spec.json")):
+    while not (first.exists() and second_log.exists() and processes_with("work/lora-1/spec.json")):
         assert time.monotonic() < deadline and runner.poll() is None, "the first trial never finished"
         time.sleep(0.2)
     time.sleep(1.5)  # the second trial is importing or training now
@@ -116,10 +105,10 @@ def test_kill_9_mid_trial_then_resume_keeps_every_finished_trial(tmp_path: Path)
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
     for _ in range(50):  # the orphaned trial dies with its runner (PR_SET_PDEATHSIG)
-        if not _trial_processes("work/lora-1/spec.json"):
+        if not processes_with("work/lora-1/spec.json"):
             break
         time.sleep(0.1)
-    assert not _trial_processes("work/lora-1/spec.json")
+    assert not processes_with("work/lora-1/spec.json")
     assert not (run / "trials" / "lora-1.json").exists()
 
     done = bench(str(suite), "--run-dir", str(run))

@@ -45,13 +45,3 @@ def results_by_dir(dirs: list[Path]) -> dict[Path, dict[str, TrialResult]]:
     return {d: {p.stem: read_result(p) for p in sorted((d / "trials").glob("*.json"))} for d in dirs}
 
 
-def process_with(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids

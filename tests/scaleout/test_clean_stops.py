@@ -18,7 +18,8 @@ import pytest
 from peftplan.harness.results import TrialStatus, read_result
 from peftplan.harness.storage_url import normalize_storage_url
 from tests.harness.tiny import write_suite
-from tests.scaleout.helpers import ENV, QUIET, process_with, start, wait_for
+from tests.processes import processes_with
+from tests.scaleout.helpers import ENV, QUIET, start, wait_for
 from tests.scaleout.postgres import create_database, free_port, start_postgres
 
 pytestmark = pytest.mark.timeout(240)
@@ -93,7 +94,7 @@ def test_storage_lost_mid_trial_stops_cleanly(tmp_path: Path) -> None:
         suite = write_suite(tmp_path, {**SLOW, "name": "lost"})
         run = tmp_path / "run"
         bench = start("bench", str(suite), "--storage", url, "--run-dir", str(run), log=tmp_path / "b.log")
-        wait_for(lambda: bool(process_with(str(run / "work" / "lora-0" / "spec.json"))), 120, "a running trial")
+        wait_for(lambda: bool(processes_with(str(run / "work" / "lora-0" / "spec.json"))), 120, "a running trial")
         subprocess.run([*server.run_as, server.pg_ctl, "-D", str(server.data_dir), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60, check=True)
         assert bench.wait(timeout=200) == 1
@@ -109,7 +110,7 @@ def test_ctrl_c_marks_the_trial_canceled_and_the_next_start_resumes(tmp_path: Pa
     suite = write_suite(tmp_path, {**SLOW, "name": "ctrl-c", "search": {**QUIET["search"], "trials": 1}})
     run = tmp_path / "run"
     bench = start("bench", str(suite), "--storage", postgres_url, "--run-dir", str(run), log=tmp_path / "b.log")
-    wait_for(lambda: bool(process_with(str(run / "work" / "lora-0" / "spec.json"))), 120, "a running trial")
+    wait_for(lambda: bool(processes_with(str(run / "work" / "lora-0" / "spec.json"))), 120, "a running trial")
     bench.send_signal(signal.SIGINT)
     assert bench.wait(timeout=60) == 130, (tmp_path / "b.log").read_text()
     canceled = read_result(run / "trials" / "lora-0.json")

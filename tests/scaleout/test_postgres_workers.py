@@ -19,7 +19,8 @@ from peftplan.harness.results import TrialStatus
 from peftplan.harness.storage_url import normalize_storage_url
 from peftplan.reports.rundir import load_run
 from tests.harness.tiny import write_suite
-from tests.scaleout.helpers import QUIET, process_with, results_by_dir, start, study_ready, wait_for
+from tests.processes import processes_with
+from tests.scaleout.helpers import QUIET, results_by_dir, start, study_ready, wait_for
 
 COUNTED = {"success", "pruned", "oom", "timeout", "failed"}
 pytestmark = pytest.mark.timeout(300)
@@ -75,7 +76,7 @@ def test_worker_killed_mid_trial_is_retried_by_another_runner(tmp_path: Path, po
         # The victim's trial is past its imports: its log shows a training step.
         logs = list((worker_dir / "work").glob("lora-*/log.txt")) if (worker_dir / "work").is_dir() else []
         running = [p.parent for p in logs if not (worker_dir / "trials" / f"{p.parent.name}.json").exists()]
-        return any(process_with(str(d / "spec.json")) for d in running) and victim.poll() is None
+        return any(processes_with(str(d / "spec.json")) for d in running) and victim.poll() is None
 
     wait_for(victim_training, 150, "the worker to be in the middle of a trial")
     kept = {p.name: p.read_bytes() for p in (worker_dir / "trials").glob("*.json")}
@@ -83,7 +84,7 @@ def test_worker_killed_mid_trial_is_retried_by_another_runner(tmp_path: Path, po
             if p.parent.name + ".json" not in kept]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    wait_for(lambda: not process_with(str(worker_dir / "work")), 10, "the orphaned trial to die with its worker")
+    wait_for(lambda: not processes_with(str(worker_dir / "work")), 10, "the orphaned trial to die with its worker")
 
     assert bench.wait(timeout=280) == 0, (tmp_path / "b.log").read_text()[-2000:]
     (killed_name,) = held

@@ -28,7 +28,7 @@ def bench_command(
     """Benchmark PEFT methods on a task: search, train, and measure accuracy, forgetting, latency and memory."""
     from peftplan.errors import PeftplanError
     from peftplan.harness.checks import check_suite
-    from peftplan.harness.failsafe import stop_cleanly
+    from peftplan.harness.failsafe import run_to_end
     from peftplan.harness.progress import make_progress
     from peftplan.harness.rundir import open_run
     from peftplan.harness.runner import BenchRunner
@@ -49,13 +49,7 @@ def bench_command(
         progress.message(note)
     progress.message(f"run directory: {run.path}")
     runner = BenchRunner(loaded, run, storage_url=storage, progress=progress)
-    try:
-        with stop_cleanly(runner.storage_url):
-            runner.prepare()
-            summary = runner.run()
-    except BaseException:
-        progress.close()
-        raise
+    summary = run_to_end(runner, runner.storage_url, progress)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     print(f"run {run.path}: {counts or 'no trials'}")
     for key in trials:

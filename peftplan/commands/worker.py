@@ -28,7 +28,7 @@ def worker_command(
     = False,
 ) -> None:
     """Join a distributed bench: run trials of a study another `peftplan bench --storage URL` started."""
-    from peftplan.harness.failsafe import stop_cleanly
+    from peftplan.harness.failsafe import run_to_end
     from peftplan.harness.progress import make_progress
     from peftplan.harness.published import load_published_suite, select_studies
     from peftplan.harness.rundir import open_run, study_name
@@ -49,12 +49,6 @@ def worker_command(
     progress = make_progress(list(trials), trials)
     progress.message(f"worker on {socket.gethostname()}: study {study}, run directory {run.path}")
     runner = BenchRunner(loaded, run, storage_url=url, progress=progress, join=True, only=keys)
-    try:
-        with stop_cleanly(url):
-            runner.prepare()
-            summary = runner.run()
-    except BaseException:
-        progress.close()
-        raise
+    summary = run_to_end(runner, url, progress)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     print(f"worker {run.path}: ran {summary.trials_run} trial(s) here; {counts or 'no result files'}")

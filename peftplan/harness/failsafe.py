@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from peftplan.errors import PeftplanError
 from peftplan.harness.storage_url import StorageUnavailableError, redact
@@ -47,3 +48,15 @@ def stop_cleanly(storage_url: str) -> Iterator[None]:
 
 def _hint() -> str:
     return RESUME_HINT.split("; ", 1)[1]
+
+
+def run_to_end(runner: Any, storage_url: str, progress: Any) -> Any:
+    """Prepare and run a bench runner; a full disk or lost storage stops cleanly, and the progress
+    display is closed on any failure so the terminal is left readable. Returns the runner's summary."""
+    try:
+        with stop_cleanly(storage_url):
+            runner.prepare()
+            return runner.run()
+    except BaseException:
+        progress.close()
+        raise

@@ -33,6 +33,12 @@ class ActivationProfile:
         ckpt_saved: with checkpointing, what stays saved instead of `saved` (block inputs, head).
         block_max: the most one block saves (what a checkpointed block rebuilds in backward).
         recompute_extra: what a block's forward holds beyond its saved set (its working tensors).
+        recompute_moments: totals a block holds at the transient moments of its forward (DoRA's
+            weight norm, a dequantized weight), which its recomputation in backward repeats.
+        head_saved: what the head and the loss save (part of `saved` and `ckpt_saved`); freed once
+            the head's backward is done, so the blocks' backward runs without it.
+        ckpt_later_inputs: the checkpointed inputs of every block but the first (freed, one by one,
+            as backward passes the blocks; what remains when the first block recomputes).
         backward_temp: gradient temporaries alive while a block runs backward.
         moments: totals at moments of the forward when temporaries are alive (the MLP's working
             tensors, a dequantized weight, DoRA's weight norm).
@@ -50,6 +56,9 @@ class ActivationProfile:
     moments: list[Poly] = field(default_factory=list)
     ckpt_moments: list[Poly] = field(default_factory=list)
     recompute_extra: Poly = ZERO
+    recompute_moments: list[Poly] = field(default_factory=list)
+    ckpt_later_inputs: Poly = ZERO
+    head_saved: Poly = ZERO
     backward_temp: Poly = ZERO
     grad_stream: Poly = ZERO
     batch: Poly = ZERO
@@ -132,7 +141,11 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         rope = (ops.positions(width, x.itemsize), ops.positions(width, x.itemsize))
     mask: Sym | None = None
     if r.prefix:
-        mask = Sym.fresh(Poly(s2=1, n=r.prefix), x.itemsize, False)
+        # The (B, 1, S, P + S) mask: float for eager attention, bool for SDPA (which converts it per
+        # layer; see `blocks.attention`). Alive until the forward returns.
+        eager = r.attention == "eager" or a.attn_softcap
+        mask = Sym.fresh(Poly(s2=1, n=r.prefix), x.itemsize if eager else 1, False)
+        main.forward_live = main.forward_live + mask.storage_bytes
     elif r.attention == "eager" or a.attn_softcap:
         main.forward_live = main.forward_live + Poly(s2=1) * x.itemsize  # the 4-D causal mask
     shared = frozenset(t.storage for t in (*(rope or ()), mask) if t is not None)
@@ -144,6 +157,9 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     ckpt_inputs = ZERO
     moments: list[Poly] = []  # forward moments without checkpointing (totals)
     ckpt_moments: list[Poly] = []  # forward moments of checkpointed blocks (totals)
+    recompute_moments: list[Poly] = []  # transient moments of each kind of block, block-local totals
+    first_input = ZERO
+    moment_lists: list[list[Poly]] = []
     recompute_extra = ZERO  # the most a block holds beyond its saved set during its forward
     backward_temp = ZERO  # gradient temporaries while a block runs backward
     running = ZERO
@@ -166,6 +182,11 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
         ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input
+        if index == 0:
+            first_input = x.numel * x.itemsize
+        if not any(replay.moments is seen for seen in moment_lists):  # each kind of block once
+            moment_lists.append(replay.moments)
+            recompute_moments.extend(replay.moments)
         moments.extend(running + m for m in replay.moments)
         moments.extend(running + unsaved for unsaved, _ in replay.live)
         ckpt_moments.extend(ckpt_inputs + everything for _, everything in replay.live)
@@ -226,6 +247,9 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         ckpt_moments=[m + fixed for m in ckpt_moments],
         block_max=block_max,
         recompute_extra=recompute_extra,
+        recompute_moments=recompute_moments,
+        ckpt_later_inputs=ckpt_inputs - first_input,
+        head_saved=head.total(),
         backward_temp=backward_temp,
         grad_stream=stream,
         batch=batch,

@@ -65,11 +65,11 @@ def _dora(ops: Ops, x: Sym, result: Sym, lin: LinearInfo, adapter: LinearAdapter
     kept_eye = fan_in * fan_in * low
     lora_weight = fan_in * rank * low + fan_in * fan_out * low
     building = eye32 + (kept_eye if low != 4 else 0) + lora_weight
-    upcast = fan_in * fan_out * 4 if low != 4 else 0  # lora_weight.to(fp32)
-    base_weight = fan_in * fan_out * 4 if (r.quantized or r.base_itemsize != 4) else 0
-    if r.quantized:
-        base_weight += fan_in * fan_out * r.compute_itemsize  # dequantized, then upcast
-    summing = kept_eye + lora_weight + upcast + base_weight + 2 * fan_in * fan_out * 4  # s·BA and W + s·BA
+    # Summing: lora_weight and the (dequantized) base weight, both as fp32 (their low-precision
+    # copies are gone once upcast), then s·BA and W + s·BA.
+    weight32 = fan_in * fan_out * 4
+    base_weight = weight32 if (r.quantized or r.base_itemsize != 4) else 0
+    summing = kept_eye + fan_in * rank * low + weight32 + base_weight + 2 * weight32
     ops.g.transient(const(max(building, summing)))
     magnitude = Sym.fresh(const(fan_out), 4, True)  # magnitude / weight_norm, a tiny vector
     lora_result = _lora_branch(ops, x, lin, adapter)

@@ -146,7 +146,9 @@ def arch_of(spec: ModelSpec) -> Arch:
         embed_dropout=_float(cfg, "embd_pdrop", "hidden_dropout_prob") if family in ("gpt2", "bert") else _float(cfg, "embd_pdrop"),
         learned_positions=bool(embedding_names & {"wpe", "position_embeddings"}),
         rotary=family in ("llama", "parallel"),
-        rotary_fraction=float(_first(cfg, "partial_rotary_factor", "rotary_pct", default=1.0) or 1.0),
+        # transformers 5 keeps the factor in `rope_parameters`; older configs at the top level.
+        rotary_fraction=float(_first({**cfg, **(cfg.get("rope_parameters") or {})}, "partial_rotary_factor",
+                                     "rotary_pct", default=1.0) or 1.0),
         cpu_math_attention=model_type == "falcon",
         mlm_head=any(lin.role == "other" and not lin.in_block and "transform" in lin.name or lin.name == "lm_head.dense"
                      for lin in spec.linears),

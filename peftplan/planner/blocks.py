@@ -87,7 +87,13 @@ def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
     out = ops.tok(a.q_width, qa.itemsize, grad)
     if grad:
         lse = ops.tok(a.heads, 4, False)
-        ops.g.save(qa, ka, va, out, lse, mask)
+        # SDPA turns a bool mask into an additive one of the query's dtype, which the kernel saves.
+        additive = ops.fresh(mask.numel, qa.itemsize, False) if mask is not None else None
+        ops.g.save(qa, ka, va, out, lse, additive)
+    if r.device == "cpu" and a.rotary and _rotary_width(ops) != a.head_dim:
+        # Partial rotary builds q with torch.cat, in (B, heads, S, D) layout; CPU SDPA's output keeps
+        # it, so the model's transpose(1, 2).contiguous() is a copy (CUDA kernels return (B, S, ...)).
+        return ops.fresh(out.numel, out.itemsize, out.grad)
     return out
 
 

@@ -12,7 +12,8 @@ The step is the second or later one (optimizer states exist; gradients were rele
 - transient moments of the forward (a dequantized 4-bit weight, DoRA's weight norm);
 - the end of the backward (all gradients, plus the tied-embedding gradient sum);
 - the optimizer step (gradients plus the step's temporaries);
-- with checkpointing, the recomputation of the largest block during backward.
+- with checkpointing, the recomputation of a block during backward: the last block (every
+  checkpoint still held) or the first (the other blocks' gradients already made).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class StepModel:
     activations: ActivationProfile
     lm_head_grad: int
     tied_spike: int
+    later_block_gradients: int = 0  # gradients of every block but the first (alive at its backward)
 
     @property
     def shards(self) -> int:
@@ -72,6 +74,23 @@ def trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) ->
         shapes = trainable_base_tensors(spec, terms)
         tensors += [((n,), base_size) for n in shapes]
     return tensors
+
+
+def later_block_gradients(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> int:
+    """Gradient bytes of the trainable tensors in blocks 1..L-1 (the first block's backward sees them)."""
+    blocks = spec.layers_path + "."
+    first = f"{blocks}0."
+    base_size = 4 if (ctx.optimizer == "adamw-fp32" or terms.quant != "none") else DTYPE_BYTES[ctx.dtype]
+    named: list[tuple[str, int]] = [
+        (name, 4 * sum(_numel(shape) for shape in adapter.tensors))
+        for name, adapter in terms.linear_adapters.items()
+    ]
+    named += [(name, 4 * _numel(shape)) for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True)]
+    if terms.trainable_base != "none":
+        biases_only = terms.trainable_base == "biases"
+        named += [(p.name, p.numel * base_size) for p in spec.params
+                  if p.tied_to is None and (not biases_only or p.name.endswith(".bias"))]
+    return sum(size for name, size in named if name.startswith(blocks) and not name.startswith(first))
 
 
 def step_model(spec: ModelSpec, method: Method, cfg: MethodConfig, ctx: TrainContext) -> StepModel:
@@ -101,6 +120,7 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         activations=activation_profile(spec, terms, ctx),
         lm_head_grad=lm_head_grad,
         tied_spike=tied_spike,
+        later_block_gradients=later_block_gradients(spec, terms, ctx),
     )
 
 
@@ -127,15 +147,21 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
     loss_backward = at(act.loss_backward)
     if m.ctx.grad_checkpointing:
         saved = at(act.ckpt_saved)
-        # Backward of the last block: its recomputed activations on top of every checkpoint.
-        rebuilt = at(act.block_max)
-        recompute = saved + rebuilt + max(at(act.recompute_extra), at(act.backward_temp)) + at(act.grad_stream)
-        moments = [_Moment("recompute", recompute, 0, m.lm_head_grad, 0),
+        in_blocks = saved - at(act.head_saved)
+        # A block's backward: its recomputed activations, or a transient of its recomputed forward.
+        rebuilt = max(at(act.block_max) + max(at(act.recompute_extra), at(act.backward_temp)),
+                      max((at(p) for p in act.recompute_moments), default=0))
+        recompute = rebuilt + at(act.grad_stream)
+        # The last block runs on top of every checkpoint; the first on top of the later blocks' gradients.
+        first_block = in_blocks - at(act.ckpt_later_inputs) + recompute
+        moments = [_Moment("recompute", in_blocks + recompute, 0, m.lm_head_grad, 0),
+                   _Moment("recompute", first_block, 0, m.lm_head_grad + m.later_block_gradients, 0),
                    _Moment("forward", max((at(p) for p in act.ckpt_moments), default=0), 0, 0, 0)]
     else:
         saved = at(act.saved)
         moments = [_Moment("forward", max((at(p) for p in act.moments), default=0), 0, 0, 0),
-                   _Moment("block-bwd", saved + at(act.backward_temp) + at(act.grad_stream), 0, m.lm_head_grad, 0)]
+                   _Moment("block-bwd", saved - at(act.head_saved) + at(act.backward_temp) + at(act.grad_stream),
+                           0, m.lm_head_grad, 0)]
     forward_end = saved + at(act.forward_extra)
     moments += [
         _Moment("loss", forward_end, logits_saved, 0, 0),

@@ -5,7 +5,7 @@ analytic `total` adds the planner's CUDA-context overhead and allocator slack, w
 model, so it is not the compared figure. The trace runs under this torch's CPU dispatch, so the
 analytic model is asked for the same (`TrainContext.device="cpu"`: CPU autocast rules, SDPA's math
 kernel under attention dropout, float dropout masks); its CUDA rules are not covered by this matrix.
-Used by `benchmarks/calibration_matrix.py` and by the CI test over a reduced matrix.
+Used by `benchmarks/calibration_matrix.py` and by the CI tests (`tests/planner/calibration/`), which run every cell.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from peftplan.errors import BadInputError
 from peftplan.planner.context import MemoryBreakdown, TrainContext
 
-__all__ = ["ARCHITECTURES", "Cell", "calibration_cells", "calibration_cell"]
+__all__ = ["ARCHITECTURES", "KNOWN_LIMITS", "Cell", "calibration_cells", "calibration_cell", "seq_lens_for"]
 
 # A GQA model with tied embeddings, a large-vocabulary model, an untied model with biases and parallel
 # blocks, GPT-2's Conv1D layers, and an encoder.
@@ -28,6 +28,14 @@ ARCHITECTURES = (
     "openai-community/gpt2",
     "FacebookAI/roberta-base",
 )
+
+# Why a cell can be n/a: what the real stack refuses (the trace says so rather than guess).
+KNOWN_LIMITS = (
+    "prefix tuning cannot train with gradient checkpointing",
+    "bitfit needs bias terms",
+    "cannot adapt GPT-2 style Conv1D layers",
+)
+POSITION_MARGIN = 64  # room for prompt tuning's virtual tokens in a learned position table
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,20 @@ def calibration_cell(model_id: str, method_name: str, ctx: TrainContext) -> Cell
     return Cell(model_id, method_name, ctx, traced.memory, analytic, traced.peak_phase)
 
 
+def seq_lens_for(model_id: str, seq_lens: Iterable[int]) -> list[int]:
+    """`seq_lens`, scaled down (same ratios, multiples of 16) when the longest would overrun a
+    learned position table: GPT-2 and RoBERTa then get two lengths they can run, not one."""
+    from peftplan.models import get_spec
+    from peftplan.planner.trace import position_table_limit
+
+    wanted = list(seq_lens)
+    limit = position_table_limit(get_spec(model_id))
+    if limit is None or max(wanted) + POSITION_MARGIN <= limit:
+        return wanted
+    longest = (limit - POSITION_MARGIN) // 16 * 16
+    return [max(16, seq * longest // max(wanted) // 16 * 16) for seq in wanted]
+
+
 def calibration_cells(
     models: Iterable[str],
     methods: Iterable[str],
@@ -76,7 +98,10 @@ def calibration_cells(
     batch_sizes: Iterable[int] = (1, 4),
     checkpointing: Iterable[bool] = (False, True),
 ) -> Iterator[Cell]:
-    """Every cell of the matrix, in order: model, method, checkpointing, sequence length, batch size."""
+    """Every cell of the matrix, in order: model, method, checkpointing, sequence length, batch size.
+
+    Sequence lengths are per model (`seq_lens_for`); cells the real stack refuses come back skipped.
+    """
     methods, seq_lens, batch_sizes, checkpointing = (
         list(methods),
         list(seq_lens),
@@ -84,9 +109,10 @@ def calibration_cells(
         list(checkpointing),
     )
     for model_id in models:
+        model_seq_lens = seq_lens_for(model_id, seq_lens)
         for method_name in methods:
             for ckpt in checkpointing:
-                for seq in seq_lens:
+                for seq in model_seq_lens:
                     for batch in batch_sizes:
                         ctx = TrainContext(
                             seq_len=seq, batch_size=batch, grad_checkpointing=ckpt, device="cpu"

@@ -27,7 +27,7 @@ def bench_command(
 ) -> None:
     """Benchmark PEFT methods on a task: search, train, and measure accuracy, forgetting, latency and memory."""
     from peftplan.errors import PeftplanError
-    from peftplan.harness.checks import check_suite
+    from peftplan.harness.checks import check_gpus, check_suite
     from peftplan.harness.failsafe import run_to_end
     from peftplan.harness.progress import make_progress
     from peftplan.harness.rundir import open_run
@@ -38,6 +38,7 @@ def bench_command(
     loaded, run_path = _locate(suite, run_dir)
     require_trust_flag(loaded, trust_remote_code)
     notes = check_suite(loaded, check_data=False)
+    check_gpus(loaded.suite.training)
     url = storage or loaded.suite.storage.url
     if url is not None:
         check_reachable(normalize_storage_url(url, option="--storage" if storage else "storage.url"))

@@ -28,6 +28,7 @@ def worker_command(
     = False,
 ) -> None:
     """Join a distributed bench: run trials of a study another `peftplan bench --storage URL` started."""
+    from peftplan.harness.checks import check_gpus
     from peftplan.harness.failsafe import run_to_end
     from peftplan.harness.progress import make_progress
     from peftplan.harness.published import load_published_suite, select_studies
@@ -40,6 +41,7 @@ def worker_command(
     optuna_storage = open_storage(url)
     loaded = load_published_suite(optuna_storage, study)
     require_trust_flag(loaded, trust_remote_code, where=f"the suite of study {study!r}")
+    check_gpus(loaded.suite.training)
     names = {entry.key: study_name(loaded.suite.name, entry.key) for entry in loaded.suite.methods}
     selected = set(select_studies(list(names.values()), study))
     keys = [key for key, name in names.items() if name in selected]

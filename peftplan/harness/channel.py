@@ -3,6 +3,9 @@
 The trial sends events (`step`, `eval`, `phase`); after each `eval` it waits for the runner's answer
 `{"prune": bool}`, because only the runner talks to the Optuna study. The file descriptors are passed
 with `pass_fds`, and named in the child's environment as `PEFTPLAN_TRIAL_FDS=read,write`.
+
+A multi-GPU trial's rank 0 talks over the same pipe, though it is a grandchild: the launcher (torchrun) closes
+inherited descriptors, so rank 0 reopens the trial process's ends through `/proc/<pid>/fd/<n>` (Linux).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 ENV = "PEFTPLAN_TRIAL_FDS"
 LAUNCHED_AT_ENV = "PEFTPLAN_LAUNCHED_AT"  # time.time() when the runner started the process
+RANKS_OF_ENV = "PEFTPLAN_RANKS_OF"  # in the ranks of a multi-GPU trial: the pid of the trial process holding the pipe
 
 
 class TrialChannel:
@@ -28,6 +32,10 @@ class TrialChannel:
         if not value:
             return cls(None, None)
         read_fd, write_fd = (int(part) for part in value.split(","))
+        owner = os.environ.get(RANKS_OF_ENV)
+        if owner and int(owner) != os.getpid():  # rank 0 of a multi-GPU trial (see the module docstring)
+            read_fd = os.open(f"/proc/{owner}/fd/{read_fd}", os.O_RDONLY)
+            write_fd = os.open(f"/proc/{owner}/fd/{write_fd}", os.O_WRONLY)
         return cls(read_fd, write_fd)
 
     def send(self, event: str, **fields: Any) -> None:

@@ -10,7 +10,7 @@ from peftplan.errors import BadInputError, PeftplanError
 from peftplan.harness.suite import field_path
 
 if TYPE_CHECKING:
-    from peftplan.harness.suite import LoadedSuite, MethodEntry
+    from peftplan.harness.suite import LoadedSuite, MethodEntry, TrainingSection
     from peftplan.models.spec import ModelSpec
 
 
@@ -105,3 +105,26 @@ def _apply_check(method: Any, spec: ModelSpec, values: dict[str, Any], where: st
         method.check(spec, method.make_config(**values))
     except BadInputError as exc:
         raise BadInputError(f"{where}: {exc}") from None
+
+
+def check_gpus(training: TrainingSection) -> None:
+    """Multi-GPU trials need that many CUDA devices on the host that runs them (`bench`, `worker`).
+
+    A host without CUDA runs `training.gpus` CPU processes on gloo instead (the path tested here).
+
+    Raises:
+        BadInputError: more ranks than CUDA devices, or `device: cuda` on a host without one.
+    """
+    if training.gpus == 1 or training.device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        if training.device == "cuda":
+            raise BadInputError(f"training.device: cuda, but this host has no CUDA device for its {training.gpus} "
+                                "ranks; use device: auto or cpu to run them as CPU processes")
+        return
+    count = torch.cuda.device_count()
+    if training.gpus > count:
+        raise BadInputError(f"training.gpus: {training.gpus} ranks asked for, but this host has {count} CUDA "
+                            f"device(s); lower training.gpus (or run on a host with {training.gpus})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +40,13 @@ class MemoryPeak:
 class StepMemoryProbe:
     """Measures the peak memory of training steps (see the module docstring); a `train.StepProfiler`."""
 
-    def __init__(self, model: nn.Module, device: str, *, cap: int | None = None, steps: int = 1) -> None:
+    def __init__(self, model: nn.Module, device: str, *, cap: int | None = None, steps: int = 1,
+                 sharded: bool = False) -> None:
+        """`sharded`: the model will be FSDP-sharded (parameters become DTensors; see `_capped_live_bytes`)."""
         self.model = model
         self.device = device
         self.cap = cap
+        self.sharded = sharded
         self.measured_step = 1 if steps > 1 else 0
         self.peak: int | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -69,10 +72,10 @@ class StepMemoryProbe:
         if self._cuda or (index != self.measured_step and self.cap is None):
             yield
             return
-        tracker = _capped_live_bytes(self.cap)
-        tracker.track_module(self.model)
+        tracker = _capped_live_bytes(self.cap, sharded=self.sharded)
+        tracker.track(local_tensors(module_tensors(self.model)))
         if self.optimizer is not None:
-            tracker.track(optimizer_state_tensors(self.optimizer))
+            tracker.track(local_tensors(optimizer_state_tensors(self.optimizer)))
         with tracker:
             yield
         if index == self.measured_step:
@@ -96,14 +99,64 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tens
     return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
 
 
-def _capped_live_bytes(cap: int | None) -> Any:
-    from peftplan.planner.livebytes import LiveBytes
+def module_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """A module's parameters, buffers and existing gradients."""
+    params = list(model.parameters())
+    return [*params, *model.buffers(), *(p.grad for p in params if p.grad is not None)]
+
+
+def local_tensors(tensors: Iterable[Any]) -> list[Any]:
+    """DTensors (FSDP2's sharded parameters, gradients, optimizer states) as the local shard they hold."""
+    return [_local(t) for t in tensors]
+
+
+def _local(tensor: Any) -> Any:
+    local = getattr(tensor, "_local_tensor", None)  # a DTensor has no storage of its own; its shard has
+    return local if local is not None else tensor
+
+
+def _capped_live_bytes(cap: int | None, *, sharded: bool = False) -> Any:
+    """The live-bytes tracker, raising `MemoryCapExceeded` above `cap`.
+
+    `sharded` (FSDP2): DTensor outputs count as their local shards. And FSDP frees a block's gathered weights
+    by resizing their storage to zero in place (`untyped_storage().resize_(0)`), which no dispatch mode sees;
+    so before the live bytes may set a new peak (or cross the cap), every live storage is measured again.
+    """
+    from torch.utils._pytree import tree_leaves
+
+    from peftplan.planner.livebytes import LiveBytes, storage_of
 
     class CappedLiveBytes(LiveBytes):
+        remeasuring = False
+
         def _raise_peaks(self) -> None:
+            if self.remeasuring:
+                return  # mid-way through the corrections `current` is neither old nor new: no peak from it
+            if sharded and (self.current > self.peak or (cap is not None and self.current > cap)):
+                self._remeasure()
             super()._raise_peaks()
             if cap is not None and self.current > cap:
                 raise MemoryCapExceeded(f"{self.current:,} live bytes exceed the memory cap of {cap:,} bytes")
+
+        def _remeasure(self) -> None:
+            self.remeasuring = True
+            try:
+                for record in list(self._live.values()):
+                    storage = record.storage()
+                    if storage is not None and self._round(int(storage.nbytes())) != record.nbytes:
+                        self._add(storage)  # a known storage: `_add` applies the change in size
+            finally:
+                self.remeasuring = False
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if not sharded:
+                return super().__torch_dispatch__(func, types, args, kwargs)
+            out = func(*args, **(kwargs or {}))
+            for leaf in tree_leaves(out):
+                storage = storage_of(_local(leaf))
+                if storage is not None:
+                    self._add(storage)
+            return out
 
     return CappedLiveBytes()
 
@@ -210,8 +263,12 @@ def planner_prediction(
     optimizer: str,
     dtype: str,
     device: str,
+    gpus: int = 1,
+    shard: str = "none",
 ) -> tuple[dict[str, int] | None, str | None]:
-    """The planner's MemoryBreakdown (bytes) for exactly the measured step, and which engine made it.
+    """The planner's per-GPU MemoryBreakdown (bytes) for exactly the measured step, and which engine made it.
+
+    `gpus` and `shard` ("none" for DDP, "fsdp") describe a multi-GPU trial: the prediction is one rank's.
 
     Returns (None, None) when the planner is not importable or cannot plan this config: a missing
     prediction never fails a trial.
@@ -225,7 +282,7 @@ def planner_prediction(
             model_id, methods=[method], method_config=method_config, model_config=model_config,
             seq_len=seq_len, batch_size=batch_size, grad_checkpointing=grad_checkpointing,
             optimizer=optimizer, dtype=dtype, device="cuda" if device.startswith("cuda") else "cpu",
-            fit_search=False,
+            gpus=gpus, shard=shard, fit_search=False,
         )
     except Exception:  # e.g. a setting the planner does not model yet: report no prediction
         return None, None

@@ -1,7 +1,16 @@
-"""Launch a data-parallel trial through `accelerate launch` (DDP), one process per GPU.
+"""Launch a trial's ranks through `accelerate launch`, then merge what they wrote into one outcome.
 
-On a machine without GPUs the same path runs N CPU processes on the gloo backend (`ACCELERATE_USE_CPU=1`
-with `--multi_gpu`, which accelerate turns into its multi-CPU mode); that is how it is tested here.
+A trial with `training.gpus: N > 1` runs as a chain of processes, each dying with its parent
+(PR_SET_PDEATHSIG), so a killed runner or a trial timeout ends every rank:
+
+    runner -> trial process -> accelerate launch --multi_gpu --num_processes N -> N ranks
+
+Each rank is `python -m peftplan.harness.trial` again; `RANKS_OF_ENV` tells it that it is a rank
+(`harness/ranks.py`). On a host without CUDA, `ACCELERATE_USE_CPU=1` turns the same command into N CPU
+processes on gloo (accelerate's MULTI_CPU mode): that is the path the tests run.
+
+Rank 0 writes `outcome.json` with every rank's memory; every other rank writes `outcome-rank<r>.json`, so
+that a rank out of memory makes the trial `oom` even when rank 0 only saw its peer disappear.
 """
 
 from __future__ import annotations
@@ -14,41 +23,90 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peftplan.errors import PeftplanError
+from peftplan.harness.channel import RANKS_OF_ENV
+from peftplan.harness.ranks import rank_outcome_name
+
+FINISHED = ("success", "pruned")
 
 
 def accelerate_command(spec_path: Path, processes: int, port: int) -> list[str]:
-    """The `accelerate launch` command line for `processes` ranks of `harness/ddp_step.py`."""
+    """The `accelerate launch` command line for `processes` ranks of the trial in `spec_path`."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "peftplan.harness.ddp_step", str(spec_path)]
+            "--main_process_port", str(port), "-m", "peftplan.harness.trial", str(spec_path)]
 
 
-def launch_data_parallel(spec: dict[str, Any], work_dir: Path, *, processes: int, timeout: float) -> dict[str, Any]:
-    """Run the ranks and return rank 0's report (per-rank peaks next to the per-GPU prediction).
+def run_ranks(spec_path: Path, *, processes: int, device: str, threads: int | None) -> None:
+    """Run the trial's ranks to their end and leave the merged outcome in `outcome.json`.
 
-    Raises:
-        PeftplanError: the launch failed or timed out (with the tail of its log).
+    The ranks' output goes to this process's own (the trial's log). Without CUDA the ranks are CPU processes
+    sharing this host's cores: `threads` (the cores the runner gave the trial) are split between them.
     """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out = work_dir / "ranks.json"
-    spec_path = work_dir / "ddp_spec.json"
-    spec_path.write_text(json.dumps({**spec, "out": str(out)}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if spec["device"] == "cpu":
+    from peftplan.harness.trial import die_with_parent
+
+    work_dir = spec_path.parent
+    for name in [rank_outcome_name(rank) for rank in range(processes)]:
+        (work_dir / name).unlink(missing_ok=True)
+    env = {**os.environ, RANKS_OF_ENV: str(os.getpid())}
+    if device == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"
-    log = work_dir / "ddp_log.txt"
-    with open(log, "wb") as handle:
-        try:
-            done = subprocess.run(accelerate_command(spec_path, processes, _free_port()), stdout=handle,
-                                  stderr=subprocess.STDOUT, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise PeftplanError(f"data-parallel trial exceeded {timeout:g} s; log: {log}") from None
-    if done.returncode != 0 or not out.is_file():
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[:400]
-        raise PeftplanError(f"accelerate launch exited with {done.returncode}: {tail}")
-    report: dict[str, Any] = json.loads(out.read_text())
-    return report
+        env["OMP_NUM_THREADS"] = str(max(1, (threads or os.cpu_count() or 1) // processes))
+    problem = _too_few_gpus(device, processes)
+    if problem is not None:
+        write_merged(work_dir, {}, device, problem)
+        return
+    sys.stdout.flush()  # the ranks write to the same log
+    done = subprocess.run(accelerate_command(spec_path, processes, _free_port()), env=env,
+                          stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    outcomes = {rank: _read(work_dir / rank_outcome_name(rank)) for rank in range(processes)}
+    reason = f"accelerate launch exited with code {done.returncode}" if done.returncode else None
+    write_merged(work_dir, outcomes, device, reason)
+
+
+def write_merged(work_dir: Path, outcomes: dict[int, dict[str, Any] | None], device: str,
+                 launch_problem: str | None) -> None:
+    """Rank 0's outcome; when rank 0 did not finish, `oom` if any rank ran out of memory, else `failed`.
+
+    Once rank 0 finished, every rank had done its part (rank 0 gathered their peaks after training).
+    """
+    from peftplan.harness.trial import OUTCOME, Outcome
+
+    rank0 = outcomes.get(0)
+    if rank0 is not None and rank0.get("status") in FINISHED:
+        return  # rank 0's outcome.json stands as it is
+    failures = {rank: o for rank, o in outcomes.items() if o is not None and o.get("status") not in FINISHED}
+    missing = sorted(rank for rank, o in outcomes.items() if o is None)
+    merged = Outcome(device)
+    merged.data.update(rank0 or {})
+    merged["status"] = "oom" if any(o.get("status") == "oom" for o in failures.values()) else "failed"
+    # The other ranks' errors first: rank 0's is often only the echo of a peer that went away.
+    errors = [f"rank {rank}: {failures[rank].get('error')}" for rank in sorted(failures, key=lambda r: (r == 0, r))]
+    if missing:
+        errors.append(f"no outcome from rank(s) {', '.join(map(str, missing))}")
+    if launch_problem:
+        errors.append(launch_problem)
+    merged["error"] = "; ".join(errors)[:2000]
+    merged.write(work_dir / OUTCOME)
+
+
+def _too_few_gpus(device: str, processes: int) -> str | None:
+    """On CUDA, a trial cannot have more ranks than the host has GPUs (`peftplan bench` refuses it up front)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    count = torch.cuda.device_count()
+    if processes <= count:
+        return None
+    return f"training.gpus: {processes} ranks asked for, this host has {count} CUDA device(s)"
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _free_port() -> int:

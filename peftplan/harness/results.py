@@ -58,17 +58,51 @@ class Latency(_Strict):
     swap_s: float | None = None
 
 
+class RankMemory(_Strict):
+    """One rank's measured peak in a multi-GPU trial."""
+
+    rank: int
+    source: str
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+    rss_peak: int | None = None
+
+
 class MemoryMeasurement(_Strict):
     """The measured peak next to the planner's prediction for the same config."""
 
     source: str = Field(description="'cuda' (max_memory_allocated) or 'cpu-livebytes' (live-bytes tracker).")
-    peak_allocated: int | None = None
+    peak_allocated: int | None = Field(None, description="Several ranks: the highest rank's peak (per GPU).")
     peak_reserved: int | None = None
     rss_peak: int | None = None
-    predicted: dict[str, int] | None = Field(None, description="The planner's MemoryBreakdown (bytes).")
+    predicted: dict[str, int] | None = Field(
+        None, description="The planner's MemoryBreakdown (bytes), per GPU: sharded over the ranks for FSDP."
+    )
     predicted_engine: str | None = None
-    measured_batch: int | None = Field(None, description="Micro-batch size of the measured step.")
+    measured_batch: int | None = Field(None, description="Micro-batch size of the measured step (per rank).")
     measured_seq_len: int | None = Field(None, description="Padded sequence length of the measured step.")
+    ranks: list[RankMemory] | None = Field(None, description="Several ranks: each rank's own peak, in rank order.")
+
+
+class RankTraining(_Strict):
+    """One rank's share of a multi-GPU trial's training."""
+
+    rank: int
+    train_tokens: int
+    train_time_s: float
+    train_loss: float | None = None
+    trainable_checksum: float = Field(description="Sum of the trainable values after training; equal on every "
+                                      "rank when the ranks stayed in sync.")
+
+
+class Distributed(_Strict):
+    """How a multi-GPU trial ran (`training.gpus` > 1)."""
+
+    world_size: int
+    parallel: str = Field(description="'ddp' or 'fsdp'.")
+    backend: str | None = Field(None, description="torch.distributed backend: 'nccl' on GPUs, 'gloo' on CPU.")
+    distributed_type: str | None = Field(None, description="accelerate's mode, e.g. MULTI_GPU or MULTI_CPU.")
+    ranks: list[RankTraining] = Field(default_factory=list)
 
 
 class Metrics(_Strict):
@@ -130,6 +164,7 @@ class TrialResult(_Strict):
     forgetting: Forgetting | None = None
     latency: Latency | None = None
     memory: MemoryMeasurement | None = None
+    distributed: Distributed | None = Field(None, description="Set for multi-GPU trials only.")
     intermediate: list[IntermediateValue] = Field(default_factory=list)
     provenance: Provenance
 

@@ -28,6 +28,7 @@ from peftplan.harness.results import TrialResult, TrialStatus, config_hash, read
 from peftplan.harness.rundir import RunDir, study_name, write_tables
 from peftplan.harness.space import SampledConfig, as_choice, recipe_params, sample_config
 from peftplan.harness.storage_url import check_reachable, normalize_storage_url
+from peftplan.harness.studylock import SCHEMA_LOCK, study_lock
 from peftplan.harness.trial import OUTCOME, TrialSpec
 
 if TYPE_CHECKING:
@@ -97,18 +98,22 @@ class BenchRunner:
         self.task = TaskInfo(**json.loads((self.run_dir.data_dir / "task.json").read_text()))
         self.weights = weights_source(self.suite.model, self.loaded)
         check_reachable(self.storage_url)
-        storage = search.make_storage(self.storage_url, self.suite.storage, self._on_stale)
+        with study_lock(self.storage_url, SCHEMA_LOCK):  # a new database: one starter creates Optuna's tables
+            storage = search.make_storage(self.storage_url, self.suite.storage, self._on_stale)
         self.storage = storage
         seeds = {entry.key: self.suite.search.seed + index for index, entry in enumerate(self.suite.methods)}
         for key, entry in self.entries.items():
-            study = search.open_study(storage, study_name(self.suite.name, key), self.suite, seeds[key])
+            name = study_name(self.suite.name, key)
+            if self.join:
+                study = search.open_study(storage, name, self.suite, seeds[key])
+            else:
+                with study_lock(self.storage_url, name):  # a bench started at the same moment waits here
+                    study = search.open_study(storage, name, self.suite, seeds[key])
+                    publish_suite(study, self.loaded)
+                    fixed = [(recipe_params(entry, self.suite), {RECIPE_ATTR: True})] if self.suite.search.recipe else []
+                    fixed += [({k: as_choice(v) for k, v in params.items()}, {}) for params in entry.enqueue]
+                    workqueue.fill_once(study, self.suite.trials_for(entry), fixed, self.owner)
             self.studies[key] = study
-            if not self.join:
-                publish_suite(study, self.loaded)
-            if not self.join and not study.get_trials(deepcopy=False):
-                fixed = [(recipe_params(entry, self.suite), {RECIPE_ATTR: True})] if self.suite.search.recipe else []
-                fixed += [({k: as_choice(v) for k, v in params.items()}, {}) for params in entry.enqueue]
-                workqueue.fill_queue(study, self.suite.trials_for(entry), fixed)
             self._rebuild_missing_results(key, study)
 
     # -- the loop -------------------------------------------------------------------------------------
@@ -125,7 +130,7 @@ class BenchRunner:
                 target = self.suite.trials_for(entry)
                 if counted >= target:
                     continue
-                if queued == 0 and (running > 0 or not workqueue.top_up(study, target, counted, running, queued)):
+                if queued == 0 and (running > 0 or not self._top_up(study, target)):
                     waiting_on_others = True  # another runner (or a dead one, until its heartbeat expires)
                     continue
                 if deadline is not None and time.monotonic() >= deadline:
@@ -142,6 +147,11 @@ class BenchRunner:
             time.sleep(self.suite.storage.heartbeat_interval)
             for study in self.studies.values():
                 search.fail_stale_trials(study)
+
+    def _top_up(self, study: optuna.Study, target: int) -> int:
+        """Queue what a study lacks, under its lock, so that two runners finding it short add the trials once."""
+        with study_lock(self.storage_url, study.study_name):
+            return workqueue.top_up(study, target, *self._tally(study))
 
     def _tally(self, study: optuna.Study) -> tuple[int, int, int]:
         from optuna.trial import TrialState
@@ -263,6 +273,7 @@ class BenchRunner:
             forgetting=outcome.get("forgetting"),
             latency=outcome.get("latency"),
             memory=memory,
+            distributed=outcome.get("distributed"),
             intermediate=outcome.get("intermediate") or [],
             provenance=prov,
         )

@@ -259,6 +259,15 @@ class MethodEntry(Section):
     def key(self) -> str:
         return self.label or self.name
 
+    def quant_choices(self) -> list[str]:
+        """Every base quantization this entry's trials can use ('none' for an unquantized base)."""
+        from peftplan.methods import get_method
+
+        default = getattr(get_method(self.name).make_config(), "quant", "none")
+        searched = self.space.get("quant")
+        choices = [self.fixed.get("quant", default)] if not isinstance(searched, list) else searched
+        return [str(q) for q in [*choices, *(p["quant"] for p in self.enqueue if "quant" in p)]]
+
 
 class PrunerSection(Section):
     kind: Literal["median", "percentile", "hyperband", "none"] = "median"
@@ -298,6 +307,14 @@ class TrainingSection(Section):
         None, ge=1, description="torch CPU threads; default: the cores idle when each trial starts."
     )
     seed: int = 0
+    gpus: int = Field(
+        1, ge=1, le=64, description="Ranks per trial on this host (one per GPU); above 1, `accelerate launch` starts "
+        "them (on a host without CUDA: that many CPU processes on gloo). batch_size is per rank."
+    )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With gpus > 1: ddp (a full replica per rank) or fsdp (FSDP2: weights, gradients and "
+        "optimizer states sharded over the ranks)."
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSection:
@@ -305,6 +322,15 @@ class TrainingSection(Section):
             raise ValueError("steps/epochs: give one, not both")
         if self.steps is None and self.epochs is None:
             self.steps = 100
+        return self
+
+    @model_validator(mode="after")
+    def _parallel_fits(self) -> TrainingSection:
+        if self.parallel == "fsdp" and self.gpus < 2:
+            raise ValueError(f"parallel: fsdp shards over several ranks; set gpus: 2 or more (got gpus: {self.gpus})")
+        if self.parallel == "fsdp" and self.optimizer == "adamw8bit":
+            raise ValueError("optimizer: adamw8bit (bitsandbytes) cannot step FSDP's sharded parameters; use adamw "
+                             "or parallel: ddp")
         return self
 
 
@@ -387,6 +413,16 @@ class Suite(Section):
             if entry.key in seen:
                 raise ValueError(f"methods: {entry.key!r} appears twice; give one of them a distinct label")
             seen.add(entry.key)
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_needs_unquantized_weights(self) -> Suite:
+        if self.training.parallel != "fsdp":
+            return self
+        for index, entry in enumerate(self.methods):
+            if any(q != "none" for q in entry.quant_choices()):
+                raise ValueError(f"methods[{index}]: {entry.key} trains on a bitsandbytes-quantized base, which "
+                                 "training.parallel: fsdp cannot shard; use parallel: ddp")
         return self
 
     def trials_for(self, entry: MethodEntry) -> int:

@@ -173,25 +173,31 @@ def train(
     pad: int,
     observer: TrainObserver | None = None,
     profiler: StepProfiler | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> TrainStats:
-    """Train `model`'s trainable parameters for `settings.steps` optimizer steps."""
+    """Train `model`'s trainable parameters for `settings.steps` optimizer steps.
+
+    `wrap` makes the module that trains, e.g. DDP or FSDP around `model` (`harness/ranks.py`); the optimizer is
+    built on its parameters, which FSDP has replaced by shards.
+    """
     import torch
 
     torch.manual_seed(settings.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(settings.optimizer, params, settings.lr, settings.weight_decay)
-    if profiler is not None:
-        profiler.attach_optimizer(optimizer)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(settings.warmup_steps, settings.steps))
     if settings.grad_checkpointing:
         model.gradient_checkpointing_enable(  # type: ignore[operator]
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+    trained = wrap(model) if wrap is not None else model
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = make_optimizer(settings.optimizer, params, settings.lr, settings.weight_decay)
+    if profiler is not None:
+        profiler.attach_optimizer(optimizer)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(settings.warmup_steps, settings.steps))
     batches: Iterator[list[Encoded]] = batches_forever(train_items, settings.batch_size, settings.seed)
     stats = TrainStats()
     scaler = torch.amp.GradScaler("cuda") if settings.autocast == "fp16" and settings.device.startswith("cuda") else None
     recent: list[float] = []
-    model.train()
+    trained.train()
     started = time.perf_counter()
     for step in range(settings.steps):
         with profiler.step(step) if profiler is not None else contextlib.nullcontext():
@@ -202,7 +208,7 @@ def train(
                 if profiler is not None:
                     profiler.record_batch(step, tuple(batch["input_ids"].shape))
                 with autocast_context(settings.device, settings.autocast):
-                    loss = model(**batch).loss / settings.grad_accum
+                    loss = trained(**batch).loss / settings.grad_accum
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 step_loss += float(loss.detach())
             if scaler is not None:
@@ -225,7 +231,7 @@ def train(
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
             paused = time.perf_counter()
             eval_loss = evaluate_loss(
-                model, eval_items, pad, batch_size=settings.batch_size, device=settings.device, autocast=settings.autocast
+                trained, eval_items, pad, batch_size=settings.batch_size, device=settings.device, autocast=settings.autocast
             )
             stats.intermediate.append((step + 1, eval_loss))
             stats.eval_loss = eval_loss

@@ -4,6 +4,11 @@
 trained model (task metric, forgetting, latency, adapter size). It writes `outcome.json` next to the
 spec, whatever happens: an out-of-memory becomes status `oom`, any other error `failed`, and what was
 measured until then is kept. The runner turns the outcome into the trial's result file.
+
+With `training.gpus: N > 1` this process launches N ranks of itself through `accelerate launch`
+(`harness/multigpu.py`). Every rank runs `run_trial` on its share of the batches (`harness/ranks.py`);
+after training, rank 0 alone measures the trained model, so the outcome has the same shape, plus every
+rank's memory peak.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from peftplan.harness.channel import LAUNCHED_AT_ENV, TrialChannel
+from peftplan.harness.channel import LAUNCHED_AT_ENV, RANKS_OF_ENV, TrialChannel
 from peftplan.harness.provenance import now_iso, provenance
+from peftplan.harness.ranks import SingleProcess, launched_rank, rank_outcome_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,6 +68,7 @@ class Outcome:
             "forgetting": None,
             "latency": None,
             "memory": None,
+            "distributed": None,
             "intermediate": [],
             "provenance": provenance(device, now_iso()),
         }
@@ -80,10 +87,13 @@ class Outcome:
 
 
 class ChannelObserver:
-    """Forwards training progress to the runner; asks it whether to prune after each eval."""
+    """Forwards training progress to the runner; asks it whether to prune after each eval.
 
-    def __init__(self, channel: TrialChannel, outcome: Outcome, pruning: bool) -> None:
-        self.channel, self.outcome, self.pruning = channel, outcome, pruning
+    Only rank 0 holds the channel; `ranks.agree` hands its decision to every rank.
+    """
+
+    def __init__(self, channel: TrialChannel, outcome: Outcome, pruning: bool, ranks: SingleProcess) -> None:
+        self.channel, self.outcome, self.pruning, self.ranks = channel, outcome, pruning, ranks
 
     def on_step(self, step: int, loss: float) -> None:
         self.outcome["metrics"]["steps"] = step
@@ -91,11 +101,13 @@ class ChannelObserver:
 
     def on_eval(self, step: int, eval_loss: float) -> bool:
         self.outcome["intermediate"].append({"step": step, "eval_loss": eval_loss})
-        prune = self.channel.ask_prune(step, eval_loss)
-        return prune and self.pruning
+        prune = self.channel.ask_prune(step, eval_loss) if self.ranks.is_main else False
+        return self.ranks.agree(prune and self.pruning)
 
 
 def pick_device(name: str) -> str:
+    if name == "cpu":
+        return "cpu"  # without importing torch, which the process launching a multi-GPU trial's ranks never needs
     import torch
 
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
@@ -110,8 +122,9 @@ def loaded_suite(spec: TrialSpec) -> LoadedSuite:
     return LoadedSuite(Suite.model_validate(spec.suite), suite_dir / "suite.yaml", suite_dir)
 
 
-def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: str) -> None:
-    """Train and measure one config; fills `outcome` as it goes."""
+def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: str,
+              ranks: SingleProcess | None = None) -> None:
+    """Train and measure one config; fills `outcome` as it goes. `ranks`: see `harness/ranks.py`."""
     import torch
 
     from peftplan.harness.data import read_task
@@ -121,6 +134,8 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
     from peftplan.harness.train import TrainSettings, autocast_dtype, train
     from peftplan.methods import get_method
 
+    ranks = ranks or SingleProcess()
+    main = ranks.is_main
     loaded = loaded_suite(spec)
     suite = loaded.suite
     run_dir = Path(spec.run_dir)
@@ -128,8 +143,8 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
     started = time.perf_counter()
     if os.environ.get(LAUNCHED_AT_ENV):  # interpreter start and imports, before any work
         metrics["startup_s"] = time.time() - float(os.environ[LAUNCHED_AT_ENV])
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    if spec.threads:  # the cores the runner gave this trial, shared by its ranks
+        torch.set_num_threads(max(1, spec.threads // ranks.world_size))
     metrics["threads"] = torch.get_num_threads()
     autocast = autocast_dtype(suite.training.precision, device)
 
@@ -142,21 +157,22 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
     task = read_task(run_dir / "data")
     formatter = PromptFormatter(tokenizer, task.info, suite.training.seq_len)
     with_eos = task.info.kind == "generation"
-    train_items = [formatter.encode(e, with_eos=with_eos) for e in task.train]
+    all_train = [formatter.encode(e, with_eos=with_eos) for e in task.train]
+    train_items = ranks.shard(all_train)  # several ranks: each trains on its own share
     loss_items = [formatter.encode(e, with_eos=with_eos) for e in task.eval[: suite.eval.loss_examples]]
     scored = task.eval[: suite.eval.task_examples]
     pad = pad_id(tokenizer)
-    probe = _probe_windows(model, tokenizer, loaded, run_dir, device)
+    probe = _probe_windows(model, tokenizer, loaded, run_dir, device) if main else None
     latency_prompt = _latency_prompt(formatter, task.eval)
     latency: dict[str, Any] = {}
-    if suite.eval.latency is not None:
+    if suite.eval.latency is not None and main:
         channel.send("phase", name="latency-base")
         _measure_speed_into(latency, "base", model, latency_prompt, loaded, device)
 
     # 2. The method, as the registry builds it (peft, bitsandbytes, or a hand-written module).
     method = get_method(spec.method)
     cfg = method.make_config(**spec.method_config)
-    model = method.apply(model, cfg)
+    model = _apply_seeded(method, model, cfg, suite.training.seed + spec.trial_number)
     metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics["total_params"] = sum(p.numel() for p in model.parameters())
     adapter_switch = _has_adapter_switch(model)
@@ -164,13 +180,13 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
     if probe is not None and not adapter_switch:  # no switch to turn the method off: measure before training
         base_probe = evaluate_loss_windows(model, probe, device, autocast)
     base_lm_eval = None
-    if suite.eval.lm_eval is not None and not adapter_switch:
+    if suite.eval.lm_eval is not None and not adapter_switch and main:
         from peftplan.harness.lmeval import lm_eval_scores
 
         base_lm_eval = lm_eval_scores(model, tokenizer, suite.eval.lm_eval, loaded, device)
 
     # 3. Train, measuring the memory of a steady-state step.
-    steps = _steps(suite, len(train_items))
+    steps = _steps(suite, len(all_train), ranks.world_size)
     settings = TrainSettings(
         steps=steps,
         batch_size=suite.training.batch_size,
@@ -187,17 +203,19 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
         seed=suite.training.seed + spec.trial_number,
     )
     outcome["memory"] = {"source": "cuda" if device.startswith("cuda") else "cpu-livebytes"}
-    memory = StepMemoryProbe(model, device, cap=suite.budget.memory_cap, steps=steps)
+    memory = StepMemoryProbe(model, device, cap=suite.budget.memory_cap, steps=steps,
+                             sharded=ranks.parallel == "fsdp")
     channel.send("phase", name="train", steps=steps)
     stats = train(model, train_items, loss_items, settings, pad=pad,
-                  observer=ChannelObserver(channel, outcome, spec.pruning), profiler=memory)
+                  observer=ChannelObserver(channel, outcome, spec.pruning, ranks), profiler=memory, wrap=ranks.wrap)
     peak = memory.result()
     batch, seq = memory.measured_shape
     predicted, engine = planner_prediction(
         suite.model.display_id, _model_config(loaded), spec.method, spec.method_config,
         seq_len=max(seq, 1), batch_size=max(batch, 1), grad_checkpointing=suite.training.grad_checkpointing,
         optimizer=suite.training.optimizer, dtype=_planner_dtype(weight_dtype, autocast), device=device,
-    )
+        gpus=ranks.world_size, shard="fsdp" if ranks.parallel == "fsdp" else "none",
+    ) if main else (None, None)
     outcome["memory"].update(peak_allocated=peak.peak_allocated, peak_reserved=peak.peak_reserved,
                              predicted=predicted, predicted_engine=engine,
                              measured_batch=batch, measured_seq_len=seq)
@@ -205,11 +223,18 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
         steps=stats.steps, train_loss=stats.train_loss, eval_loss=stats.eval_loss,
         train_tokens_per_s=stats.tokens_per_s, train_time_s=stats.train_time_s, train_tokens=stats.tokens,
     )
+    if ranks.world_size > 1:
+        _record_ranks(outcome, ranks, model, peak, stats)
     if stats.stopped_early:
         outcome["status"] = "pruned"
         return
+    trained = ranks.trained_model(model, lambda: _rebuilt(spec, loaded, method, cfg, device))
+    if trained is None:  # a rank other than 0: its part is done
+        outcome["status"] = "success"
+        return
+    model = trained
 
-    # 4. Measure the trained model.
+    # 4. Measure the trained model (rank 0 alone, when there are several).
     channel.send("phase", name="evaluate")
     model.eval()
     with torch.no_grad(), _autocast(device, autocast):
@@ -253,6 +278,52 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
             _measure_speed_into(latency, "merged", merged, latency_prompt, loaded, device)
     outcome["latency"] = latency or None
     outcome["status"] = "success"
+
+
+def _apply_seeded(method: Any, model: nn.Module, cfg: Any, seed: int) -> nn.Module:
+    """Apply the method with its random initial weights fixed by the seed (so every rank starts equal)."""
+    import torch
+
+    torch.manual_seed(seed)
+    adapted: nn.Module = method.apply(model, cfg)
+    return adapted
+
+
+def _rebuilt(spec: TrialSpec, loaded: LoadedSuite, method: Any, cfg: Any, device: str) -> nn.Module:
+    """A fresh copy of the trial's model (base + method) for FSDP's gathered weights to be loaded into."""
+    from peftplan.harness.loading import WeightsSource, load_base
+
+    base, _ = load_base(WeightsSource(**spec.weights), loaded.suite.model, loaded, device=device,
+                        seed=loaded.suite.training.seed)
+    return _apply_seeded(method, base, cfg, loaded.suite.training.seed + spec.trial_number)
+
+
+def _record_ranks(outcome: Outcome, ranks: SingleProcess, model: nn.Module, peak: Any, stats: Any) -> None:
+    """Every rank's peak and share of the training, gathered on every rank (rank 0's outcome keeps them).
+
+    The trial's own peak is the highest rank's (what must fit each GPU); throughput is all ranks' tokens
+    over the slowest rank's time.
+    """
+    from peftplan.harness.measure import rss_peak_bytes
+
+    mine = {"rank": ranks.rank, "source": outcome["memory"]["source"], "peak_allocated": peak.peak_allocated,
+            "peak_reserved": peak.peak_reserved, "rss_peak": rss_peak_bytes(), "train_tokens": stats.tokens,
+            "train_time_s": stats.train_time_s, "train_loss": stats.train_loss,
+            "trainable_checksum": ranks.trainable_checksum(model)}
+    everyone = ranks.gather(mine)
+    memory = outcome["memory"]
+    memory["ranks"] = [{k: r[k] for k in ("rank", "source", "peak_allocated", "peak_reserved", "rss_peak")}
+                       for r in everyone]
+    for key in ("peak_allocated", "peak_reserved"):
+        values = [r[key] for r in everyone if r[key] is not None]
+        memory[key] = max(values) if values else None
+    tokens, slowest = sum(r["train_tokens"] for r in everyone), max(r["train_time_s"] for r in everyone)
+    outcome["metrics"].update(train_tokens=tokens, train_tokens_per_s=tokens / slowest if slowest > 0 else None)
+    outcome["distributed"] = {
+        **(ranks.describe() or {}),
+        "ranks": [{k: r[k] for k in ("rank", "train_tokens", "train_time_s", "train_loss", "trainable_checksum")}
+                  for r in everyone],
+    }
 
 
 class ProbeWindows:
@@ -364,10 +435,10 @@ def _load_saved_tensors(model: nn.Module, directory: Path) -> None:
                 params[name].copy_(tensor)
 
 
-def _steps(suite: Any, n_train: int) -> int:
+def _steps(suite: Any, n_train: int, world_size: int = 1) -> int:
     if suite.training.steps is not None:
         return int(suite.training.steps)
-    per_step = suite.training.batch_size * suite.training.grad_accum
+    per_step = suite.training.batch_size * suite.training.grad_accum * world_size  # examples per optimizer step
     return max(1, int(suite.training.epochs * n_train / per_step + 0.999))
 
 
@@ -419,30 +490,58 @@ def die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the trial subprocess; returns 0 when an outcome was written."""
+    """Entry point of the trial subprocess (and of each rank of a multi-GPU trial); returns 0 when an
+    outcome was written."""
     die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     spec_path = Path(args[0])
     spec = TrialSpec.model_validate_json(spec_path.read_text())
-    channel = TrialChannel.from_env()
     from peftplan.harness.suite import Suite
 
-    device = pick_device(Suite.model_validate(spec.suite).training.device)
+    training = Suite.model_validate(spec.suite).training
+    in_rank = bool(os.environ.get(RANKS_OF_ENV))
+    device = pick_device(training.device)
+    if training.gpus > 1 and not in_rank:
+        from peftplan.harness.multigpu import run_ranks
+
+        run_ranks(spec_path, processes=training.gpus, device=device, threads=spec.threads)
+        return 0
+    rank = launched_rank() if in_rank else 0
     outcome = Outcome(device)
+    ranks = SingleProcess()
     try:
-        run_trial(spec, channel, outcome, device)
+        if in_rank:
+            ranks = _join_ranks(training.parallel, device)
+            device = ranks.device or device
+        channel = TrialChannel.from_env() if ranks.is_main else TrialChannel(None, None)
+        run_trial(spec, channel, outcome, device, ranks)
     except BaseException as exc:  # every ending is recorded; SystemExit/KeyboardInterrupt too
         outcome["status"] = "oom" if is_oom(exc) else "failed"
         outcome["error"] = f"{type(exc).__name__}: {exc}".strip()[:2000]
         traceback.print_exc()
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             outcome["status"] = "failed"
+    finally:
+        ranks.close()
     from peftplan.harness.measure import rss_peak_bytes
 
     source = "cuda" if device.startswith("cuda") else "cpu-livebytes"
     outcome["memory"] = {"source": source, **(outcome["memory"] or {}), "rss_peak": rss_peak_bytes()}
-    outcome.write(spec_path.parent / OUTCOME)
+    outcome.write(spec_path.parent / rank_outcome_name(rank))
     return 0
+
+
+def _join_ranks(parallel: str, device: str) -> SingleProcess:
+    """Join the trial's process group; the launcher stops the other ranks with SIGTERM when one fails."""
+    import signal
+
+    from peftplan.harness.ranks import DataParallelRanks
+
+    def stopped(signum: int, frame: Any) -> None:
+        raise SystemExit("stopped by the launcher (another rank failed)")
+
+    signal.signal(signal.SIGTERM, stopped)
+    return DataParallelRanks(parallel, cpu=not device.startswith("cuda"))
 
 
 if __name__ == "__main__":

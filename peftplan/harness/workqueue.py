@@ -5,6 +5,9 @@ enqueues some, none otherwise: the sampler then samples at claim time). A runner
 WAITING trial; Optuna's RDB storage moves it to RUNNING under a row lock (`SELECT ... FOR UPDATE` on
 PostgreSQL), so two runners never get the same one, and no runner creates a trial beyond the count.
 A trial whose runner died is queued again by the heartbeat callback with the same params.
+
+The queue is filled once per study: under the study's lock (`harness/studylock.py`), and marked with
+`FILLED_ATTR`, so that a starter arriving later (or at the same moment) never fills it again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,27 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
+
+
+FILLED_ATTR = "peftplan_queue_filled"  # study user attribute: the queue was filled (by whom, when)
+
+
+def fill_once(study: optuna.Study, target: int, fixed: list[tuple[dict[str, Any], dict[str, Any]]],
+              filled_by: str) -> bool:
+    """Fill the queue of a study nobody filled yet; True if this call filled it. Call under the study's lock.
+
+    A study that already has trials but no mark (made before the mark existed, or by a starter that died
+    mid-fill) is only marked: `top_up` adds whatever it lacks once nothing runs.
+    """
+    from peftplan.harness.provenance import now_iso
+
+    if study.user_attrs.get(FILLED_ATTR):
+        return False
+    empty = not study.get_trials(deepcopy=False)
+    if empty:
+        fill_queue(study, target, fixed)
+    study.set_user_attr(FILLED_ATTR, {"by": filled_by, "at": now_iso(), "trials": target if empty else None})
+    return empty
 
 
 def fill_queue(study: optuna.Study, target: int, fixed: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:

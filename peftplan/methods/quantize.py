@@ -101,6 +101,7 @@ def quantize_linears(model: nn.Module, quant: str) -> int:
     targets = quantization_targets(model)
     for target in targets:
         replace_module(model, target.name, _quantized_linear(target, quant, compute_dtype))
+    mark_loaded_in_kbit(model, quant)
     return len(targets)
 
 
@@ -166,3 +167,9 @@ def has_quantized_linears(model: nn.Module) -> bool:
     import bitsandbytes as bnb
 
     return any(isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt) for m in model.modules())
+
+
+def mark_loaded_in_kbit(model: nn.Module, quant: str) -> None:
+    """Flag the model as transformers' bitsandbytes loader does, so peft wraps the quantized layers
+    with its bitsandbytes adapter layers (the ones a QLoRA user of transformers + peft trains)."""
+    setattr(model, "is_loaded_in_8bit" if quant == "int8" else "is_loaded_in_4bit", True)

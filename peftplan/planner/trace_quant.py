@@ -30,7 +30,13 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from peftplan.methods.quantize import QuantTarget, compute_dtype_of, quantization_targets, replace_module
+from peftplan.methods.quantize import (
+    QuantTarget,
+    compute_dtype_of,
+    mark_loaded_in_kbit,
+    quantization_targets,
+    replace_module,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -123,6 +129,7 @@ def quantize_base_on_meta(model: Any, quant: str) -> int:
     targets = quantization_targets(model)
     for target in targets:
         replace_module(model, target.name, _quantized_linear_on_meta(target, quant, compute_dtype))
+    mark_loaded_in_kbit(model, quant)
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return len(targets)
 

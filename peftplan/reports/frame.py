@@ -48,6 +48,7 @@ def _row(result: TrialResult, origin: str) -> dict[str, Any]:
         "status": result.status.value, "metric_name": m.task_metric_name, "metric": m.task_metric,
         "eval_loss": m.eval_loss, "forgetting": fg.delta if fg else None, "probe": fg.probe if fg else None,
         "peak": peak, "predicted": predicted, "pred_err_pct": err, "mem_source": mem.source if mem else None,
+        "rank_peaks": [r.peak_allocated for r in mem.ranks] if mem and mem.ranks else None,  # multi-GPU trials
         "engine": mem.predicted_engine if mem else None,
         "train_tps": m.train_tokens_per_s,
         "decode_base": lat.decode_base if lat else None, "decode_merged": lat.decode_merged if lat else None,

@@ -163,6 +163,13 @@ def display_trials(frame: pd.DataFrame, metric_name: str, *, with_run: bool = Fa
         text = fmt_params(row["params"])
         return f"{text} | {row['error']}" if isinstance(row["error"], str) and row["error"] else text
 
+    def peak(row: Any) -> str:
+        """The trial's peak; a multi-GPU trial's is its highest rank's, followed by every rank's own."""
+        ranks = row.get("rank_peaks")
+        if not isinstance(ranks, list) or len(ranks) < 2:
+            return fmt_bytes(row["peak"])
+        return f"{fmt_bytes(row['peak'])} (ranks: {' / '.join(fmt_bytes(v) for v in ranks)})"
+
     out = pd.DataFrame({
         "run": frame["run"],
         "method": frame["method"],
@@ -170,7 +177,7 @@ def display_trials(frame: pd.DataFrame, metric_name: str, *, with_run: bool = Fa
         "status": frame["status"],
         "metric": frame["metric"].map(fmt_num),
         "forgetting": frame["forgetting"].map(lambda v: fmt_num(v, 2)),
-        "peak": frame["peak"].map(fmt_bytes),
+        "peak": frame.apply(peak, axis=1),
         "pred_err_pct": frame["pred_err_pct"].map(fmt_pct),
         "train_tps": frame["train_tps"].map(fmt_rate),
         "decode_unmerged": frame["decode_unmerged"].map(fmt_rate),

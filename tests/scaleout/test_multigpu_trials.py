@@ -1,0 +1,108 @@
+"""Multi-GPU trials (`training.gpus: 2`) through a real `peftplan bench` and `accelerate launch`.
+
+There is no GPU here: the same path runs 2 CPU ranks on the gloo backend. Each rank trains on its own
+share of the batches; rank 0 then measures the trained model; the result holds every rank's peak next
+to the planner's per-GPU prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftplan.cli import main
+from peftplan.harness.measure import planner_prediction
+from peftplan.harness.results import TrialResult, TrialStatus, read_result
+from tests.harness.tiny import TINY_MODEL, write_suite
+from tests.scaleout.helpers import ENV
+
+pytestmark = pytest.mark.timeout(180)
+TWO_CPU_RANKS = {"gpus": 2, "device": "cpu", "threads": 1, "steps": 3, "eval_every": 3}
+ONE_TRIAL = {"trials": 1, "pruner": {"kind": "none"}}
+# Deep and narrow: the weights outweigh the activations of a 2 x 32 batch, so sharding them shows.
+DEEP_MODEL = {**TINY_MODEL, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 16}
+
+
+def bench(tmp_path: Path, changes: dict) -> tuple[subprocess.CompletedProcess[str], TrialResult | None]:
+    suite = write_suite(tmp_path, {"search": ONE_TRIAL, "methods": [{"name": "lora", "fixed": {"rank": 4}}],
+                                   **changes})
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "peftplan.cli", "bench", str(suite), "--run-dir", str(run)],
+                          capture_output=True, text=True, env=ENV, timeout=170)
+    path = run / "trials" / "lora-0.json"
+    return done, read_result(path) if path.is_file() else None
+
+
+def test_ddp_trial_trains_on_two_ranks_and_rank0_measures_the_trained_adapter(tmp_path: Path) -> None:
+    done, result = bench(tmp_path, {"name": "ddp", "training": TWO_CPU_RANKS})
+    assert done.returncode == 0 and result is not None, done.stdout[-1500:] + done.stderr[-1500:]
+    assert result.status == TrialStatus.SUCCESS
+    run = result.distributed
+    assert run is not None and (run.world_size, run.parallel, run.backend, run.distributed_type) == (
+        2, "ddp", "gloo", "MULTI_CPU")
+    ranks = run.ranks
+    assert [r.rank for r in ranks] == [0, 1]
+    assert ranks[0].train_loss != ranks[1].train_loss  # each rank trained on its own share ...
+    assert ranks[0].trainable_checksum == pytest.approx(ranks[1].trainable_checksum, rel=1e-12)  # ... in sync
+    assert result.metrics.train_tokens == sum(r.train_tokens for r in ranks)
+    memory = result.memory
+    assert memory is not None and memory.ranks is not None
+    peaks = [r.peak_allocated or 0 for r in memory.ranks]
+    assert [r.rank for r in memory.ranks] == [0, 1] and all(p > 0 for p in peaks)
+    assert all(r.source == "cpu-livebytes" for r in memory.ranks) and memory.peak_allocated == max(peaks)
+    predicted = (memory.predicted or {})["peak_allocated"]
+    assert all(abs(predicted - p) / p < 0.10 for p in peaks), (peaks, predicted)  # per GPU, unsharded
+    # What a single-process trial measures, rank 0 measured on the trained adapter.
+    assert result.metrics.task_metric is not None and result.metrics.adapter_bytes
+    assert result.forgetting is not None and result.forgetting.base_reference == "adapter-disabled"
+    assert result.latency is not None and result.latency.decode_unmerged and result.latency.decode_merged
+    print("ddp per-rank peaks", peaks, "predicted per GPU", predicted)
+
+
+def test_fsdp_trial_shards_the_model_and_each_rank_peak_meets_the_sharded_prediction(tmp_path: Path) -> None:
+    done, result = bench(tmp_path, {
+        "name": "fsdp", "model": {"config": DEEP_MODEL, "dtype": "fp32"},
+        "training": {**TWO_CPU_RANKS, "parallel": "fsdp", "batch_size": 2, "seq_len": 32, "precision": "fp32"},
+        "eval": {"forgetting": None, "latency": None, "task_examples": 8, "loss_examples": 4}})
+    assert done.returncode == 0 and result is not None, done.stdout[-1500:] + done.stderr[-1500:]
+    assert result.status == TrialStatus.SUCCESS and result.metrics.task_metric is not None
+    assert result.distributed is not None and result.distributed.parallel == "fsdp"
+    checksums = [r.trainable_checksum for r in result.distributed.ranks]
+    assert checksums[0] == pytest.approx(checksums[1], rel=1e-12)
+    memory = result.memory
+    assert memory is not None and memory.ranks is not None and memory.predicted is not None
+    peaks = [r.peak_allocated or 0 for r in memory.ranks]
+    sharded = memory.predicted["peak_allocated"]
+    spec = json.loads((tmp_path / "run" / "work" / "lora-0" / "spec.json").read_text())
+    unsharded, _ = planner_prediction(
+        "deep", DEEP_MODEL, "lora", spec["method_config"], seq_len=memory.measured_seq_len or 0,
+        batch_size=memory.measured_batch or 0, grad_checkpointing=False, optimizer="adamw", dtype="fp32",
+        device="cpu", gpus=2, shard="none")
+    assert unsharded is not None and sharded < 0.85 * unsharded["peak_allocated"]
+    assert all(abs(sharded - p) / p < 0.10 for p in peaks), (peaks, sharded)
+    assert all(p < 0.9 * unsharded["peak_allocated"] for p in peaks), (peaks, unsharded)  # sharding took effect
+    print("fsdp per-rank peaks", peaks, "predicted per GPU", sharded, "unsharded", unsharded["peak_allocated"])
+
+
+def test_a_rank_out_of_memory_makes_the_trial_oom(tmp_path: Path) -> None:
+    done, result = bench(tmp_path, {"name": "oom", "training": TWO_CPU_RANKS, "budget": {"memory_cap": "1MiB"}})
+    assert done.returncode == 1 and "no trial succeeded" in done.stderr
+    assert result is not None and result.status == TrialStatus.OOM
+    assert result.error is not None and "rank 1: MemoryCapExceeded" in result.error, result.error
+    assert (tmp_path / "run" / "work" / "lora-0" / "outcome-rank1.json").is_file()
+
+
+def test_cuda_ranks_on_a_host_without_cuda_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    suite = write_suite(tmp_path, {"training": {"gpus": 2, "device": "cuda"}})
+    assert main(["bench", str(suite), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "training.device: cuda, but this host has no CUDA device for its 2 ranks" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

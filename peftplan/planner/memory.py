@@ -202,14 +202,15 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
         if total > best_total:
             best, best_total = moment, total
     assert best is not None
-    peak = weights + constants + adapter + states + best_total
+    buckets = ddp_bucket_bytes(m)
+    peak = weights + constants + adapter + states + best_total + buckets
     reserved = reserved_for(peak)
     overhead = CUDA_CONTEXT
     result = MemoryBreakdown(
         weights=weights,
         quant_constants=constants,
         adapter=adapter,
-        gradients=best.gradients // shards,
+        gradients=best.gradients // shards + buckets,
         optimizer=states + best.optimizer_extra // shards,
         activations=best.activations,
         logits=best.logits,
@@ -219,6 +220,12 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
         total=reserved + overhead,
     )
     return result, best.name
+
+
+def ddp_bucket_bytes(m: StepModel) -> int:
+    """DDP (several GPUs, no sharding) keeps a flat copy of every gradient in its all-reduce buckets,
+    allocated when the model is wrapped and alive all step (`gradient_as_bucket_view=False`, the default)."""
+    return m.gradients if m.ctx.gpus > 1 and m.ctx.shard == "none" else 0
 
 
 def _gathered_block_bytes(m: StepModel) -> int:

@@ -105,6 +105,20 @@ def test_fsdp_per_gpu_memory_falls_with_gpus(method_name: str) -> None:
     assert totals[0] > totals[-1]
 
 
+@pytest.mark.parametrize("method_name", ["full", "lora"])
+def test_ddp_adds_a_bucket_copy_of_every_gradient_per_gpu(method_name: str) -> None:
+    spec = get_spec("meta-llama/Llama-3.2-1B")
+    method = get_method(method_name)
+    cfg = method.make_config()
+    one = TrainContext(seq_len=1024, grad_checkpointing=True)
+    single = estimate_memory(spec, method, cfg, one)
+    ddp = estimate_memory(spec, method, cfg, replace(one, gpus=4))
+    gradient_bytes = step_model(spec, method, cfg, one).gradients
+    assert gradient_bytes > 0
+    assert ddp.peak_allocated - single.peak_allocated == gradient_bytes
+    assert ddp.gradients - single.gradients == gradient_bytes
+
+
 def test_largest_finds_the_boundary() -> None:
     assert largest(lambda n: n <= 37, 1, 1000) == 37
     assert largest(lambda n: n <= 1000, 1, 1000) == 1000

@@ -236,7 +236,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     for p in block_saved:
         block_max = p if p.at(1, 1024) > block_max.at(1, 1024) else block_max
     stream = tokens(a.hidden, vocab_extra) * x.itemsize
-    fixed = model_saved + batch + embeddings_held
+    fixed = main.total() + batch + embeddings_held  # in the blocks' forward the head has saved nothing yet
     return ActivationProfile(
         saved=saved,
         logits_saved=logits_saved,

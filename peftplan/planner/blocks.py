@@ -65,12 +65,23 @@ def _rope(ops: Ops, t: Sym, cos: Sym, sin: Sym, rotary_width: int, width: int) -
 
 def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
     """The attention core (after projections and rope); returns the (B, S, heads·head_dim) output."""
+    if not ops.r.prefix:
+        return _attention_core(ops, q, k, v, mask)
+    # Prefix tuning: the cache concatenates the trained prefix before the keys/values and holds the
+    # result until the forward returns; where the kernel saves that same tensor, it is counted once.
+    a = ops.r.arch
+    k = ops.fresh(_kv_tokens(ops, a.kv_width), k.itemsize, True)
+    v = ops.fresh(_kv_tokens(ops, a.kv_width), v.itemsize, True)
+    out = _attention_core(ops, q, k, v, mask)
+    for cached in (k, v):
+        if cached.storage not in ops.g.saved:
+            ops.g.forward_live = ops.g.forward_live + cached.storage_bytes
+    return out
+
+
+def _attention_core(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
     r = ops.r
     a = r.arch
-    if r.prefix:  # prefix tuning: the cache concatenates the trained prefix before the keys/values
-        k = ops.fresh(_kv_tokens(ops, a.kv_width), k.itemsize, True)
-        v = ops.fresh(_kv_tokens(ops, a.kv_width), v.itemsize, True)
-        ops.g.forward_live = ops.g.forward_live + (k.storage_bytes + v.storage_bytes)
     eager = r.attention == "eager" or a.attn_softcap
     repeat = a.groups > 1 and (eager or mask is not None)  # transformers repeats kv unless SDPA does GQA
     if repeat:

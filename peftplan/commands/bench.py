@@ -37,7 +37,8 @@ def bench_command(
 
     loaded, run_path = _locate(suite, run_dir)
     require_trust_flag(loaded, trust_remote_code)
-    notes = check_suite(loaded, check_data=False)
+    # Multi-GPU trials: the data is rendered now, so that too few examples for the ranks are refused up front.
+    notes = check_suite(loaded, check_data=loaded.suite.training.gpus > 1)
     check_gpus(loaded.suite.training)
     url = storage or loaded.suite.storage.url
     if url is not None:

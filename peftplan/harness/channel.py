@@ -10,6 +10,7 @@ inherited descriptors, so rank 0 reopens the trial process's ends through `/proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -37,6 +38,14 @@ class TrialChannel:
             read_fd = os.open(f"/proc/{owner}/fd/{read_fd}", os.O_RDONLY)
             write_fd = os.open(f"/proc/{owner}/fd/{write_fd}", os.O_WRONLY)
         return cls(read_fd, write_fd)
+
+    def close(self) -> None:
+        """Close this end; the runner reads the pipe's end as the trial's end, so only once the outcome is written."""
+        for handle in (self._reader, self._writer):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
+        self._reader = self._writer = None
 
     def send(self, event: str, **fields: Any) -> None:
         if self._writer is not None:

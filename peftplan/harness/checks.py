@@ -4,6 +4,7 @@ method setting (targets included) applies to the model. `peftplan validate` runs
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from peftplan.errors import BadInputError, PeftplanError
@@ -43,6 +44,7 @@ def _check_task(loaded: LoadedSuite, check_data: bool) -> list[str]:
         notes.append(f"task: the Hub dataset {task.train.hf!r} is not checked offline")
     elif check_data:
         prepared = prepare_task(loaded)  # renders every example: template and label errors surface here
+        check_rank_shares(loaded.suite.training, prepared.info.n_train)
         notes.append(f"task: {prepared.info.name} ({prepared.info.kind}), {prepared.info.n_train} train / "
                      f"{prepared.info.n_eval} eval examples")
     return notes
@@ -108,14 +110,21 @@ def _apply_check(method: Any, spec: ModelSpec, values: dict[str, Any], where: st
 
 
 def check_gpus(training: TrainingSection) -> None:
-    """Multi-GPU trials need that many CUDA devices on the host that runs them (`bench`, `worker`).
+    """Multi-GPU trials need Linux and that many CUDA devices on the host that runs them (`bench`, `worker`).
 
     A host without CUDA runs `training.gpus` CPU processes on gloo instead (the path tested here).
 
     Raises:
-        BadInputError: more ranks than CUDA devices, or `device: cuda` on a host without one.
+        BadInputError: not Linux, more ranks than CUDA devices, or `device: cuda` on a host without one.
     """
-    if training.gpus == 1 or training.device == "cpu":
+    if training.gpus == 1:
+        return
+    if not sys.platform.startswith("linux"):
+        # Rank 0 reopens the runner's pipe through /proc/<pid>/fd, and every rank dies with its parent through
+        # prctl(PR_SET_PDEATHSIG): both are Linux's.
+        raise BadInputError(f"training.gpus: {training.gpus} ranks per trial need Linux; this host runs "
+                            f"{sys.platform} (use gpus: 1)")
+    if training.device == "cpu":
         return
     import torch
 
@@ -128,3 +137,16 @@ def check_gpus(training: TrainingSection) -> None:
     if training.gpus > count:
         raise BadInputError(f"training.gpus: {training.gpus} ranks asked for, but this host has {count} CUDA "
                             f"device(s); lower training.gpus (or run on a host with {training.gpus})")
+
+
+def check_rank_shares(training: TrainingSection, n_train: int) -> None:
+    """Every rank of a multi-GPU trial needs a full batch of its own training examples (every N-th).
+
+    Raises:
+        BadInputError: fewer training examples than `gpus x batch_size`.
+    """
+    needed = training.gpus * training.batch_size
+    if training.gpus > 1 and n_train < needed:
+        raise BadInputError(f"training.gpus: {training.gpus} ranks x batch_size {training.batch_size} need "
+                            f"{needed} training examples, the task has {n_train}; lower gpus or batch_size, or "
+                            "give the task more examples")

@@ -90,19 +90,22 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 
 def load_base(
-    source: WeightsSource, section: ModelSection, loaded: LoadedSuite, *, device: str, seed: int
+    source: WeightsSource, section: ModelSection, loaded: LoadedSuite, *, device: str, seed: int,
+    place: str | None = None,
 ) -> tuple[nn.Module, Any]:
-    """The base model (on `device`, in the suite's dtype) and its tokenizer."""
+    """The base model and its tokenizer: in the suite's dtype for `device`, and on `device` unless `place`
+    says where (an FSDP rank loads on the CPU; sharding moves each block to its GPU)."""
     import torch
 
     dtype = resolve_dtype(section.dtype, device)
+    place = place or device
     model: Any
     if source.kind == "random":
         from peftplan.models.build import build_model
 
         assert source.config is not None
         torch.manual_seed(seed)
-        model = build_model(source.config, device=device, dtype=dtype, trust_remote_code=section.trust_remote_code)
+        model = build_model(source.config, device=place, dtype=dtype, trust_remote_code=section.trust_remote_code)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -112,7 +115,7 @@ def load_base(
             use_safetensors=True,
             trust_remote_code=section.trust_remote_code,
         )
-        model = model.to(device)
+        model = model.to(place)
     tokenizer = load_tokenizer(section, loaded, source)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise BadInputError(

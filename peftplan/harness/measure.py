@@ -1,9 +1,10 @@
 """Measurements of a trained trial: memory peak, forgetting, latency, adapter size, planner prediction.
 
-Memory: on CUDA, `torch.cuda.max_memory_allocated`/`max_memory_reserved`, reset when training starts. On
-CPU, the live-bytes tracker (`planner/livebytes.py`) counts every tensor storage during one steady-state
-step (the second: optimizer states exist, gradients were set to None), which is the step the planner
-predicts; plus the process's peak RSS. A memory cap, when the suite sets one, is enforced on every step:
+Memory is the peak of one steady-state training step (the second: optimizer states exist, gradients were set
+to None), which is the step the planner predicts. On CUDA, `torch.cuda.max_memory_allocated`/`max_memory_reserved`
+over that step: the peak statistics are reset when it starts, so whatever happened before (loading the model,
+FSDP's sharding of it) does not count. On CPU, the live-bytes tracker (`planner/livebytes.py`) counts every tensor
+storage during that step; plus the process's peak RSS. A memory cap, when the suite sets one, is enforced on every step:
 exceeding it raises `MemoryCapExceeded` at the allocation that crosses it, and the trial is `oom`.
 """
 
@@ -49,16 +50,15 @@ class StepMemoryProbe:
         self.sharded = sharded
         self.measured_step = 1 if steps > 1 else 0
         self.peak: int | None = None
+        self.peak_reserved: int | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.measured_shape = (0, 0)  # (batch, sequence) of the measured step's widest micro-batch
         self._cuda = device.startswith("cuda")
-        if self._cuda:
+        if self._cuda and cap is not None:
             import torch
 
-            if cap is not None:
-                total = torch.cuda.get_device_properties(device).total_memory
-                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
-            torch.cuda.reset_peak_memory_stats(device)
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
@@ -69,7 +69,11 @@ class StepMemoryProbe:
 
     @contextlib.contextmanager
     def step(self, index: int) -> Iterator[None]:
-        if self._cuda or (index != self.measured_step and self.cap is None):
+        if self._cuda:
+            with self._cuda_step(index):
+                yield
+            return
+        if index != self.measured_step and self.cap is None:
             yield
             return
         tracker = _capped_live_bytes(self.cap, sharded=self.sharded)
@@ -81,16 +85,24 @@ class StepMemoryProbe:
         if index == self.measured_step:
             self.peak = tracker.peak
 
-    def result(self) -> MemoryPeak:
-        if self._cuda:
-            import torch
+    @contextlib.contextmanager
+    def _cuda_step(self, index: int) -> Iterator[None]:
+        """The measured step's own peak: reset when it starts (after the model was wrapped and sharded)."""
+        if index != self.measured_step:
+            yield
+            return
+        import torch
 
-            return MemoryPeak(
-                "cuda",
-                int(torch.cuda.max_memory_allocated(self.device)),
-                int(torch.cuda.max_memory_reserved(self.device)),
-            )
-        return MemoryPeak("cpu-livebytes", self.peak, None)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        torch.cuda.synchronize(self.device)
+        self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        self.peak_reserved = int(torch.cuda.max_memory_reserved(self.device))
+
+    def result(self) -> MemoryPeak:
+        """The measured step's peak (None when training stopped before that step)."""
+        return MemoryPeak("cuda" if self._cuda else "cpu-livebytes", self.peak, self.peak_reserved)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

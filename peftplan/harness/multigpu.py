@@ -1,16 +1,18 @@
 """Launch a trial's ranks through `accelerate launch`, then merge what they wrote into one outcome.
 
 A trial with `training.gpus: N > 1` runs as a chain of processes, each dying with its parent
-(PR_SET_PDEATHSIG), so a killed runner or a trial timeout ends every rank:
+(PR_SET_PDEATHSIG, `harness/lifeline.py`), so a killed runner or a trial timeout ends every rank:
 
     runner -> trial process -> accelerate launch --multi_gpu --num_processes N -> N ranks
 
-Each rank is `python -m peftplan.harness.trial` again; `RANKS_OF_ENV` tells it that it is a rank
-(`harness/ranks.py`). On a host without CUDA, `ACCELERATE_USE_CPU=1` turns the same command into N CPU
+Each rank is `python -m peftplan.harness.trial` again; `RANKS_OF_ENV` (the trial process's pid) tells it that it
+is a rank (`harness/ranks.py`). On a host without CUDA, `ACCELERATE_USE_CPU=1` turns the same command into N CPU
 processes on gloo (accelerate's MULTI_CPU mode): that is the path the tests run.
 
-Rank 0 writes `outcome.json` with every rank's memory; every other rank writes `outcome-rank<r>.json`, so
-that a rank out of memory makes the trial `oom` even when rank 0 only saw its peer disappear.
+Every rank writes `outcome-rank<r>.json`, whatever happens. Only this process writes the trial's `outcome.json`,
+after the launcher returned and the ranks' outcomes were merged: the runner takes that file as final, so a chain
+that dies before the merge leaves none, and the trial is queued again rather than recorded from one rank's view.
+A rank that fails exits non-zero, which makes the launcher stop the other ranks (SIGTERM) at once.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftplan.harness.channel import RANKS_OF_ENV
 from peftplan.harness.ranks import rank_outcome_name
+
+if TYPE_CHECKING:
+    from peftplan.harness.suite import TrainingSection
 
 FINISHED = ("success", "pruned")
 
@@ -36,28 +41,33 @@ def accelerate_command(spec_path: Path, processes: int, port: int) -> list[str]:
             "--main_process_port", str(port), "-m", "peftplan.harness.trial", str(spec_path)]
 
 
-def run_ranks(spec_path: Path, *, processes: int, device: str, threads: int | None) -> None:
-    """Run the trial's ranks to their end and leave the merged outcome in `outcome.json`.
+def run_ranks(spec_path: Path, training: TrainingSection, *, device: str, threads: int | None) -> None:
+    """Run the trial's ranks to their end and write the merged outcome to `outcome.json`.
 
     The ranks' output goes to this process's own (the trial's log). Without CUDA the ranks are CPU processes
     sharing this host's cores: `threads` (the cores the runner gave the trial) are split between them.
     """
-    from peftplan.harness.trial import die_with_parent
+    from peftplan.errors import BadInputError
+    from peftplan.harness.checks import check_gpus
+    from peftplan.harness.lifeline import die_with_parent
 
     work_dir = spec_path.parent
-    for name in [rank_outcome_name(rank) for rank in range(processes)]:
-        (work_dir / name).unlink(missing_ok=True)
+    processes = training.gpus
+    for rank in range(processes):
+        (work_dir / rank_outcome_name(rank)).unlink(missing_ok=True)
+    try:
+        check_gpus(training)  # `bench` and `worker` checked it already; this host may have changed since
+    except BadInputError as exc:
+        write_merged(work_dir, {}, device, str(exc))
+        return
     env = {**os.environ, RANKS_OF_ENV: str(os.getpid())}
     if device == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"
         env["OMP_NUM_THREADS"] = str(max(1, (threads or os.cpu_count() or 1) // processes))
-    problem = _too_few_gpus(device, processes)
-    if problem is not None:
-        write_merged(work_dir, {}, device, problem)
-        return
     sys.stdout.flush()  # the ranks write to the same log
+    me = os.getpid()
     done = subprocess.run(accelerate_command(spec_path, processes, _free_port()), env=env,
-                          stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                          stdin=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(me))
     outcomes = {rank: _read(work_dir / rank_outcome_name(rank)) for rank in range(processes)}
     reason = f"accelerate launch exited with code {done.returncode}" if done.returncode else None
     write_merged(work_dir, outcomes, device, reason)
@@ -65,15 +75,18 @@ def run_ranks(spec_path: Path, *, processes: int, device: str, threads: int | No
 
 def write_merged(work_dir: Path, outcomes: dict[int, dict[str, Any] | None], device: str,
                  launch_problem: str | None) -> None:
-    """Rank 0's outcome; when rank 0 did not finish, `oom` if any rank ran out of memory, else `failed`.
+    """Write `outcome.json`: rank 0's outcome when it finished; else `oom` if any rank ran out of memory,
+    else `failed`, with every rank's error.
 
     Once rank 0 finished, every rank had done its part (rank 0 gathered their peaks after training).
     """
+    from peftplan.harness.atomic import atomic_write_text
     from peftplan.harness.trial import OUTCOME, Outcome
 
     rank0 = outcomes.get(0)
     if rank0 is not None and rank0.get("status") in FINISHED:
-        return  # rank 0's outcome.json stands as it is
+        atomic_write_text(work_dir / OUTCOME, json.dumps(rank0, indent=2))
+        return
     failures = {rank: o for rank, o in outcomes.items() if o is not None and o.get("status") not in FINISHED}
     missing = sorted(rank for rank, o in outcomes.items() if o is None)
     merged = Outcome(device)
@@ -87,18 +100,6 @@ def write_merged(work_dir: Path, outcomes: dict[int, dict[str, Any] | None], dev
         errors.append(launch_problem)
     merged["error"] = "; ".join(errors)[:2000]
     merged.write(work_dir / OUTCOME)
-
-
-def _too_few_gpus(device: str, processes: int) -> str | None:
-    """On CUDA, a trial cannot have more ranks than the host has GPUs (`peftplan bench` refuses it up front)."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    count = torch.cuda.device_count()
-    if processes <= count:
-        return None
-    return f"training.gpus: {processes} ranks asked for, this host has {count} CUDA device(s)"
 
 
 def _read(path: Path) -> dict[str, Any] | None:

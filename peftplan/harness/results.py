@@ -66,13 +66,19 @@ class RankMemory(_Strict):
     peak_allocated: int | None = None
     peak_reserved: int | None = None
     rss_peak: int | None = None
+    measured_batch: int | None = Field(None, description="Micro-batch size of this rank's measured step.")
+    measured_seq_len: int | None = Field(None, description="Padded sequence length of this rank's measured step "
+                                         "(each rank pads to its own longest example).")
+    predicted_peak_allocated: int | None = Field(None, description="The planner's per-GPU peak for this rank's "
+                                                 "measured shape.")
 
 
 class MemoryMeasurement(_Strict):
     """The measured peak next to the planner's prediction for the same config."""
 
     source: str = Field(description="'cuda' (max_memory_allocated) or 'cpu-livebytes' (live-bytes tracker).")
-    peak_allocated: int | None = Field(None, description="Several ranks: the highest rank's peak (per GPU).")
+    peak_allocated: int | None = Field(None, description="Several ranks: the highest rank's peak (per GPU); "
+                                       "predicted and measured_* are for that rank.")
     peak_reserved: int | None = None
     rss_peak: int | None = None
     predicted: dict[str, int] | None = Field(
@@ -102,6 +108,8 @@ class Distributed(_Strict):
     parallel: str = Field(description="'ddp' or 'fsdp'.")
     backend: str | None = Field(None, description="torch.distributed backend: 'nccl' on GPUs, 'gloo' on CPU.")
     distributed_type: str | None = Field(None, description="accelerate's mode, e.g. MULTI_GPU or MULTI_CPU.")
+    sharded_blocks: int | None = Field(None, description="FSDP: decoder blocks sharded as units of their own "
+                                       "(0: the whole model was one unit, gathered whole in every forward).")
     ranks: list[RankTraining] = Field(default_factory=list)
 
 

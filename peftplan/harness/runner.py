@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftplan.errors import BadInputError
 from peftplan.harness import search, workqueue
+from peftplan.harness.checks import check_rank_shares
 from peftplan.harness.data import TaskInfo, prepare_task, write_task
 from peftplan.harness.launch import launch_trial
 from peftplan.harness.loading import WeightsSource, weights_source
@@ -96,6 +97,7 @@ class BenchRunner:
             for note in prepared.info.notes:
                 self.progress.message(note)
         self.task = TaskInfo(**json.loads((self.run_dir.data_dir / "task.json").read_text()))
+        check_rank_shares(self.suite.training, self.task.n_train)  # the first moment the count is known
         self.weights = weights_source(self.suite.model, self.loaded)
         check_reachable(self.storage_url)
         with study_lock(self.storage_url, SCHEMA_LOCK):  # a new database: one starter creates Optuna's tables

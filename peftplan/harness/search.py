@@ -40,12 +40,11 @@ def make_storage(
     from optuna.storages import RDBStorage
 
     quiet_optuna()
-    engine_kwargs: dict[str, Any] = (
-        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    )
+    from peftplan.harness.storage_url import engine_kwargs
+
     return RDBStorage(
         url,
-        engine_kwargs=engine_kwargs,
+        engine_kwargs=engine_kwargs(url),
         heartbeat_interval=section.heartbeat_interval,
         grace_period=section.grace_period,
         heartbeat_stale_trial_callback=on_stale,

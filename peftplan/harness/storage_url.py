@@ -8,7 +8,7 @@ reached stops the run before any trial starts, with one line that names the (pas
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from peftplan.errors import BadInputError, PeftplanError
@@ -99,6 +99,13 @@ def check_reachable(url: str, *, timeout_s: int = 10) -> None:
         ) from None
 
 
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine settings for a storage URL: Optuna's storage and the study lock's engine use the same."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}  # seconds SQLite waits for another writer
+    return {"pool_pre_ping": True}
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """A plain RDB storage on a checked, reachable URL (for reading studies; runners add heartbeats).
 
@@ -111,4 +118,4 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
     quiet_optuna()
     check_reachable(url)
-    return RDBStorage(url, engine_kwargs={} if url.startswith("sqlite") else {"pool_pre_ping": True})
+    return RDBStorage(url, engine_kwargs=engine_kwargs(url))

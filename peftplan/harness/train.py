@@ -145,6 +145,17 @@ def evaluate_loss(
     model: nn.Module, items: Sequence[Encoded], pad: int, *, batch_size: int, device: str, autocast: str | None
 ) -> float:
     """Mean per-token loss over the labelled tokens of `items` (eval mode, no gradients)."""
+    total, count = loss_sums(model, items, pad, batch_size=batch_size, device=device, autocast=autocast)
+    return total / max(count, 1)
+
+
+def loss_sums(
+    model: nn.Module, items: Sequence[Encoded], pad: int, *, batch_size: int, device: str, autocast: str | None
+) -> tuple[float, int]:
+    """(Summed per-token loss, labelled tokens) over `items`: sums add up across ranks' shares.
+
+    A batch without labelled tokens (padding a rank's share, see `ranks.even_share`) still runs its forward.
+    """
     import torch
 
     guard_quantized_eval(model)
@@ -157,11 +168,12 @@ def evaluate_loss(
                 batch = {k: v.to(device) for k, v in collate(group, pad).items()}
                 tokens = int((batch["labels"][:, 1:] != -100).sum())
                 loss = model(**batch).loss
-                total += float(loss) * tokens
-                count += tokens
+                if tokens:
+                    total += float(loss) * tokens
+                    count += tokens
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    return total, count
 
 
 def train(
@@ -174,11 +186,13 @@ def train(
     observer: TrainObserver | None = None,
     profiler: StepProfiler | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    evaluate: Callable[[nn.Module, Sequence[Encoded]], float] | None = None,
 ) -> TrainStats:
     """Train `model`'s trainable parameters for `settings.steps` optimizer steps.
 
     `wrap` makes the module that trains, e.g. DDP or FSDP around `model` (`harness/ranks.py`); the optimizer is
-    built on its parameters, which FSDP has replaced by shards.
+    built on its parameters, which FSDP has replaced by shards. `evaluate(module, eval_items)` measures the
+    held-out loss (default: `evaluate_loss`; several ranks each score a share, `ranks.mean_loss`).
     """
     import torch
 
@@ -230,9 +244,11 @@ def train(
             observer.on_step(step + 1, step_loss)
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
             paused = time.perf_counter()
-            eval_loss = evaluate_loss(
-                trained, eval_items, pad, batch_size=settings.batch_size, device=settings.device, autocast=settings.autocast
-            )
+            if evaluate is not None:
+                eval_loss = evaluate(trained, eval_items)
+            else:
+                eval_loss = evaluate_loss(trained, eval_items, pad, batch_size=settings.batch_size,
+                                          device=settings.device, autocast=settings.autocast)
             stats.intermediate.append((step + 1, eval_loss))
             stats.eval_loss = eval_loss
             stop = observer.on_eval(step + 1, eval_loss) if observer is not None else False

@@ -6,9 +6,10 @@ spec, whatever happens: an out-of-memory becomes status `oom`, any other error `
 measured until then is kept. The runner turns the outcome into the trial's result file.
 
 With `training.gpus: N > 1` this process launches N ranks of itself through `accelerate launch`
-(`harness/multigpu.py`). Every rank runs `run_trial` on its share of the batches (`harness/ranks.py`);
-after training, rank 0 alone measures the trained model, so the outcome has the same shape, plus every
-rank's memory peak.
+(`harness/multigpu.py`) and writes `outcome.json` from what they wrote. Every rank runs `run_trial` on its
+share of the batches (`harness/ranks.py`) and writes `outcome-rank<r>.json`; after training, rank 0 alone
+measures the trained model, so the outcome has the same shape, plus every rank's memory peak. A rank that
+fails exits non-zero once its outcome is written, which makes the launcher stop the others.
 """
 
 from __future__ import annotations
@@ -20,23 +21,32 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from peftplan.harness.channel import LAUNCHED_AT_ENV, RANKS_OF_ENV, TrialChannel
+from peftplan.harness.lifeline import die_with_parent, exit_if_orphaned_rank
 from peftplan.harness.provenance import now_iso, provenance
-from peftplan.harness.ranks import SingleProcess, launched_rank, rank_outcome_name
+from peftplan.harness.ranks import Ranks, SingleProcess, launched_rank, mean_loss, rank_outcome_name
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from peftplan.harness.suite import LoadedSuite
+    from peftplan.harness.data import TaskInfo
+    from peftplan.harness.measure import MemoryPeak
+    from peftplan.harness.suite import LoadedSuite, Suite
+    from peftplan.harness.tasks import Encoded, PromptFormatter
+    from peftplan.harness.train import TrainStats
 
 OUTCOME = "outcome.json"
 SPEC = "spec.json"
 PROBE_SELF_SAMPLED = "self-sampled"
+FINISHED = ("success", "pruned")
 
 
 class TrialSpec(BaseModel):
@@ -92,7 +102,7 @@ class ChannelObserver:
     Only rank 0 holds the channel; `ranks.agree` hands its decision to every rank.
     """
 
-    def __init__(self, channel: TrialChannel, outcome: Outcome, pruning: bool, ranks: SingleProcess) -> None:
+    def __init__(self, channel: TrialChannel, outcome: Outcome, pruning: bool, ranks: Ranks) -> None:
         self.channel, self.outcome, self.pruning, self.ranks = channel, outcome, pruning, ranks
 
     def on_step(self, step: int, loss: float) -> None:
@@ -122,23 +132,81 @@ def loaded_suite(spec: TrialSpec) -> LoadedSuite:
     return LoadedSuite(Suite.model_validate(spec.suite), suite_dir / "suite.yaml", suite_dir)
 
 
+@dataclass
+class TrialContext:
+    """What every part of a trial needs: its spec and suite, where it runs, the tokenizer and the method."""
+
+    spec: TrialSpec
+    loaded: LoadedSuite
+    device: str
+    autocast: str | None
+    channel: TrialChannel
+    tokenizer: Any
+    method: Any
+    cfg: Any
+
+    @property
+    def suite(self) -> Suite:
+        return self.loaded.suite
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.spec.run_dir)
+
+    def apply(self, base: nn.Module) -> nn.Module:
+        """The method on `base`, its random initial weights fixed by the suite's seed and the trial number
+        (so every rank, and every rebuild, starts equal)."""
+        import torch
+
+        torch.manual_seed(self.suite.training.seed + self.spec.trial_number)
+        adapted: nn.Module = self.method.apply(base, self.cfg)
+        return adapted
+
+    def fresh_base(self) -> nn.Module:
+        """Another copy of the base model, on this process's device."""
+        from peftplan.harness.loading import WeightsSource, load_base
+
+        base, _ = load_base(WeightsSource(**self.spec.weights), self.suite.model, self.loaded, device=self.device,
+                            seed=self.suite.training.seed)
+        return base
+
+
+@dataclass
+class TrialData:
+    """The run's data split, encoded: every rank reads the same, then trains on its share."""
+
+    info: TaskInfo
+    formatter: PromptFormatter
+    all_train: list[Encoded]
+    train_items: list[Encoded]  # this rank's share
+    loss_items: list[Encoded]  # the intermediate eval loss
+    scored: list[Any]  # examples for the task metric
+    pad: int
+    latency_prompt: list[int]
+
+
+@dataclass
+class BaseMeasurements:
+    """What the base model measured, to set against the trained one."""
+
+    probe: ProbeWindows | None = None
+    probe_loss: float | None = None  # methods without an adapter switch: measured before training
+    lm_eval: dict[str, float] | None = None  # likewise
+    latency: dict[str, Any] = field(default_factory=dict)
+
+
 def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: str,
-              ranks: SingleProcess | None = None) -> None:
+              ranks: Ranks | None = None) -> None:
     """Train and measure one config; fills `outcome` as it goes. `ranks`: see `harness/ranks.py`."""
     import torch
 
-    from peftplan.harness.data import read_task
     from peftplan.harness.loading import WeightsSource, load_base
-    from peftplan.harness.measure import StepMemoryProbe, planner_prediction
-    from peftplan.harness.tasks import PromptFormatter, pad_id, score_task
-    from peftplan.harness.train import TrainSettings, autocast_dtype, train
+    from peftplan.harness.train import autocast_dtype
     from peftplan.methods import get_method
 
     ranks = ranks or SingleProcess()
-    main = ranks.is_main
     loaded = loaded_suite(spec)
     suite = loaded.suite
-    run_dir = Path(spec.run_dir)
     metrics = outcome["metrics"]
     started = time.perf_counter()
     if os.environ.get(LAUNCHED_AT_ENV):  # interpreter start and imports, before any work
@@ -146,111 +214,214 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
     if spec.threads:  # the cores the runner gave this trial, shared by its ranks
         torch.set_num_threads(max(1, spec.threads // ranks.world_size))
     metrics["threads"] = torch.get_num_threads()
-    autocast = autocast_dtype(suite.training.precision, device)
 
-    # 1. The base model and the data, exactly as every other trial of this run sees them.
+    # 1. The base model and the data, exactly as every other trial of this run sees them. An FSDP rank loads
+    #    the base on the CPU: sharding moves it to its GPU block by block, so it never needs to fit one GPU.
     channel.send("phase", name="load")
-    source = WeightsSource(**spec.weights)
-    model, tokenizer = load_base(source, suite.model, loaded, device=device, seed=suite.training.seed)
+    model, tokenizer = load_base(WeightsSource(**spec.weights), suite.model, loaded, device=device,
+                                 seed=suite.training.seed, place="cpu" if ranks.parallel == "fsdp" else None)
     weight_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     metrics["load_time_s"] = time.perf_counter() - started
-    task = read_task(run_dir / "data")
-    formatter = PromptFormatter(tokenizer, task.info, suite.training.seq_len)
-    with_eos = task.info.kind == "generation"
-    all_train = [formatter.encode(e, with_eos=with_eos) for e in task.train]
-    train_items = ranks.shard(all_train)  # several ranks: each trains on its own share
-    loss_items = [formatter.encode(e, with_eos=with_eos) for e in task.eval[: suite.eval.loss_examples]]
-    scored = task.eval[: suite.eval.task_examples]
-    pad = pad_id(tokenizer)
-    probe = _probe_windows(model, tokenizer, loaded, run_dir, device) if main else None
-    latency_prompt = _latency_prompt(formatter, task.eval)
-    latency: dict[str, Any] = {}
-    if suite.eval.latency is not None and main:
-        channel.send("phase", name="latency-base")
-        _measure_speed_into(latency, "base", model, latency_prompt, loaded, device)
-
-    # 2. The method, as the registry builds it (peft, bitsandbytes, or a hand-written module).
     method = get_method(spec.method)
-    cfg = method.make_config(**spec.method_config)
-    model = _apply_seeded(method, model, cfg, suite.training.seed + spec.trial_number)
+    ctx = TrialContext(spec, loaded, device, autocast_dtype(suite.training.precision, device), channel, tokenizer,
+                       method, method.make_config(**spec.method_config))
+    data = _read_data(ctx, ranks)
+
+    # 2. The base measurements, then the method, as the registry builds it (peft, bitsandbytes, or a hand-written
+    #    module). DDP's peers wait for rank 0 meanwhile (up to the process group's timeout, `_group_timeout`).
+    #    FSDP's rank 0 measures the base after training instead, on the whole model it rebuilds then.
+    base = BaseMeasurements()
+    model = _measure_base(ctx, data, model, base) if ranks.is_main and ranks.parallel != "fsdp" else ctx.apply(model)
     metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics["total_params"] = sum(p.numel() for p in model.parameters())
-    adapter_switch = _has_adapter_switch(model)
-    base_probe = None
-    if probe is not None and not adapter_switch:  # no switch to turn the method off: measure before training
-        base_probe = evaluate_loss_windows(model, probe, device, autocast)
-    base_lm_eval = None
-    if suite.eval.lm_eval is not None and not adapter_switch and main:
-        from peftplan.harness.lmeval import lm_eval_scores
-
-        base_lm_eval = lm_eval_scores(model, tokenizer, suite.eval.lm_eval, loaded, device)
 
     # 3. Train, measuring the memory of a steady-state step.
-    steps = _steps(suite, len(all_train), ranks.world_size)
-    settings = TrainSettings(
-        steps=steps,
-        batch_size=suite.training.batch_size,
-        grad_accum=suite.training.grad_accum,
-        lr=spec.lr,
-        weight_decay=suite.training.weight_decay,
-        warmup_steps=suite.training.warmup_steps,
-        max_grad_norm=suite.training.max_grad_norm,
-        optimizer=suite.training.optimizer,
-        eval_every=suite.training.eval_every,
-        device=device,
-        autocast=autocast,
-        grad_checkpointing=suite.training.grad_checkpointing,
-        seed=suite.training.seed + spec.trial_number,
-    )
-    outcome["memory"] = {"source": "cuda" if device.startswith("cuda") else "cpu-livebytes"}
-    memory = StepMemoryProbe(model, device, cap=suite.budget.memory_cap, steps=steps,
-                             sharded=ranks.parallel == "fsdp")
-    channel.send("phase", name="train", steps=steps)
-    stats = train(model, train_items, loss_items, settings, pad=pad,
-                  observer=ChannelObserver(channel, outcome, spec.pruning, ranks), profiler=memory, wrap=ranks.wrap)
-    peak = memory.result()
-    batch, seq = memory.measured_shape
-    predicted, engine = planner_prediction(
-        suite.model.display_id, _model_config(loaded), spec.method, spec.method_config,
-        seq_len=max(seq, 1), batch_size=max(batch, 1), grad_checkpointing=suite.training.grad_checkpointing,
-        optimizer=suite.training.optimizer, dtype=_planner_dtype(weight_dtype, autocast), device=device,
-        gpus=ranks.world_size, shard="fsdp" if ranks.parallel == "fsdp" else "none",
-    ) if main else (None, None)
-    outcome["memory"].update(peak_allocated=peak.peak_allocated, peak_reserved=peak.peak_reserved,
-                             predicted=predicted, predicted_engine=engine,
-                             measured_batch=batch, measured_seq_len=seq)
-    metrics.update(
-        steps=stats.steps, train_loss=stats.train_loss, eval_loss=stats.eval_loss,
-        train_tokens_per_s=stats.tokens_per_s, train_time_s=stats.train_time_s, train_tokens=stats.tokens,
-    )
-    if ranks.world_size > 1:
-        _record_ranks(outcome, ranks, model, peak, stats)
+    stats, peak, shape = _train(ctx, data, model, ranks, outcome)
+    _record_training(ctx, outcome, ranks, model, stats, peak, shape, weight_dtype)
     if stats.stopped_early:
         outcome["status"] = "pruned"
         return
-    trained = ranks.trained_model(model, lambda: _rebuilt(spec, loaded, method, cfg, device))
-    if trained is None:  # a rank other than 0: its part is done
-        outcome["status"] = "success"
-        return
-    model = trained
 
     # 4. Measure the trained model (rank 0 alone, when there are several).
+    trained = ranks.trained_model(model, lambda: _measure_base(ctx, data, ctx.fresh_base(), base))
+    if trained is not None:
+        _measure_trained(ctx, data, trained, base, outcome)
+    outcome["status"] = "success"
+
+
+def _read_data(ctx: TrialContext, ranks: Ranks) -> TrialData:
+    from peftplan.harness.checks import check_rank_shares
+    from peftplan.harness.data import read_task
+    from peftplan.harness.tasks import PromptFormatter, pad_id
+
+    suite = ctx.suite
+    task = read_task(ctx.run_dir / "data")
+    formatter = PromptFormatter(ctx.tokenizer, task.info, suite.training.seq_len)
+    with_eos = task.info.kind == "generation"
+    all_train = [formatter.encode(e, with_eos=with_eos) for e in task.train]
+    if ranks.world_size > 1:
+        check_rank_shares(suite.training, len(all_train))  # every rank alike, so all of them stop
+    return TrialData(
+        info=task.info,
+        formatter=formatter,
+        all_train=all_train,
+        train_items=list(ranks.shard(all_train)),  # several ranks: each trains on its own share
+        loss_items=[formatter.encode(e, with_eos=with_eos) for e in task.eval[: suite.eval.loss_examples]],
+        scored=task.eval[: suite.eval.task_examples],
+        pad=pad_id(ctx.tokenizer),
+        latency_prompt=_latency_prompt(formatter, task.eval),
+    )
+
+
+def _measure_base(ctx: TrialContext, data: TrialData, model: nn.Module, base: BaseMeasurements) -> nn.Module:
+    """Measure the base model into `base`, then apply the method; returns the adapted, untrained model.
+
+    A method without an adapter switch cannot be turned off after training, so its base for forgetting is the
+    adapted model before training, measured here too.
+    """
+    suite, device = ctx.suite, ctx.device
+    base.probe = _probe_windows(model, ctx.tokenizer, ctx.loaded, ctx.run_dir, device)
+    if suite.eval.latency is not None:
+        ctx.channel.send("phase", name="latency-base")
+        _measure_speed_into(base.latency, "base", model, data.latency_prompt, ctx.loaded, device)
+    model = ctx.apply(model)
+    if _has_adapter_switch(model):
+        return model
+    if base.probe is not None:
+        base.probe_loss = evaluate_loss_windows(model, base.probe, device, ctx.autocast)
+    if suite.eval.lm_eval is not None:
+        from peftplan.harness.lmeval import lm_eval_scores
+
+        base.lm_eval = lm_eval_scores(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
+    return model
+
+
+def _train(ctx: TrialContext, data: TrialData, model: nn.Module, ranks: Ranks,
+           outcome: Outcome) -> tuple[TrainStats, MemoryPeak, tuple[int, int]]:
+    """Train this rank's share; returns the stats, the measured step's peak and its (batch, sequence) shape."""
+    from peftplan.harness.measure import StepMemoryProbe
+    from peftplan.harness.train import TrainSettings, train
+
+    suite, training = ctx.suite, ctx.suite.training
+    steps = _steps(suite, len(data.all_train), ranks.world_size)
+    settings = TrainSettings(
+        steps=steps,
+        batch_size=training.batch_size,
+        grad_accum=training.grad_accum,
+        lr=ctx.spec.lr,
+        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_steps,
+        max_grad_norm=training.max_grad_norm,
+        optimizer=training.optimizer,
+        eval_every=training.eval_every,
+        device=ctx.device,
+        autocast=ctx.autocast,
+        grad_checkpointing=training.grad_checkpointing,
+        seed=training.seed + ctx.spec.trial_number,
+    )
+    outcome["memory"] = {"source": "cuda" if ctx.device.startswith("cuda") else "cpu-livebytes"}
+    memory = StepMemoryProbe(model, ctx.device, cap=suite.budget.memory_cap, steps=steps,
+                             sharded=ranks.parallel == "fsdp")
+
+    def evaluate(module: nn.Module, items: Sequence[Encoded]) -> float:  # each rank scores a share of the items
+        return mean_loss(ranks, module, items, data.pad, batch_size=training.batch_size, device=ctx.device,
+                         autocast=ctx.autocast)
+
+    ctx.channel.send("phase", name="train", steps=steps)
+    stats = train(model, data.train_items, data.loss_items, settings, pad=data.pad,
+                  observer=ChannelObserver(ctx.channel, outcome, ctx.spec.pruning, ranks), profiler=memory,
+                  wrap=ranks.wrap, evaluate=evaluate)
+    return stats, memory.result(), memory.measured_shape
+
+
+def _record_training(ctx: TrialContext, outcome: Outcome, ranks: Ranks, model: nn.Module, stats: TrainStats,
+                     peak: MemoryPeak, shape: tuple[int, int], weight_dtype: str) -> None:
+    """The trial's memory and training figures, from every rank (gathered on each; rank 0's outcome keeps them).
+
+    The trial's peak is the highest rank's (what must fit each GPU), and the planner's prediction is for that
+    rank's measured shape (each rank pads its batch to its own longest example). Throughput is all ranks' tokens
+    over the slowest rank's time; the training loss is the ranks' mean, weighted by their tokens.
+    """
+    from peftplan.harness.measure import rss_peak_bytes
+
+    mine = {"rank": ranks.rank, "source": outcome["memory"]["source"], "peak_allocated": peak.peak_allocated,
+            "peak_reserved": peak.peak_reserved, "rss_peak": rss_peak_bytes(), "measured_batch": shape[0],
+            "measured_seq_len": shape[1], "train_tokens": stats.tokens, "train_time_s": stats.train_time_s,
+            "train_loss": stats.train_loss}
+    if ranks.world_size > 1:
+        from peftplan.harness.ranks import trainable_checksum
+
+        mine["trainable_checksum"] = trainable_checksum(model)
+    everyone = ranks.gather(mine)
+    reported = max(everyone, key=lambda r: (r["peak_allocated"] or 0, -r["rank"]))  # ties: the lowest rank
+    predictions = _predictions(ctx, ranks, weight_dtype, {(r["measured_batch"], r["measured_seq_len"])
+                                                          for r in everyone}) if ranks.is_main else {}
+    predicted, engine = predictions.get((reported["measured_batch"], reported["measured_seq_len"]), (None, None))
+    reserved = [r["peak_reserved"] for r in everyone if r["peak_reserved"] is not None]
+    outcome["memory"].update(peak_allocated=reported["peak_allocated"], peak_reserved=max(reserved, default=None),
+                             predicted=predicted, predicted_engine=engine, measured_batch=reported["measured_batch"],
+                             measured_seq_len=reported["measured_seq_len"])
+    tokens, slowest = sum(r["train_tokens"] for r in everyone), max(r["train_time_s"] for r in everyone)
+    losses = [(r["train_loss"], r["train_tokens"]) for r in everyone if r["train_loss"] is not None]
+    outcome["metrics"].update(
+        steps=stats.steps, eval_loss=stats.eval_loss, train_tokens=tokens, train_time_s=slowest,
+        train_tokens_per_s=tokens / slowest if slowest > 0 else None,
+        train_loss=sum(loss * n for loss, n in losses) / max(1, sum(n for _, n in losses)) if losses else None,
+    )
+    if ranks.world_size == 1:
+        return
+    memory_keys = ("rank", "source", "peak_allocated", "peak_reserved", "rss_peak", "measured_batch",
+                   "measured_seq_len")
+    outcome["memory"]["ranks"] = [
+        {**{k: r[k] for k in memory_keys}, "predicted_peak_allocated": (
+            predictions.get((r["measured_batch"], r["measured_seq_len"]), (None, None))[0] or {}).get("peak_allocated")}
+        for r in everyone]
+    outcome["distributed"] = {
+        **(ranks.describe() or {}),
+        "ranks": [{k: r[k] for k in ("rank", "train_tokens", "train_time_s", "train_loss", "trainable_checksum")}
+                  for r in everyone],
+    }
+
+
+def _predictions(ctx: TrialContext, ranks: Ranks, weight_dtype: str,
+                 shapes: set[tuple[int, int]]) -> dict[tuple[int, int], tuple[dict[str, int] | None, str | None]]:
+    """The planner's per-GPU prediction for each measured (batch, sequence) shape."""
+    from peftplan.harness.measure import planner_prediction
+
+    training = ctx.suite.training
+    return {(batch, seq): planner_prediction(
+        ctx.suite.model.display_id, _model_config(ctx.loaded), ctx.spec.method, ctx.spec.method_config,
+        seq_len=max(seq, 1), batch_size=max(batch, 1), grad_checkpointing=training.grad_checkpointing,
+        optimizer=training.optimizer, dtype=_planner_dtype(weight_dtype, ctx.autocast), device=ctx.device,
+        gpus=ranks.world_size, shard="fsdp" if ranks.parallel == "fsdp" else "none",
+    ) for batch, seq in shapes}
+
+
+def _measure_trained(ctx: TrialContext, data: TrialData, model: nn.Module, base: BaseMeasurements,
+                     outcome: Outcome) -> None:
+    """Task metric, forgetting (against `base`), lm-eval, adapter size and latency of the trained model."""
+    import torch
+
+    from peftplan.harness.tasks import score_task
+
+    suite, device, channel, metrics = ctx.suite, ctx.device, ctx.channel, outcome["metrics"]
     channel.send("phase", name="evaluate")
     model.eval()
-    with torch.no_grad(), _autocast(device, autocast):
-        score = score_task(model, formatter, scored, task.info, device=device,
+    with torch.no_grad(), _autocast(device, ctx.autocast):
+        score = score_task(model, data.formatter, data.scored, data.info, device=device,
                            batch_size=suite.training.batch_size, max_new_tokens=suite.eval.max_new_tokens)
     metrics.update(task_metric=score.value, task_metric_name=score.name, task_metrics=score.all)
-    if probe is not None:
+    adapter_switch = _has_adapter_switch(model)
+    if base.probe is not None:
         channel.send("phase", name="forgetting")
-        adapted = evaluate_loss_windows(model, probe, device, autocast)
+        adapted = evaluate_loss_windows(model, base.probe, device, ctx.autocast)
         if adapter_switch:
             with model.disable_adapter():  # type: ignore[operator]
-                base_probe = evaluate_loss_windows(model, probe, device, autocast)
-        assert base_probe is not None
+                base.probe_loss = evaluate_loss_windows(model, base.probe, device, ctx.autocast)
+        assert base.probe_loss is not None
         outcome["forgetting"] = {
-            "probe": probe.name, "tokens": probe.tokens, "loss_base": base_probe, "loss_adapted": adapted,
-            "delta": adapted - base_probe,
+            "probe": base.probe.name, "tokens": base.probe.tokens, "loss_base": base.probe_loss,
+            "loss_adapted": adapted, "delta": adapted - base.probe_loss,
             "base_reference": "adapter-disabled" if adapter_switch else "before-training",
             "lm_eval": {},
         }
@@ -258,72 +429,27 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
         from peftplan.harness.lmeval import lm_eval_scores
 
         channel.send("phase", name="lm-eval")
-        adapted_scores = lm_eval_scores(model, tokenizer, suite.eval.lm_eval, loaded, device)
+        adapted_scores = lm_eval_scores(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
         if adapter_switch:
             with model.disable_adapter():  # type: ignore[operator]
-                base_lm_eval = lm_eval_scores(model, tokenizer, suite.eval.lm_eval, loaded, device)
-        assert base_lm_eval is not None
-        deltas = {k: adapted_scores[k] - base_lm_eval[k] for k in adapted_scores if k in base_lm_eval}
+                base.lm_eval = lm_eval_scores(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
+        assert base.lm_eval is not None
+        deltas = {k: adapted_scores[k] - base.lm_eval[k] for k in adapted_scores if k in base.lm_eval}
         if outcome["forgetting"] is None:
             outcome["forgetting"] = {"probe": "lm-eval", "tokens": 0, "loss_base": 0.0, "loss_adapted": 0.0,
                                      "delta": 0.0, "lm_eval": {}}
         outcome["forgetting"]["lm_eval"] = deltas
     channel.send("phase", name="save")
-    _adapter_measurements(model, method, cfg, metrics, latency, spec, run_dir, loaded.suite.eval.keep_adapters)
+    latency = base.latency
+    _adapter_measurements(model, ctx.method, ctx.cfg, metrics, latency, ctx.spec, ctx.run_dir,
+                          suite.eval.keep_adapters)
     if suite.eval.latency is not None:
         channel.send("phase", name="latency")
-        _measure_speed_into(latency, "unmerged", model, latency_prompt, loaded, device)
-        if method.mergeable and method.inference_overhead != "none":
-            merged = method.merge(model)
-            _measure_speed_into(latency, "merged", merged, latency_prompt, loaded, device)
+        _measure_speed_into(latency, "unmerged", model, data.latency_prompt, ctx.loaded, device)
+        if ctx.method.mergeable and ctx.method.inference_overhead != "none":
+            merged = ctx.method.merge(model)
+            _measure_speed_into(latency, "merged", merged, data.latency_prompt, ctx.loaded, device)
     outcome["latency"] = latency or None
-    outcome["status"] = "success"
-
-
-def _apply_seeded(method: Any, model: nn.Module, cfg: Any, seed: int) -> nn.Module:
-    """Apply the method with its random initial weights fixed by the seed (so every rank starts equal)."""
-    import torch
-
-    torch.manual_seed(seed)
-    adapted: nn.Module = method.apply(model, cfg)
-    return adapted
-
-
-def _rebuilt(spec: TrialSpec, loaded: LoadedSuite, method: Any, cfg: Any, device: str) -> nn.Module:
-    """A fresh copy of the trial's model (base + method) for FSDP's gathered weights to be loaded into."""
-    from peftplan.harness.loading import WeightsSource, load_base
-
-    base, _ = load_base(WeightsSource(**spec.weights), loaded.suite.model, loaded, device=device,
-                        seed=loaded.suite.training.seed)
-    return _apply_seeded(method, base, cfg, loaded.suite.training.seed + spec.trial_number)
-
-
-def _record_ranks(outcome: Outcome, ranks: SingleProcess, model: nn.Module, peak: Any, stats: Any) -> None:
-    """Every rank's peak and share of the training, gathered on every rank (rank 0's outcome keeps them).
-
-    The trial's own peak is the highest rank's (what must fit each GPU); throughput is all ranks' tokens
-    over the slowest rank's time.
-    """
-    from peftplan.harness.measure import rss_peak_bytes
-
-    mine = {"rank": ranks.rank, "source": outcome["memory"]["source"], "peak_allocated": peak.peak_allocated,
-            "peak_reserved": peak.peak_reserved, "rss_peak": rss_peak_bytes(), "train_tokens": stats.tokens,
-            "train_time_s": stats.train_time_s, "train_loss": stats.train_loss,
-            "trainable_checksum": ranks.trainable_checksum(model)}
-    everyone = ranks.gather(mine)
-    memory = outcome["memory"]
-    memory["ranks"] = [{k: r[k] for k in ("rank", "source", "peak_allocated", "peak_reserved", "rss_peak")}
-                       for r in everyone]
-    for key in ("peak_allocated", "peak_reserved"):
-        values = [r[key] for r in everyone if r[key] is not None]
-        memory[key] = max(values) if values else None
-    tokens, slowest = sum(r["train_tokens"] for r in everyone), max(r["train_time_s"] for r in everyone)
-    outcome["metrics"].update(train_tokens=tokens, train_tokens_per_s=tokens / slowest if slowest > 0 else None)
-    outcome["distributed"] = {
-        **(ranks.describe() or {}),
-        "ranks": [{k: r[k] for k in ("rank", "train_tokens", "train_time_s", "train_loss", "trainable_checksum")}
-                  for r in everyone],
-    }
 
 
 class ProbeWindows:
@@ -477,62 +603,70 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to kill this process when the runner dies (kill -9 included), so no trial outlives it."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the trial subprocess (and of each rank of a multi-GPU trial); returns 0 when an
-    outcome was written."""
+    """Entry point of the trial subprocess, and of each rank of a multi-GPU trial.
+
+    The trial process returns 0 once `outcome.json` is written, whatever the trial's status. A rank returns 0
+    when it finished (success or pruned); a rank that failed exits 1 as soon as its outcome is written, because
+    the launcher stops the other ranks only when one exits non-zero (they would wait for it in a collective).
+    """
+    ranks_of = os.environ.get(RANKS_OF_ENV)
     die_with_parent()
+    if ranks_of:
+        exit_if_orphaned_rank(int(ranks_of))  # its launcher died before the line above: nobody would stop it
     args = sys.argv[1:] if argv is None else argv
     spec_path = Path(args[0])
     spec = TrialSpec.model_validate_json(spec_path.read_text())
     from peftplan.harness.suite import Suite
 
-    training = Suite.model_validate(spec.suite).training
-    in_rank = bool(os.environ.get(RANKS_OF_ENV))
-    device = pick_device(training.device)
-    if training.gpus > 1 and not in_rank:
-        from peftplan.harness.multigpu import run_ranks
-
-        run_ranks(spec_path, processes=training.gpus, device=device, threads=spec.threads)
-        return 0
-    rank = launched_rank() if in_rank else 0
+    suite = Suite.model_validate(spec.suite)
+    device = pick_device(suite.training.device)
+    if ranks_of:
+        return _run_rank(spec, spec_path, suite, device)
     outcome = Outcome(device)
-    ranks = SingleProcess()
+    # Held until the outcome is written: the runner takes the pipe's closing for the trial's end.
+    channel = TrialChannel(None, None)
     try:
-        if in_rank:
-            ranks = _join_ranks(training.parallel, device)
-            device = ranks.device or device
-        channel = TrialChannel.from_env() if ranks.is_main else TrialChannel(None, None)
-        run_trial(spec, channel, outcome, device, ranks)
-    except BaseException as exc:  # every ending is recorded; SystemExit/KeyboardInterrupt too
-        outcome["status"] = "oom" if is_oom(exc) else "failed"
-        outcome["error"] = f"{type(exc).__name__}: {exc}".strip()[:2000]
-        traceback.print_exc()
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            outcome["status"] = "failed"
-    finally:
-        ranks.close()
-    from peftplan.harness.measure import rss_peak_bytes
+        if suite.training.gpus > 1:
+            from peftplan.harness.multigpu import run_ranks
 
-    source = "cuda" if device.startswith("cuda") else "cpu-livebytes"
-    outcome["memory"] = {"source": source, **(outcome["memory"] or {}), "rss_peak": rss_peak_bytes()}
-    outcome.write(spec_path.parent / rank_outcome_name(rank))
+            run_ranks(spec_path, suite.training, device=device, threads=spec.threads)  # writes outcome.json
+            return 0
+        channel = TrialChannel.from_env()
+        run_trial(spec, channel, outcome, device)
+    except BaseException as exc:  # every ending is recorded; SystemExit/KeyboardInterrupt too
+        _record_failure(outcome, exc)
+    _with_rss(outcome, device).write(spec_path.parent / OUTCOME)
+    channel.close()
     return 0
 
 
-def _join_ranks(parallel: str, device: str) -> SingleProcess:
-    """Join the trial's process group; the launcher stops the other ranks with SIGTERM when one fails."""
+def _run_rank(spec: TrialSpec, spec_path: Path, suite: Suite, device: str) -> int:
+    """One rank: join the process group, run the trial, write `outcome-rank<r>.json`, then leave the group."""
+    outcome = Outcome(device)
+    ranks: Ranks | None = None
+    channel = TrialChannel(None, None)
+    try:
+        ranks = _join_ranks(suite.training.parallel, device, _group_timeout(suite.budget.trial_timeout))
+        if ranks.device is not None and ranks.device != device:
+            device = ranks.device
+            outcome["provenance"] = provenance(device, outcome["provenance"]["started_at"])
+        channel = TrialChannel.from_env() if ranks.is_main else TrialChannel(None, None)
+        run_trial(spec, channel, outcome, device, ranks)
+    except BaseException as exc:
+        _record_failure(outcome, exc)
+    _with_rss(outcome, device).write(spec_path.parent / rank_outcome_name(launched_rank()))
+    channel.close()  # rank 0's copies of the runner's pipe (the trial process holds it until the merge)
+    if outcome["status"] in FINISHED and ranks is not None:
+        ranks.close()
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # not sys.exit: the interpreter's shutdown runs process-group destructors, which may wait on peers
+
+
+def _join_ranks(parallel: str, device: str, timeout: timedelta) -> Ranks:
+    """Join the trial's process group. When another rank fails, the launcher stops this one with SIGTERM."""
     import signal
 
     from peftplan.harness.ranks import DataParallelRanks
@@ -541,7 +675,30 @@ def _join_ranks(parallel: str, device: str) -> SingleProcess:
         raise SystemExit("stopped by the launcher (another rank failed)")
 
     signal.signal(signal.SIGTERM, stopped)
-    return DataParallelRanks(parallel, cpu=not device.startswith("cuda"))
+    return DataParallelRanks(parallel, cpu=not device.startswith("cuda"), timeout=timeout)
+
+
+def _group_timeout(trial_timeout: float | None) -> timedelta:
+    """How long a rank waits for its peers in one collective (torch's default is 10 minutes on NCCL).
+
+    Longer than the trial's own time limit, so a legitimate wait (rank 0 measuring the base model alone, its
+    lm-eval included) is never cut short, and a stuck trial ends as `timeout` by the runner. Without a limit, a day.
+    """
+    return timedelta(seconds=trial_timeout + 60 if trial_timeout is not None else 24 * 3600)
+
+
+def _record_failure(outcome: Outcome, exc: BaseException) -> None:
+    outcome["status"] = "oom" if is_oom(exc) and not isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
+    outcome["error"] = f"{type(exc).__name__}: {exc}".strip()[:2000]
+    traceback.print_exception(exc)
+
+
+def _with_rss(outcome: Outcome, device: str) -> Outcome:
+    from peftplan.harness.measure import rss_peak_bytes
+
+    source = "cuda" if device.startswith("cuda") else "cpu-livebytes"
+    outcome["memory"] = {"source": source, **(outcome["memory"] or {}), "rss_peak": rss_peak_bytes()}
+    return outcome
 
 
 if __name__ == "__main__":

@@ -56,6 +56,19 @@ def test_ddp_trial_trains_on_two_ranks_and_rank0_measures_the_trained_adapter(tm
     assert all(r.source == "cpu-livebytes" for r in memory.ranks) and memory.peak_allocated == max(peaks)
     predicted = (memory.predicted or {})["peak_allocated"]
     assert all(abs(predicted - p) / p < 0.10 for p in peaks), (peaks, predicted)  # per GPU, unsharded
+    # The prediction and the shape are those of the rank whose peak is reported; every rank has its own.
+    reported = next(r for r in memory.ranks if r.peak_allocated == memory.peak_allocated)
+    assert (memory.measured_batch, memory.measured_seq_len) == (reported.measured_batch, reported.measured_seq_len)
+    assert reported.predicted_peak_allocated == predicted and all(r.measured_seq_len for r in memory.ranks)
+    # The training loss is every rank's, weighted by tokens; the eval loss was scored in shares and summed.
+    weighted = sum((r.train_loss or 0) * r.train_tokens for r in ranks) / sum(r.train_tokens for r in ranks)
+    assert result.metrics.train_loss == pytest.approx(weighted, rel=1e-9)
+    assert result.intermediate and result.intermediate[-1].eval_loss == result.metrics.eval_loss
+    # Every rank wrote its own outcome; the trial process wrote outcome.json (rank 0's, as it finished).
+    work = tmp_path / "run" / "work" / "lora-0"
+    assert sorted(p.name for p in work.glob("outcome*.json")) == ["outcome-rank0.json", "outcome-rank1.json",
+                                                                  "outcome.json"]
+    assert json.loads((work / "outcome.json").read_text()) == json.loads((work / "outcome-rank0.json").read_text())
     # What a single-process trial measures, rank 0 measured on the trained adapter.
     assert result.metrics.task_metric is not None and result.metrics.adapter_bytes
     assert result.forgetting is not None and result.forgetting.base_reference == "adapter-disabled"
@@ -67,10 +80,15 @@ def test_fsdp_trial_shards_the_model_and_each_rank_peak_meets_the_sharded_predic
     done, result = bench(tmp_path, {
         "name": "fsdp", "model": {"config": DEEP_MODEL, "dtype": "fp32"},
         "training": {**TWO_CPU_RANKS, "parallel": "fsdp", "batch_size": 2, "seq_len": 32, "precision": "fp32"},
-        "eval": {"forgetting": None, "latency": None, "task_examples": 8, "loss_examples": 4}})
+        "eval": {"task_examples": 8, "loss_examples": 5}})  # 5: the ranks' eval shares are padded to 3 each
     assert done.returncode == 0 and result is not None, done.stdout[-1500:] + done.stderr[-1500:]
     assert result.status == TrialStatus.SUCCESS and result.metrics.task_metric is not None
     assert result.distributed is not None and result.distributed.parallel == "fsdp"
+    assert result.distributed.sharded_blocks == DEEP_MODEL["num_hidden_layers"]
+    # Rank 0 measured the base after training, on the whole model it rebuilt: no peer waited for it.
+    assert result.latency is not None and result.latency.decode_base and result.latency.decode_unmerged
+    assert result.forgetting is not None and result.forgetting.probe == "self-sampled"
+    assert result.forgetting.base_reference == "adapter-disabled"
     checksums = [r.trainable_checksum for r in result.distributed.ranks]
     assert checksums[0] == pytest.approx(checksums[1], rel=1e-12)
     memory = result.memory
@@ -93,16 +111,34 @@ def test_a_rank_out_of_memory_makes_the_trial_oom(tmp_path: Path) -> None:
     assert done.returncode == 1 and "no trial succeeded" in done.stderr
     assert result is not None and result.status == TrialStatus.OOM
     assert result.error is not None and "rank 1: MemoryCapExceeded" in result.error, result.error
-    assert (tmp_path / "run" / "work" / "lora-0" / "outcome-rank1.json").is_file()
+    # A failed rank exits non-zero (so the launcher stops its peers), after writing its outcome.
+    assert "accelerate launch exited with code 1" in result.error, result.error
+    work = tmp_path / "run" / "work" / "lora-0"
+    for rank in (0, 1):
+        assert json.loads((work / f"outcome-rank{rank}.json").read_text())["status"] in ("oom", "failed")
 
 
-def test_cuda_ranks_on_a_host_without_cuda_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    import torch
+def test_fewer_training_examples_than_ranks_times_batch_are_refused(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    suite = write_suite(tmp_path, {"task": {"train": {"size": 40}, "holdout": 32},  # 8 training examples
+                                   "training": {"gpus": 2, "device": "cpu", "batch_size": 8}})
+    expected = "training.gpus: 2 ranks x batch_size 8 need 16 training examples, the task has 8"
+    for argv in (["validate", str(suite)], ["bench", str(suite), "--run-dir", str(tmp_path / "run")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
-    if torch.cuda.is_available():
-        pytest.skip("this host has CUDA")
-    suite = write_suite(tmp_path, {"training": {"gpus": 2, "device": "cuda"}})
-    assert main(["bench", str(suite), "--run-dir", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "training.device: cuda, but this host has no CUDA device for its 2 ranks" in err
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+def test_multi_gpu_trials_are_refused_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench` and `worker` call `check_gpus` first (see the CUDA refusal below): exit 2 with this one line."""
+    from peftplan.errors import BadInputError
+    from peftplan.harness.checks import check_gpus
+    from peftplan.harness.suite import TrainingSection
+
+    training = TrainingSection(gpus=2, device="cpu")
+    with monkeypatch.context() as patch, pytest.raises(BadInputError) as caught:
+        patch.setattr(sys, "platform", "darwin")  # only around the check: other code reads it too
+        check_gpus(training)
+    assert str(caught.value) == "training.gpus: 2 ranks per trial need Linux; this host runs darwin (use gpus: 1)"
+    check_gpus(training)  # on this Linux host: fine

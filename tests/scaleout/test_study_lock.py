@@ -2,16 +2,19 @@
 
 Real processes on a real PostgreSQL (advisory lock) and on one SQLite file (file lock). The benches stop
 right after setting up (`budget.total_time` of a millisecond), so the study holds exactly what was enqueued.
+A lock held by someone else is waited for a bounded time, then named in one line.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
 from peftplan.harness.storage_url import normalize_storage_url
+from peftplan.harness.studylock import StudyLockTimeout, lock_key, study_lock
 from peftplan.harness.workqueue import FILLED_ATTR
 from tests.harness.tiny import write_suite
 from tests.scaleout.helpers import QUIET, start
@@ -47,3 +50,38 @@ def test_two_benches_starting_together_on_sqlite_enqueue_once(tmp_path: Path) ->
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     _start_together(tmp_path, url)
     _assert_enqueued_once(url)
+
+
+def test_a_held_postgres_lock_times_out_naming_the_study_and_its_holder(postgres_url: str) -> None:
+    import psycopg2
+
+    url = normalize_storage_url(postgres_url)
+    holder = psycopg2.connect(postgres_url, application_name="the other bench")
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (lock_key("race/lora"),))
+        with pytest.raises(StudyLockTimeout) as caught, study_lock(url, "race/lora", timeout=0.5):
+            pytest.fail("the lock was held by another connection")
+        message = str(caught.value)
+        assert message.startswith("study 'race/lora': waited 0.5 s for its set-up lock on postgresql")
+        assert "held by the other bench (server backend" in message and "\n" not in message
+    finally:
+        holder.close()  # the server releases the lock with the connection
+    with study_lock(url, "race/lora", timeout=0.5):
+        pass
+
+
+def test_a_held_sqlite_lock_times_out_and_no_file_locks_only_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with open(tmp_path / "study.db.lock", "a") as other:  # another open file: flock treats it as another holder
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(StudyLockTimeout, match=r"study 'race/lora': waited 0.2 s for the lock on .*study.db.lock"), \
+                study_lock(url, "race/lora", timeout=0.2):
+            pass
+        monkeypatch.setitem(sys.modules, "fcntl", None)  # as on a host without fcntl: no lock, and a note
+        with study_lock(url, "race/lora", timeout=0.2):
+            pass
+    assert "note: no file locks on" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from __future__ import annotations
 from peftplan.models.spec import LinearInfo
 from peftplan.planner.adapters import adapted_linear, bottleneck
 from peftplan.planner.arch import BlockLinears
-from peftplan.planner.ops import Ops
+from peftplan.planner.ops import Ops, promote
 from peftplan.planner.symbolic import Poly, Sym
 
 __all__ = ["attention", "block"]
@@ -120,10 +120,17 @@ def _eager(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool) -> Sym:
         capped = ops.fresh(scores.numel, low, grad)
         if grad:
             ops.g.save(capped)
-    probs32 = ops.fresh(scores.numel, 4, grad)  # softmax(dtype=float32) saves its output
-    probs = ops.cast(probs32, q.itemsize)
+    # Llama-style models call softmax(dtype=float32); GPT-2 and BERT call plain softmax, which autocast
+    # runs in fp32 on CUDA but on CPU in the scores' dtype: the low dtype, or the embeddings' dtype once
+    # a causal float mask (built in that dtype) is added. Either way softmax saves its output.
+    if a.family not in ("gpt2", "bert") or r.device != "cpu":
+        softmax_itemsize = 4
+    else:
+        softmax_itemsize = promote(low, r.param_itemsize(r.trains_all)) if a.causal else low
+    softmaxed = ops.fresh(scores.numel, softmax_itemsize, grad)
+    probs = softmaxed if a.family == "bert" else ops.cast(softmaxed, q.itemsize)  # BERT does not cast back
     if grad:
-        ops.g.save(probs32)
+        ops.g.save(softmaxed)
     probs = ops.dropout(probs, a.attn_dropout)
     pa, va = ops.autocast_in(probs), ops.autocast_in(v)
     if grad:

@@ -11,6 +11,7 @@ misses, fix the analytic model, not the tolerance. `benchmarks/calibration_matri
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,9 @@ def cells(model_id: str) -> list[pytest.ParameterSet]:
     ]
 
 
-def check_cell(model_id: str, method: str, ckpt: bool, seq: int, batch: int) -> None:
-    ctx = TrainContext(seq_len=seq, batch_size=batch, grad_checkpointing=ckpt, device="cpu")
+def check_cell(model_id: str, method: str, ckpt: bool, seq: int, batch: int, **setting: Any) -> None:
+    """Trace and estimate one cell (`setting`: other TrainContext fields); assert it is within TOLERANCE."""
+    ctx = TrainContext(seq_len=seq, batch_size=batch, grad_checkpointing=ckpt, device="cpu", **setting)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cell = calibration_cell(model_id, method, ctx)

@@ -27,7 +27,7 @@ from peftplan.planner.activations import ActivationProfile, activation_profile
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
 from peftplan.planner.symbolic import Poly
-from peftplan.planner.weights import WeightBytes, trainable_base_tensors, weight_bytes
+from peftplan.planner.weights import WeightBytes, weight_bytes
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -63,34 +63,30 @@ class StepModel:
         return breakdown(self, batch, seq)
 
 
-def trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> list[tuple[Shape, int]]:
-    """(shape, itemsize) of every trainable tensor: the method's adapters (fp32) and base parameters."""
+def named_trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> list[tuple[str, Shape, int]]:
+    """(owner, shape, itemsize) of every trainable tensor: the method's adapters (fp32, owned by the Linear
+    they adapt or named by the method) and the base parameters that train."""
     master = ctx.optimizer == "adamw-fp32"
     base_size = 4 if (master or terms.quant != "none") else DTYPE_BYTES[ctx.dtype]
-    tensors: list[tuple[Shape, int]] = [(shape, 4) for shape in terms.adapter_tensors()]
-    if terms.trainable_base == "all":
-        tensors += [(p.shape, base_size) for p in spec.params if p.tied_to is None]
-    elif terms.trainable_base == "biases":
-        shapes = trainable_base_tensors(spec, terms)
-        tensors += [((n,), base_size) for n in shapes]
+    tensors = [(name, shape, 4) for name, adapter in terms.linear_adapters.items() for shape in adapter.tensors]
+    tensors += [(name, shape, 4) for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True)]
+    if terms.trainable_base != "none":
+        biases_only = terms.trainable_base == "biases"
+        tensors += [(p.name, p.shape, base_size) for p in spec.params
+                    if p.tied_to is None and (not biases_only or p.name.rsplit(".", 1)[-1] == "bias")]
     return tensors
+
+
+def trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> list[tuple[Shape, int]]:
+    """(shape, itemsize) of every trainable tensor (what optimizers and gradients are priced on)."""
+    return [(shape, size) for _, shape, size in named_trainable_tensors(spec, terms, ctx)]
 
 
 def later_block_gradients(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> int:
     """Gradient bytes of the trainable tensors in blocks 1..L-1 (the first block's backward sees them)."""
-    blocks = spec.layers_path + "."
-    first = f"{blocks}0."
-    base_size = 4 if (ctx.optimizer == "adamw-fp32" or terms.quant != "none") else DTYPE_BYTES[ctx.dtype]
-    named: list[tuple[str, int]] = [
-        (name, 4 * sum(_numel(shape) for shape in adapter.tensors))
-        for name, adapter in terms.linear_adapters.items()
-    ]
-    named += [(name, 4 * _numel(shape)) for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True)]
-    if terms.trainable_base != "none":
-        biases_only = terms.trainable_base == "biases"
-        named += [(p.name, p.numel * base_size) for p in spec.params
-                  if p.tied_to is None and (not biases_only or p.name.endswith(".bias"))]
-    return sum(size for name, size in named if name.startswith(blocks) and not name.startswith(first))
+    blocks, first = f"{spec.layers_path}.", f"{spec.layers_path}.0."
+    return sum(_numel(shape) * size for name, shape, size in named_trainable_tensors(spec, terms, ctx)
+               if name.startswith(blocks) and not name.startswith(first))
 
 
 def step_model(spec: ModelSpec, method: Method, cfg: MethodConfig, ctx: TrainContext) -> StepModel:

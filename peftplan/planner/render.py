@@ -32,7 +32,8 @@ def fit_bar(total: int, budget: int, width: int = BAR_WIDTH) -> str:
 def _title(plan: Plan) -> str:
     ctx, budget = plan.ctx, plan.budget
     gpus = f"{budget.gpus} x " if budget.gpus > 1 else ""
-    shard = f", {ctx.shard}" if ctx.shard != "none" else ""
+    # Several GPUs without sharding is data parallel: each holds the whole step plus DDP's buckets.
+    shard = f", {ctx.shard}" if ctx.shard != "none" else (", ddp" if budget.gpus > 1 else "")
     return (f"{plan.spec.model_id} ({plan.spec.total_params / 1e9:.2f} B params) on {gpus}{budget.vram_gib:.1f} GiB"
             f" ({budget.gpu.key if budget.compute_from_profile else 'vram'}{shard}) | seq {ctx.seq_len} x batch "
             f"{ctx.batch_size}, {ctx.dtype}, {ctx.optimizer}, {ctx.attention}"

@@ -104,6 +104,12 @@ def test_table_and_markdown(fmt: str, capsys: pytest.CaptureFixture[str]) -> Non
         assert "| method |" in out
 
 
+@pytest.mark.parametrize(("extra", "mode"), [([], "ddp"), (["--shard", "fsdp"], "fsdp")])
+def test_title_names_the_parallel_mode(extra: list[str], mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-m", SMOL, "--vram", "8", "--gpus", "2", *extra, "--method", "lora"]) == 0
+    assert f"GiB (vram, {mode})" in capsys.readouterr().out
+
+
 def test_nothing_fits_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "-m", "meta-llama/Llama-3.1-70B", "--vram", "24", "--format", "json"]) == 3
     captured = capsys.readouterr()

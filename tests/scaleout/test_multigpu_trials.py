@@ -72,7 +72,10 @@ def test_ddp_trial_trains_on_two_ranks_and_rank0_measures_the_trained_adapter(tm
     # What a single-process trial measures, rank 0 measured on the trained adapter.
     assert result.metrics.task_metric is not None and result.metrics.adapter_bytes
     assert result.forgetting is not None and result.forgetting.base_reference == "adapter-disabled"
-    assert result.latency is not None and result.latency.decode_unmerged and result.latency.decode_merged
+    latency = result.latency
+    assert latency is not None and latency.prefill_unmerged and latency.prefill_merged
+    # Decode is a difference of two timings: None when a tiny model's decode drowns in the noise.
+    assert all(v is None or v > 0 for v in (latency.decode_unmerged, latency.decode_merged))
     print("ddp per-rank peaks", peaks, "predicted per GPU", predicted)
 
 
@@ -86,7 +89,9 @@ def test_fsdp_trial_shards_the_model_and_each_rank_peak_meets_the_sharded_predic
     assert result.distributed is not None and result.distributed.parallel == "fsdp"
     assert result.distributed.sharded_blocks == DEEP_MODEL["num_hidden_layers"]
     # Rank 0 measured the base after training, on the whole model it rebuilt: no peer waited for it.
-    assert result.latency is not None and result.latency.decode_base and result.latency.decode_unmerged
+    latency = result.latency
+    assert latency is not None and latency.prefill_base and latency.prefill_unmerged
+    assert all(v is None or v > 0 for v in (latency.decode_base, latency.decode_unmerged))
     assert result.forgetting is not None and result.forgetting.probe == "self-sampled"
     assert result.forgetting.base_reference == "adapter-disabled"
     checksums = [r.trainable_checksum for r in result.distributed.ranks]

@@ -115,12 +115,14 @@ def test_a_rank_out_of_memory_makes_the_trial_oom(tmp_path: Path) -> None:
     done, result = bench(tmp_path, {"name": "oom", "training": TWO_CPU_RANKS, "budget": {"memory_cap": "1MiB"}})
     assert done.returncode == 1 and "no trial succeeded" in done.stderr
     assert result is not None and result.status == TrialStatus.OOM
-    assert result.error is not None and "rank 1: MemoryCapExceeded" in result.error, result.error
+    # Both ranks hit the cap at the same op; whichever exits first has the launcher stop the other.
+    assert result.error is not None and "MemoryCapExceeded" in result.error, result.error
     # A failed rank exits non-zero (so the launcher stops its peers), after writing its outcome.
     assert "accelerate launch exited with code 1" in result.error, result.error
     work = tmp_path / "run" / "work" / "lora-0"
-    for rank in (0, 1):
-        assert json.loads((work / f"outcome-rank{rank}.json").read_text())["status"] in ("oom", "failed")
+    outcomes = [json.loads(path.read_text()) for path in sorted(work.glob("outcome-rank*.json"))]
+    assert outcomes and all(o["status"] in ("oom", "failed") for o in outcomes)
+    assert any(o["status"] == "oom" for o in outcomes)
 
 
 def test_fewer_training_examples_than_ranks_times_batch_are_refused(tmp_path: Path,

@@ -22,10 +22,19 @@ def plan(
     gpu: str | None = None,
     gpus: int = 1,
     shard: str = "none",
+    cpu_offload: bool = False,
+    stack: str = "hf",
+    loss: str | None = None,
+    loss_chunks: int | None = None,
+    kbit_prep: str | None = None,
+    checkpointing: str | None = None,
+    offload_activations: bool | None = None,
+    optimizer_in_bwd: bool | None = None,
+    packing: bool | None = None,
     methods: list[str] | str | None = None,
     seq_len: int = 2048,
     batch_size: int = 1,
-    grad_checkpointing: bool = True,
+    grad_checkpointing: bool | None = None,
     optimizer: str = "adamw",
     dtype: str = "bf16",
     attention: str = "sdpa",
@@ -51,7 +60,10 @@ def plan(
 ) -> Plan:
     """Plan PEFT fine-tuning of `model` on a budget (`vram` GiB per GPU and/or a `gpu` profile).
 
-    Without a budget, memory is not limited (fit is not judged): a pure prediction. `model_config`
+    `stack` names the training stack whose memory techniques are priced (planner/stacks.py); `loss`,
+    `loss_chunks`, `kbit_prep`, `checkpointing` (none/recompute/offload), `offload_activations`,
+    `optimizer_in_bwd` and `packing` override its knobs (None: the stack's; `grad_checkpointing` None
+    is the stack's too). Without a budget, memory is not limited (fit is not judged): a pure prediction. `model_config`
     plans a config dict under the name `model`; `method_config` is the settings of the one method in
     `methods` (e.g. {"rank": 8, "targets": ["q_proj", "v_proj"]}).
 
@@ -77,6 +89,10 @@ def plan(
     names = [methods] if isinstance(methods, str) else methods
     return make_plan(  # type: ignore[no-any-return]
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
+        cpu_offload=cpu_offload, stack=stack,
+        knobs={"loss": loss, "loss_chunks": loss_chunks, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
+               "offload_activations": offload_activations, "optimizer_in_bwd": optimizer_in_bwd,
+               "packing": packing},
         gpu_profiles=Path(gpu_profiles) if gpu_profiles is not None else None, seq_len=seq_len,
         batch_size=batch_size, grad_ckpt=grad_checkpointing, optimizer=_choice("optimizer", optimizer, OPTIMIZERS),
         dtype=_choice("dtype", dtype, DTYPES), attn=_choice("attention kernel", attention, ATTENTION),

@@ -25,7 +25,7 @@ from peftplan.errors import BadInputError
 OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor")
 DTYPES = ("bf16", "fp16", "fp32")
 ATTENTION = ("sdpa", "flash", "eager")
-SHARDS = ("none", "fsdp")
+SHARDS = ("none", "fsdp", "zero2", "zero3")
 DEVICES = ("cuda", "cpu")
 SWITCHING = ("merge", "hot-swap", "multi-tenant")
 ENGINES = ("analytic", "trace", "both")
@@ -44,11 +44,20 @@ def plan_command(
     vram: Annotated[float | None, typer.Option(help="GPU memory budget per GPU, in GiB.")] = None,
     gpu: Annotated[str | None, typer.Option(help="A GPU profile (memory, speed, price), e.g. rtx-4090, h100.")] = None,
     gpus: Annotated[int, typer.Option(help="Number of GPUs.")] = 1,
-    shard: Annotated[str, typer.Option(help="none or fsdp (FSDP/ZeRO-3 shards weights, grads and states).")] = "none",
+    shard: Annotated[str, typer.Option(help="none (DDP), fsdp or zero3 (shard weights, grads and states), zero2 (grads and states).")] = "none",
+    cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="With --shard: optimizer states (and for fsdp/zero3 the weights) on the host.")] = False,
+    stack: Annotated[str, typer.Option(help="Training stack whose memory techniques to price: hf, trl, unsloth, axolotl, llama-factory, torchtune, litgpt.")] = "hf",
+    loss: Annotated[str | None, typer.Option(help="Loss knob: full (fp32 logits), chunked or fused (default: the stack's).")] = None,
+    loss_chunks: Annotated[int | None, typer.Option("--loss-chunks", help="Chunks of the chunked loss (default: the stack's).")] = None,
+    kbit_prep: Annotated[str | None, typer.Option("--kbit-prep", help="Quantized base preparation: peft (fp32 upcast), none or torchtune.")] = None,
+    checkpointing: Annotated[str | None, typer.Option(help="none, recompute or offload (block inputs on the host); default: the stack's.")] = None,
+    offload_activations: Annotated[bool | None, typer.Option("--offload-activations/--no-offload-activations", help="Saved activations on the host (torch save_on_cpu, torchtune).")] = None,
+    optimizer_in_bwd: Annotated[bool | None, typer.Option("--optimizer-in-bwd/--no-optimizer-in-bwd", help="Step each parameter inside backward (torchtune).")] = None,
+    packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack sequences to --seq-len (unpacked, --seq-len is a cap).")] = None,
     gpu_profiles: Annotated[Path | None, typer.Option("--gpu-profiles", help="A TOML file of extra GPU profiles.")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1,
-    grad_ckpt: Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default on, as TRL and most PEFT recipes train).")] = True,
+    grad_ckpt: Annotated[bool | None, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default: the stack's; on for hf, as TRL and most PEFT recipes train).")] = None,
     optimizer: Annotated[str, typer.Option(help=", ".join(OPTIMIZERS) + ".")] = "adamw",
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16",
     attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa",
@@ -80,6 +89,10 @@ def plan_command(
     check_format(fmt, (*FORMATS, "html"))
     plan = make_plan(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
+        cpu_offload=cpu_offload, stack=stack,
+        knobs={"loss": loss, "loss_chunks": loss_chunks, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
+               "offload_activations": offload_activations, "optimizer_in_bwd": optimizer_in_bwd,
+               "packing": packing},
         gpu_profiles=gpu_profiles, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
         optimizer=_choice("optimizer", optimizer, OPTIMIZERS), dtype=_choice("dtype", dtype, DTYPES),
         attn=_choice("attention kernel", attn, ATTENTION), device=_choice("device", device, DEVICES),
@@ -126,9 +139,33 @@ def _write(text: str, out: Path | None) -> None:
         raise BadInputError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
+def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, seq_len: int, batch_size: int,
+                  optimizer: str, dtype: str, attn: str, gpus: int, shard: str, cpu_offload: bool,
+                  device: str) -> Any:
+    """The TrainContext of a stack with the user's knob overrides (None: the stack's default)."""
+    from peftplan.planner.context import TrainContext
+    from peftplan.planner.stacks import get_stack, resolve_knobs
+
+    overrides = dict(knobs)
+    if grad_ckpt is not None and overrides.get("checkpointing") is None:
+        default = get_stack(stack).knobs.checkpointing
+        overrides["checkpointing"] = "none" if not grad_ckpt else (default if default != "none" else "recompute")
+    resolved = resolve_knobs(stack, **overrides)
+    if cpu_offload and shard == "none":
+        raise BadInputError("--cpu-offload needs --shard fsdp, zero2 or zero3")
+    return TrainContext(
+        seq_len=seq_len, batch_size=batch_size, grad_checkpointing=resolved.checkpointing != "none",
+        optimizer=optimizer, dtype=dtype, attention=attn, gpus=gpus, shard=shard,  # type: ignore[arg-type]
+        device=device, stack=stack, loss=resolved.loss, loss_chunks=resolved.loss_chunks,  # type: ignore[arg-type]
+        kbit_prep=resolved.kbit_prep, ckpt_offload=resolved.checkpointing == "offload",
+        offload_activations=resolved.offload_activations, optimizer_in_bwd=resolved.optimizer_in_bwd,
+        packing=resolved.packing, cpu_offload=cpu_offload)
+
+
 def make_plan(
     *, model: str, vram: float | None = None, gpu: str | None = None, gpus: int = 1, shard: str = "none",
-    gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool = True,
+    cpu_offload: bool = False, stack: str = "hf", knobs: dict[str, Any] | None = None,
+    gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool | None = None,
     optimizer: str = "adamw", dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
     methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
     targets: str | None = None, virtual_tokens: int | None = None, quant: str | None = None,
@@ -147,7 +184,6 @@ def make_plan(
     from peftplan.commands._options import method_configs
     from peftplan.errors import BadInputError
     from peftplan.models import get_spec
-    from peftplan.planner.context import TrainContext
     from peftplan.planner.plan import build_plan
 
     for name, value in (("--seq-len", seq_len), ("--batch-size", batch_size)):
@@ -174,9 +210,10 @@ def make_plan(
         spec = spec_from_config(dict(model_config), model_id=model, trust_remote_code=trust_remote_code)
     else:
         spec = get_spec(model, trust_remote_code=trust_remote_code)
-    ctx = TrainContext(seq_len=seq_len, batch_size=batch_size, grad_checkpointing=grad_ckpt,
-                       optimizer=optimizer, dtype=dtype, attention=attn,  # type: ignore[arg-type]
-                       gpus=gpus, shard=shard, device=device)  # type: ignore[arg-type]
+    ctx = train_context(stack=stack, knobs=knobs or {}, grad_ckpt=grad_ckpt, seq_len=seq_len,
+                        batch_size=batch_size, optimizer=optimizer, dtype=dtype, attn=attn, gpus=gpus,
+                        shard=shard, cpu_offload=cpu_offload, device=device)
+
     plan = build_plan(spec, chosen, ctx, budget, tasks=tasks, switching=switching, examples=examples,
                       train_tokens=train_tokens, epochs=epochs, mfu=mfu, fit_search=fit_search,
                       strict=bool(methods) or peft_config is not None)

@@ -8,7 +8,7 @@ from typing import Literal
 Dtype = Literal["bf16", "fp16", "fp32"]
 Optimizer = Literal["adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor"]
 Attention = Literal["sdpa", "flash", "eager"]
-Shard = Literal["none", "fsdp"]
+Shard = Literal["none", "fsdp", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -30,9 +30,19 @@ class TrainContext:
     # (what a CPU run or a trace under CPU dispatch allocates: dropout keeps float masks, SDPA with
     # dropout falls back to the math kernel, LayerNorm stays in the autocast dtype).
     device: Device = "cuda"
+    # The training stack's memory techniques (planner/stacks.py; `stack` names whose defaults they are).
+    stack: str = "hf"
+    loss: str = "full"  # full | chunked | fused
+    loss_chunks: int = 8
+    kbit_prep: str = "peft"  # peft | none | torchtune
+    ckpt_offload: bool = False  # checkpointed block inputs live on the host (Unsloth)
+    offload_activations: bool = False  # every saved activation lives on the host (save_on_cpu)
+    optimizer_in_bwd: bool = False  # each gradient is stepped and freed as backward makes it
+    packing: bool = False
+    cpu_offload: bool = False  # sharded states (and, for FSDP/ZeRO-3, parameters) live on the host
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size", "gpus"):
+        for name in ("seq_len", "batch_size", "gpus", "loss_chunks"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -40,6 +50,25 @@ class TrainContext:
     @property
     def tokens(self) -> int:
         return self.seq_len * self.batch_size
+
+    @property
+    def checkpointing(self) -> str:
+        """none, recompute or offload (the knob's name for `grad_checkpointing` and `ckpt_offload`)."""
+        if not self.grad_checkpointing:
+            return "none"
+        return "offload" if self.ckpt_offload else "recompute"
+
+    @property
+    def sharded(self) -> bool:
+        """Whether weights are sharded across GPUs (FSDP, ZeRO-3)."""
+        return self.gpus > 1 and self.shard in ("fsdp", "zero3")
+
+    def knobs(self) -> dict[str, object]:
+        """The stack and its knobs as priced (the plan JSON's `training` adds these)."""
+        return {"stack": self.stack, "loss": self.loss, "loss_chunks": self.loss_chunks,
+                "kbit_prep": self.kbit_prep, "checkpointing": self.checkpointing,
+                "offload_activations": self.offload_activations, "optimizer_in_bwd": self.optimizer_in_bwd,
+                "packing": self.packing, "cpu_offload": self.cpu_offload}
 
 
 @dataclass
@@ -62,6 +91,10 @@ class MemoryBreakdown:
     peak_allocated: int = 0
     reserved: int = 0
     total: int = 0
+    # Outside the device's allocated bytes: paged optimizer states (unified memory, which
+    # `max_memory_allocated` never counts) and what offloading keeps in host RAM.
+    paged: int = 0
+    host: int = 0
     extra: dict[str, int] = field(default_factory=dict)  # engine-specific detail, not part of the contract
 
     COMPONENTS = ("weights", "quant_constants", "adapter", "gradients", "optimizer", "activations", "logits")

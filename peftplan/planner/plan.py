@@ -18,6 +18,7 @@ from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.fit import max_batch_size, max_rank, max_seq_len, sequence_limit
 from peftplan.planner.memory import price, step_model_from_terms
 from peftplan.planner.recommend import Recommendation, recommend
+from peftplan.planner.stacks import check_method
 from peftplan.planner.storage import adapter_file_bytes, task_switching
 from peftplan.planner.throughput import DEFAULT_MFU, inference_overhead, throughput, training_flops_per_token
 
@@ -140,6 +141,7 @@ class Plan:
                 "switching": self.switching,
                 "train_tokens": self.train_tokens,
                 "examples": self.examples,
+                **ctx.knobs(),
             },
             "engine": self.engine,
             "methods": [m.to_dict() for m in self.methods],
@@ -169,6 +171,7 @@ def plan_method(
         BadInputError: the method cannot apply to this model or setting.
     """
     method.check(spec, cfg)
+    check_method(ctx.stack, method.name)
     ctx, context_note = _trainable_context(method, ctx)
     terms = method.memory_terms(spec, cfg)
     model = step_model_from_terms(spec, terms, ctx)

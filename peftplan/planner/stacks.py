@@ -1,0 +1,155 @@
+"""Training stacks: each is a named set of memory knobs that say what its training code really allocates.
+
+A knob set by the user overrides the stack's value. The planner prices knobs, never stack names: a stack
+is only the defaults its own code uses (cited, file and commit, in docs/planner.md "Training stacks").
+
+Knobs:
+- `loss`: `full` (fp32 logits of every token, transformers' `ForCausalLMLoss`), `chunked` (the output
+  layer and cross-entropy run per chunk of positions, torchtune's `CEWithChunkedOutputLoss` and litgpt's
+  `chunked_cross_entropy`), `fused` (Liger's fused linear cross-entropy, Apple's cut cross-entropy,
+  Unsloth's: the full logits never exist).
+- `loss_chunks`: how many chunks `chunked` splits the sequence into.
+- `kbit_prep`: on a bitsandbytes base, `peft` (peft's `prepare_model_for_kbit_training` upcasts every
+  unquantized parameter to fp32), `none` (they stay in the training dtype), `torchtune` (only the
+  LoRA-wrapped Linears are NF4, everything else stays in the training dtype).
+- `checkpointing`: `none`, `recompute` (torch checkpointing of every block), `offload` (Unsloth's: the
+  checkpointed block inputs live on the host).
+- `offload_activations`: torch's `save_on_cpu` / torchtune's `OffloadActivations`: saved tensors live
+  on the host until backward needs them.
+- `optimizer_in_bwd`: torchtune's optimizer step inside backward: each gradient is stepped and freed as
+  soon as it is made, so a full set of gradients never exists.
+- `packing`: sequences are packed to `--seq-len` (every batch is full); unpacked, `--seq-len` is a cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+from peftplan.errors import BadInputError, UnknownNameError
+
+Loss = Literal["full", "chunked", "fused"]
+KbitPrep = Literal["peft", "none", "torchtune"]
+Checkpointing = Literal["none", "recompute", "offload"]
+
+LOSSES: tuple[str, ...] = ("full", "chunked", "fused")
+KBIT_PREPS: tuple[str, ...] = ("peft", "none", "torchtune")
+CHECKPOINTING: tuple[str, ...] = ("none", "recompute", "offload")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The memory techniques of a training stack (see the module docstring)."""
+
+    loss: Loss = "full"
+    loss_chunks: int = 8
+    kbit_prep: KbitPrep = "peft"
+    checkpointing: Checkpointing = "recompute"
+    offload_activations: bool = False
+    optimizer_in_bwd: bool = False
+    packing: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+KNOB_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Knobs))
+_CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "kbit_prep": KBIT_PREPS, "checkpointing": CHECKPOINTING}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A training stack: its default knobs and what it can train.
+
+    Attributes:
+        methods: the peftplan methods the stack can train (None: every method).
+        losses: the losses it offers (a `loss` override outside these is refused).
+        summary: one line for the plan's title and docs.
+    """
+
+    name: str
+    knobs: Knobs
+    summary: str
+    methods: frozenset[str] | None = None
+    losses: tuple[str, ...] = LOSSES
+
+
+_LORA_FAMILY = frozenset({"lora", "qlora", "dora", "qdora", "rslora"})
+
+STACKS: dict[str, Stack] = {
+    stack.name: stack
+    for stack in (
+        Stack("hf", Knobs(), "transformers Trainer + peft defaults", losses=("full", "fused")),
+        Stack("trl", Knobs(), "TRL SFTTrainer defaults", losses=("full", "fused")),
+        Stack("unsloth", Knobs(loss="fused", kbit_prep="none", checkpointing="offload"),
+              "Unsloth: fused cross-entropy, no fp32 upcast, offloaded checkpoints",
+              methods=frozenset({"full", "lora", "qlora", "rslora"}), losses=("fused",)),
+        Stack("axolotl", Knobs(), "Axolotl defaults", losses=("full", "fused")),
+        Stack("llama-factory", Knobs(kbit_prep="none"), "LLaMA-Factory: no fp32 upcast of embeddings and head",
+              losses=("full", "fused")),
+        Stack("torchtune", Knobs(loss="chunked", loss_chunks=8, kbit_prep="torchtune"),
+              "torchtune recipes: chunked cross-entropy, NF4 only under LoRA",
+              methods=frozenset({"full", "lora", "qlora", "dora", "qdora"}), losses=("full", "chunked")),
+        Stack("litgpt", Knobs(loss="chunked", checkpointing="none"), "litgpt finetune: chunked cross-entropy",
+              methods=frozenset({"full", "lora", "qlora", "adapter"}), losses=("full", "chunked")),
+    )
+}
+STACK_NAMES: tuple[str, ...] = tuple(STACKS)
+
+
+def get_stack(name: str) -> Stack:
+    """The stack called `name`.
+
+    Raises:
+        UnknownNameError: no such stack (with a did-you-mean).
+    """
+    try:
+        return STACKS[name]
+    except KeyError:
+        raise UnknownNameError("stack", name, STACK_NAMES, hint=f"Stacks: {', '.join(STACK_NAMES)}.") from None
+
+
+def resolve_knobs(stack: str = "hf", **overrides: Any) -> Knobs:
+    """The stack's knobs with every override that is not None applied, each value checked.
+
+    Raises:
+        BadInputError: an unknown stack, knob or knob value; a loss the stack does not offer.
+    """
+    base = get_stack(stack)
+    changes: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in KNOB_NAMES:
+            raise UnknownNameError("stack knob", name, KNOB_NAMES)
+        changes[name] = check_knob(name, value)
+    knobs = replace(base.knobs, **changes)
+    if knobs.loss not in base.losses:
+        raise BadInputError(f"stack {stack!r} has no {knobs.loss!r} loss (it offers: {', '.join(base.losses)})")
+    return knobs
+
+
+def check_knob(name: str, value: Any) -> Any:
+    """`value` checked for knob `name`."""
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise UnknownNameError(name.replace("_", "-"), str(value), _CHOICES[name])
+        return value
+    if name == "loss_chunks":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(f"--loss-chunks must be a positive integer, got {value!r}")
+        return value
+    if not isinstance(value, bool):
+        raise BadInputError(f"{name.replace('_', '-')} must be true or false, got {value!r}")
+    return value
+
+
+def check_method(stack: str, method: str) -> None:
+    """Refuse a method the stack cannot train.
+
+    Raises:
+        BadInputError: the stack has no such method.
+    """
+    allowed = get_stack(stack).methods
+    if allowed is not None and method not in allowed:
+        raise BadInputError(f"stack {stack!r} cannot train {method!r} (it trains: {', '.join(sorted(allowed))})")

@@ -31,6 +31,9 @@ def plan(
     offload_activations: bool | None = None,
     optimizer_in_bwd: bool | None = None,
     packing: bool | None = None,
+    precision: str | None = None,
+    loss_fp32: bool | None = None,
+    keep_logits: bool | None = None,
     methods: list[str] | str | None = None,
     seq_len: int = 2048,
     batch_size: int = 1,
@@ -62,7 +65,7 @@ def plan(
 
     `stack` names the training stack whose memory techniques are priced (planner/stacks.py); `loss`,
     `loss_chunks`, `kbit_prep`, `checkpointing` (none/recompute/offload), `offload_activations`,
-    `optimizer_in_bwd` and `packing` override its knobs (None: the stack's; `grad_checkpointing` None
+    `optimizer_in_bwd`, `packing`, `precision`, `loss_fp32` and `keep_logits` override its knobs (None: the stack's; `grad_checkpointing` None
     is the stack's too). Without a budget, memory is not limited (fit is not judged): a pure prediction. `model_config`
     plans a config dict under the name `model`; `method_config` is the settings of the one method in
     `methods` (e.g. {"rank": 8, "targets": ["q_proj", "v_proj"]}).
@@ -92,7 +95,7 @@ def plan(
         cpu_offload=cpu_offload, stack=stack,
         knobs={"loss": loss, "loss_chunks": loss_chunks, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
                "offload_activations": offload_activations, "optimizer_in_bwd": optimizer_in_bwd,
-               "packing": packing},
+               "packing": packing, "precision": precision, "loss_fp32": loss_fp32, "keep_logits": keep_logits},
         gpu_profiles=Path(gpu_profiles) if gpu_profiles is not None else None, seq_len=seq_len,
         batch_size=batch_size, grad_ckpt=grad_checkpointing, optimizer=_choice("optimizer", optimizer, OPTIMIZERS),
         dtype=_choice("dtype", dtype, DTYPES), attn=_choice("attention kernel", attention, ATTENTION),

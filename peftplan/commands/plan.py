@@ -54,6 +54,9 @@ def plan_command(
     offload_activations: Annotated[bool | None, typer.Option("--offload-activations/--no-offload-activations", help="Saved activations on the host (torch save_on_cpu, torchtune).")] = None,
     optimizer_in_bwd: Annotated[bool | None, typer.Option("--optimizer-in-bwd/--no-optimizer-in-bwd", help="Step each parameter inside backward (torchtune).")] = None,
     packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack sequences to --seq-len (unpacked, --seq-len is a cap).")] = None,
+    precision: Annotated[str | None, typer.Option(help="mixed (autocast, fp32 adapters) or pure (all in --dtype); default: the stack's.")] = None,
+    loss_fp32: Annotated[bool | None, typer.Option("--loss-fp32/--no-loss-fp32", help="The loss upcasts logits to fp32 (default: the stack's).")] = None,
+    keep_logits: Annotated[bool | None, typer.Option("--keep-logits/--no-keep-logits", help="The loop holds logits through backward (litgpt).")] = None,
     gpu_profiles: Annotated[Path | None, typer.Option("--gpu-profiles", help="A TOML file of extra GPU profiles.")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1,
@@ -92,7 +95,7 @@ def plan_command(
         cpu_offload=cpu_offload, stack=stack,
         knobs={"loss": loss, "loss_chunks": loss_chunks, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
                "offload_activations": offload_activations, "optimizer_in_bwd": optimizer_in_bwd,
-               "packing": packing},
+               "packing": packing, "precision": precision, "loss_fp32": loss_fp32, "keep_logits": keep_logits},
         gpu_profiles=gpu_profiles, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
         optimizer=_choice("optimizer", optimizer, OPTIMIZERS), dtype=_choice("dtype", dtype, DTYPES),
         attn=_choice("attention kernel", attn, ATTENTION), device=_choice("device", device, DEVICES),
@@ -159,7 +162,8 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
         device=device, stack=stack, loss=resolved.loss, loss_chunks=resolved.loss_chunks,  # type: ignore[arg-type]
         kbit_prep=resolved.kbit_prep, ckpt_offload=resolved.checkpointing == "offload",
         offload_activations=resolved.offload_activations, optimizer_in_bwd=resolved.optimizer_in_bwd,
-        packing=resolved.packing, cpu_offload=cpu_offload)
+        packing=resolved.packing, cpu_offload=cpu_offload, loss_fp32=resolved.loss_fp32,
+        keep_logits=resolved.keep_logits, precision=resolved.precision)
 
 
 def make_plan(

@@ -62,19 +62,20 @@ class ActivationProfile:
     backward_temp: Poly = ZERO
     grad_stream: Poly = ZERO
     batch: Poly = ZERO
+    blocks_saved: Poly = ZERO  # what the blocks save (offloadable without checkpointing)
+    ckpt_inputs: Poly = ZERO  # every block's checkpointed input (offloadable with checkpointing)
 
 
 def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Arch | None = None) -> Replay:
     """The replay settings for a method's terms under a training context."""
     arch = arch or arch_of(spec)
     dtype = DTYPE_BYTES[ctx.dtype]
-    quantized = terms.quant != "none"
-    base = 4 if quantized else dtype  # peft's k-bit preparation upcasts what it does not quantize
     master = ctx.optimizer == "adamw-fp32"
+    base = base_itemsize(terms, ctx)
     return Replay(
         arch=arch,
         terms=terms,
-        low=dtype if dtype != 4 else None,
+        low=dtype if ctx.autocast else None,
         base_itemsize=base,
         train_itemsize=4 if master else base,
         compute_itemsize=dtype,
@@ -82,7 +83,17 @@ def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Ar
         attention=ctx.attention,
         extra=terms.extra_tokens,
         prefix=terms.prefix_tokens,
+        adapter_itemsize=ctx.adapter_itemsize,
+        kbit_prep=ctx.kbit_prep,
     )
+
+
+def base_itemsize(terms: MemoryTerms, ctx: TrainContext) -> int:
+    """Bytes per element of the base parameters that are not quantized: peft's k-bit preparation
+    upcasts them to fp32 on a quantized base; other stacks leave them in the training dtype."""
+    if terms.quant != "none" and ctx.kbit_prep == "peft":
+        return 4
+    return DTYPE_BYTES[ctx.dtype]
 
 
 def _signature(spec: ModelSpec, terms: MemoryTerms, linears: BlockLinears) -> tuple:
@@ -97,6 +108,64 @@ def _signature(spec: ModelSpec, terms: MemoryTerms, linears: BlockLinears) -> tu
             parts.append((lin.leaf, lin.in_features, lin.out_features, lin.bias, adapter,
                           lin.name in terms.bottleneck_sites))
     return tuple(parts)
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The vocabulary-sized tensors of the head and loss, per the `loss` knob.
+
+    Attributes:
+        saved: what the loss keeps for backward (log-softmax outputs, soft-capping output; the fused
+            losses' hidden-sized gradient or inputs).
+        forward_extra: alive at the end of the forward beyond `saved` (the logits, their fp32 copy).
+        backward: alive on top of `saved` at the loss's backward (gradients of the logits), plus the
+            logits themselves when the loop keeps them.
+    """
+
+    saved: Poly
+    forward_extra: Poly
+    backward: Poly
+
+
+def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) -> LossTerms:
+    """Replay the output layer and the cross-entropy per `ctx.loss` (see planner/stacks.py).
+
+    - `full` (transformers' `ForCausalLMLoss`): logits of every token, an fp32 copy
+      (`logits.float()`), log-softmax's fp32 output saved; its backward holds two fp32 gradients of
+      the logits (nll's and log-softmax's).
+    - `chunked` (torchtune's `CEWithChunkedOutputLoss`, litgpt's `chunked_cross_entropy`): the output
+      layer runs per chunk, each chunk's log-softmax output is saved, but only one chunk's copy and
+      gradients exist at a time.
+    - `fused` (Liger's fused linear cross-entropy, Apple's cut cross-entropy): no full logits; the
+      loss keeps a hidden-sized tensor (Liger's precomputed input gradient, CCE's input) and one block
+      of logits exists at a time, about as many values as the hidden states (Liger's chunk is
+      B·S / ceil(V / H) tokens).
+    """
+    a = ops.r.arch
+    vocab = a.vocab
+    if ctx.loss == "fused":
+        # The kernel reads the hidden states and the weight itself; it keeps a hidden-sized tensor.
+        low = ops.r.low or max(h.itemsize, weight.itemsize)
+        hidden = tokens(a.hidden, extra) * h.itemsize
+        block = tokens(a.hidden, extra) * (low + 4)  # one block of logits and its fp32 softmax
+        return LossTerms(saved=hidden + tokens(1, extra) * 4, forward_extra=block, backward=hidden + block)
+    logits = ops.matmul(h, weight, vocab)
+    logits_bytes = tokens(vocab, extra) * logits.itemsize
+    loss_size = 4 if (ctx.loss_fp32 or logits.itemsize == 4) else logits.itemsize
+    rows = tokens(vocab, extra) * loss_size  # log_softmax's output, saved for backward
+    upcast = logits_bytes if logits.itemsize != loss_size else ZERO  # the logits' fp32 copy
+    softcap = logits_bytes if a.final_softcap else ZERO  # tanh(logits / cap) * cap saves tanh's output
+    held = logits_bytes if ctx.keep_logits else ZERO
+    if ctx.loss == "chunked":
+        n = max(1, ctx.loss_chunks)
+        chunk = Poly(n=-(-rows.n // n), b=-(-rows.b // n))
+        chunk_logits = Poly(n=-(-logits_bytes.n // n), b=-(-logits_bytes.b // n))
+        chunk_upcast = chunk_logits if upcast != ZERO else ZERO
+        # The end of the forward: every chunk's logits (freed or held by the loop) and the last
+        # chunk's fp32 copy; backward: one chunk's two gradients and its low-precision gradient.
+        return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + chunk_upcast,
+                         backward=held + 2 * chunk + chunk_upcast)
+    return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + upcast, backward=held + 2 * rows)
 
 
 @dataclass
@@ -217,16 +286,9 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     lm_trainable = r.trains_all
     lm_itemsize = r.param_itemsize(lm_trainable)
     lm_key = "embeddings" if a.tied else "lm_head"
-    logits = hops.matmul(h, Weight(a.vocab * a.hidden, lm_itemsize, lm_trainable, lm_key), a.vocab)
-    logits_bytes = tokens(a.vocab, vocab_extra) * logits.itemsize
-    logits_saved = ZERO
-    if a.final_softcap:  # tanh(logits / cap) * cap: tanh's output is saved
-        logits_saved = logits_saved + logits_bytes
-    as_float = logits_bytes if logits.itemsize != 4 else ZERO
-    loss_rows = tokens(a.vocab, vocab_extra) * 4
-    logits_saved = logits_saved + loss_rows  # log_softmax saves its fp32 output
+    loss = loss_terms(hops, h, Weight(a.vocab * a.hidden, lm_itemsize, lm_trainable, lm_key), ctx, vocab_extra)
     head.save(Sym.fresh(tokens(1, vocab_extra), INDEX_BYTES, False))  # the shifted labels (nll target)
-    forward_extra = forward_live + main.forward_live + logits_bytes + as_float
+    forward_extra = forward_live + main.forward_live + loss.forward_extra
 
     saved_blocks = running
     model_saved = main.total() + head.total()
@@ -239,8 +301,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     fixed = main.total() + batch + embeddings_held  # in the blocks' forward the head has saved nothing yet
     return ActivationProfile(
         saved=saved,
-        logits_saved=logits_saved,
-        loss_backward=loss_rows * 2,  # the gradient arriving from nll_loss and log_softmax's result
+        logits_saved=loss.saved,
+        loss_backward=loss.backward,
         forward_extra=forward_extra,
         ckpt_saved=ckpt_saved,
         moments=[m + fixed for m in moments],
@@ -253,4 +315,6 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         backward_temp=backward_temp,
         grad_stream=stream,
         batch=batch,
+        blocks_saved=saved_blocks,
+        ckpt_inputs=ckpt_inputs,
     )

@@ -29,7 +29,7 @@ def base_linear(ops: Ops, x: Sym, lin: LinearInfo) -> Sym:
     """The base layer: a plain (maybe trainable) Linear, or a bitsandbytes 4/8-bit one (frozen)."""
     r = ops.r
     bias_trainable = lin.bias and r.trains_biases
-    if not r.quantized or lin.role == "output":
+    if not r.quantizes(lin.name, lin.role):
         weight = ops.linear_weight(lin.name, lin.in_features, lin.out_features)
         return ops.matmul(x, weight, lin.out_features, bias_trainable=bias_trainable)
     # bitsandbytes casts the input to its compute dtype, dequantizes the weight into a temporary,
@@ -42,11 +42,12 @@ def base_linear(ops: Ops, x: Sym, lin: LinearInfo) -> Sym:
 
 
 def _lora_branch(ops: Ops, x: Sym, lin: LinearInfo, adapter: LinearAdapter) -> Sym:
-    """`lora_B(lora_A(dropout(x.to(fp32))))`."""
-    xc = ops.cast(x, 4)
+    """`lora_B(lora_A(dropout(x.to(adapter dtype))))` (fp32 in peft)."""
+    size = ops.r.adapter_itemsize
+    xc = ops.cast(x, size)
     dropped = ops.dropout(xc, adapter.dropout)
-    a = ops.matmul(dropped, Weight(adapter.rank * lin.in_features, 4, True, lin.name + ".lora_A"), adapter.rank)
-    return ops.matmul(a, Weight(lin.out_features * adapter.rank, 4, True, lin.name + ".lora_B"), lin.out_features)
+    a = ops.matmul(dropped, Weight(adapter.rank * lin.in_features, size, True, lin.name + ".lora_A"), adapter.rank)
+    return ops.matmul(a, Weight(lin.out_features * adapter.rank, size, True, lin.name + ".lora_B"), lin.out_features)
 
 
 def _lora(ops: Ops, x: Sym, result: Sym, lin: LinearInfo, adapter: LinearAdapter) -> Sym:
@@ -80,13 +81,13 @@ def _dora(ops: Ops, x: Sym, result: Sym, lin: LinearInfo, adapter: LinearAdapter
 
 
 def _ia3_out(ops: Ops, x: Sym, result: Sym, lin: LinearInfo, adapter: LinearAdapter) -> Sym:
-    scaled = ops.mul_param(result, Weight(lin.out_features, 4, True))
+    scaled = ops.mul_param(result, Weight(lin.out_features, ops.r.adapter_itemsize, True))
     return ops.cast(scaled, result.itemsize)
 
 
 def _ia3_in(ops: Ops, x: Sym, lin: LinearInfo) -> Sym:
-    x32 = ops.cast(x, 4)
-    scaled = ops.mul_param(x32, Weight(lin.in_features, 4, True))
+    x32 = ops.cast(x, ops.r.adapter_itemsize)
+    scaled = ops.mul_param(x32, Weight(lin.in_features, ops.r.adapter_itemsize, True))
     return ops.cast(scaled, x.itemsize)
 
 

@@ -34,6 +34,9 @@ class TrainContext:
     stack: str = "hf"
     loss: str = "full"  # full | chunked | fused
     loss_chunks: int = 8
+    loss_fp32: bool = True  # the loss upcasts logits to fp32
+    keep_logits: bool = False  # the loop holds the logits through backward
+    precision: str = "mixed"  # mixed (autocast, fp32 adapters) | pure (all in dtype, no autocast)
     kbit_prep: str = "peft"  # peft | none | torchtune
     ckpt_offload: bool = False  # checkpointed block inputs live on the host (Unsloth)
     offload_activations: bool = False  # every saved activation lives on the host (save_on_cpu)
@@ -59,6 +62,16 @@ class TrainContext:
         return "offload" if self.ckpt_offload else "recompute"
 
     @property
+    def autocast(self) -> bool:
+        """Whether the step runs under autocast (16-bit mixed precision)."""
+        return self.dtype != "fp32" and self.precision == "mixed"
+
+    @property
+    def adapter_itemsize(self) -> int:
+        """Bytes per adapter element: peft's fp32, or the training dtype under pure precision."""
+        return DTYPE_BYTES[self.dtype] if self.precision == "pure" else 4
+
+    @property
     def sharded(self) -> bool:
         """Whether weights are sharded across GPUs (FSDP, ZeRO-3)."""
         return self.gpus > 1 and self.shard in ("fsdp", "zero3")
@@ -66,6 +79,7 @@ class TrainContext:
     def knobs(self) -> dict[str, object]:
         """The stack and its knobs as priced (the plan JSON's `training` adds these)."""
         return {"stack": self.stack, "loss": self.loss, "loss_chunks": self.loss_chunks,
+                "loss_fp32": self.loss_fp32, "keep_logits": self.keep_logits, "precision": self.precision,
                 "kbit_prep": self.kbit_prep, "checkpointing": self.checkpointing,
                 "offload_activations": self.offload_activations, "optimizer_in_bwd": self.optimizer_in_bwd,
                 "packing": self.packing, "cpu_offload": self.cpu_offload}

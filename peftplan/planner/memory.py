@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from peftplan.methods.base import Method, MethodConfig
 from peftplan.methods.memory import MemoryTerms, Shape
 from peftplan.models.spec import ModelSpec
-from peftplan.planner.activations import ActivationProfile, activation_profile
+from peftplan.planner.activations import ActivationProfile, activation_profile, base_itemsize
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
 from peftplan.planner.symbolic import Poly
@@ -53,10 +53,11 @@ class StepModel:
     lm_head_grad: int
     tied_spike: int
     later_block_gradients: int = 0  # gradients of every block but the first (alive at its backward)
+    largest_gradient: int = 0  # the largest single trainable tensor's gradient
 
     @property
     def shards(self) -> int:
-        return self.ctx.gpus if self.ctx.shard == "fsdp" else 1
+        return self.ctx.gpus if self.ctx.sharded else 1
 
     def breakdown(self, batch: int, seq: int) -> MemoryBreakdown:
         """The per-GPU MemoryBreakdown at micro-batch `batch` and sequence length `seq`."""
@@ -67,9 +68,10 @@ def named_trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainConte
     """(owner, shape, itemsize) of every trainable tensor: the method's adapters (fp32, owned by the Linear
     they adapt or named by the method) and the base parameters that train."""
     master = ctx.optimizer == "adamw-fp32"
-    base_size = 4 if (master or terms.quant != "none") else DTYPE_BYTES[ctx.dtype]
-    tensors = [(name, shape, 4) for name, adapter in terms.linear_adapters.items() for shape in adapter.tensors]
-    tensors += [(name, shape, 4) for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True)]
+    base_size = 4 if master else base_itemsize(terms, ctx)
+    size = ctx.adapter_itemsize
+    tensors = [(name, shape, size) for name, adapter in terms.linear_adapters.items() for shape in adapter.tensors]
+    tensors += [(name, shape, size) for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True)]
     if terms.trainable_base != "none":
         biases_only = terms.trainable_base == "biases"
         tensors += [(p.name, p.shape, base_size) for p in spec.params
@@ -117,6 +119,7 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         lm_head_grad=lm_head_grad,
         tied_spike=tied_spike,
         later_block_gradients=later_block_gradients(spec, terms, ctx),
+        largest_gradient=max((_numel(shape) * size for shape, size in tensors), default=0),
     )
 
 
@@ -138,35 +141,72 @@ class _Moment:
 
 def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
     act = m.activations
+    ctx = m.ctx
     at = _at(batch, seq)
     logits_saved = at(act.logits_saved)
     loss_backward = at(act.loss_backward)
-    if m.ctx.grad_checkpointing:
+    # With the optimizer stepping inside backward, each gradient is freed once stepped: at most the
+    # largest one exists, and the later blocks' gradients are gone when the first block runs backward.
+    in_bwd = ctx.optimizer_in_bwd
+    head_grad = min(m.lm_head_grad, m.largest_gradient) if in_bwd else m.lm_head_grad
+    later_grads = 0 if in_bwd else m.later_block_gradients
+    if ctx.grad_checkpointing:
         saved = at(act.ckpt_saved)
+        offloaded = at(act.ckpt_inputs) if (ctx.ckpt_offload or ctx.offload_activations) else 0
+        one_input = at(act.ckpt_inputs) - at(act.ckpt_later_inputs)  # one block's input
+        saved -= offloaded
         in_blocks = saved - at(act.head_saved)
         # A block's backward: its recomputed activations, or a transient of its recomputed forward.
         rebuilt = max(at(act.block_max) + max(at(act.recompute_extra), at(act.backward_temp)),
                       max((at(p) for p in act.recompute_moments), default=0))
         recompute = rebuilt + at(act.grad_stream)
-        # The last block runs on top of every checkpoint; the first on top of the later blocks' gradients.
-        first_block = in_blocks - at(act.ckpt_later_inputs) + recompute
-        moments = [_Moment("recompute", in_blocks + recompute, 0, m.lm_head_grad, 0),
-                   _Moment("recompute", first_block, 0, m.lm_head_grad + m.later_block_gradients, 0),
-                   _Moment("forward", max((at(p) for p in act.ckpt_moments), default=0), 0, 0, 0)]
+        if offloaded:
+            # Block inputs live on the host; the one being recomputed is copied back first.
+            last_block = first_block = in_blocks + one_input + recompute
+            forward = max((at(p) for p in act.ckpt_moments), default=0) - at(act.ckpt_later_inputs)
+        else:
+            # The last block runs on top of every checkpoint; the first on top of the later blocks' gradients.
+            last_block = in_blocks + recompute
+            first_block = in_blocks - at(act.ckpt_later_inputs) + recompute
+            forward = max((at(p) for p in act.ckpt_moments), default=0)
+        moments = [_Moment("recompute", last_block, 0, head_grad, 0),
+                   _Moment("recompute", first_block, 0, head_grad + later_grads, 0),
+                   _Moment("forward", forward, 0, 0, 0)]
     else:
         saved = at(act.saved)
-        moments = [_Moment("forward", max((at(p) for p in act.moments), default=0), 0, 0, 0),
-                   _Moment("block-bwd", saved - at(act.head_saved) + at(act.backward_temp) + at(act.grad_stream),
-                           0, m.lm_head_grad, 0)]
+        offloaded = at(act.blocks_saved) if ctx.offload_activations else 0
+        saved -= offloaded
+        if offloaded:
+            # Each block's saved tensors come back from the host for its backward.
+            forward = max((at(p) for p in act.recompute_moments), default=0) + saved - at(act.head_saved)
+            block_bwd = saved - at(act.head_saved) + at(act.block_max)
+        else:
+            forward = max((at(p) for p in act.moments), default=0)
+            block_bwd = saved - at(act.head_saved)
+        moments = [_Moment("forward", forward, 0, 0, 0),
+                   _Moment("block-bwd", block_bwd + at(act.backward_temp) + at(act.grad_stream), 0, head_grad, 0)]
     forward_end = saved + at(act.forward_extra)
+    end_grads = m.largest_gradient if in_bwd else m.gradients + m.tied_spike
     moments += [
         _Moment("loss", forward_end, logits_saved, 0, 0),
         _Moment("loss-bwd", saved, logits_saved + loss_backward, 0, 0),
-        _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, m.lm_head_grad, 0),
-        _Moment("bwd-end", at(act.batch) + at(act.grad_stream), 0, m.gradients + m.tied_spike, 0),
-        _Moment("optimizer", at(act.batch), 0, m.gradients, m.optimizer.step_temporary),
+        _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad, 0),
+        _Moment("bwd-end", at(act.batch) + at(act.grad_stream), 0, end_grads, 0),
     ]
+    if not in_bwd:
+        moments.append(_Moment("optimizer", at(act.batch), 0, m.gradients, m.optimizer.step_temporary))
     return moments
+
+
+def host_bytes(m: StepModel, batch: int, seq: int) -> int:
+    """Bytes offloading keeps in host RAM at the peak: activations, and sharded states with --cpu-offload."""
+    act, ctx = m.activations, m.ctx
+    host = 0
+    if ctx.grad_checkpointing and (ctx.ckpt_offload or ctx.offload_activations):
+        host += act.ckpt_inputs.at(batch, seq)
+    elif not ctx.grad_checkpointing and ctx.offload_activations:
+        host += act.blocks_saved.at(batch, seq)
+    return host
 
 
 def _at(batch: int, seq: int):  # type: ignore[no-untyped-def]
@@ -182,19 +222,36 @@ def breakdown(m: StepModel, batch: int, seq: int) -> MemoryBreakdown:
 
 
 def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
-    """The per-GPU MemoryBreakdown at (batch, seq) and the name of the moment that peaks."""
+    """The per-GPU MemoryBreakdown at (batch, seq) and the name of the moment that peaks.
+
+    FSDP and ZeRO-3 shard parameters, gradients and optimizer states; ZeRO-2 gradients and states.
+    With `cpu_offload` the sharded states (and FSDP/ZeRO-3's parameters) live on the host. Paged
+    optimizer states live in unified memory, outside `max_memory_allocated`: the `paged` line.
+    """
+    ctx = m.ctx
     shards = m.shards
+    state_shards = ctx.gpus if ctx.shard in ("fsdp", "zero2", "zero3") and ctx.gpus > 1 else 1
+    host = host_bytes(m, batch, seq)
     weights = m.weights.weights // shards
+    constants = m.weights.quant_constants // shards
+    adapter = m.weights.adapter // shards
+    if ctx.cpu_offload and shards > 1:
+        host += weights + constants + adapter
+        weights = constants = adapter = 0
     if shards > 1:
         # FSDP all-gathers one block's parameters (and prefetches the next) for compute.
         weights += _gathered_block_bytes(m)
-    constants = m.weights.quant_constants // shards
-    adapter = m.weights.adapter // shards
-    states = m.optimizer.states // shards
+    states = m.optimizer.states // state_shards
+    paged = 0
+    if ctx.optimizer.startswith("paged-"):
+        paged, states = states, 0
+    elif ctx.cpu_offload:
+        host, states = host + states, 0
     best: _Moment | None = None
     best_total = -1
     for moment in _moments(m, batch, seq):
-        total = moment.activations + moment.logits + moment.gradients // shards + moment.optimizer_extra // shards
+        total = (moment.activations + moment.logits + moment.gradients // state_shards
+                 + moment.optimizer_extra // state_shards)
         if total > best_total:
             best, best_total = moment, total
     assert best is not None
@@ -206,14 +263,16 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
         weights=weights,
         quant_constants=constants,
         adapter=adapter,
-        gradients=best.gradients // shards + buckets,
-        optimizer=states + best.optimizer_extra // shards,
+        gradients=best.gradients // state_shards + buckets,
+        optimizer=states + best.optimizer_extra // state_shards,
         activations=best.activations,
         logits=best.logits,
         overhead=overhead,
         peak_allocated=peak,
         reserved=reserved,
         total=reserved + overhead,
+        paged=paged,
+        host=host,
     )
     return result, best.name
 

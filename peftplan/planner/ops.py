@@ -55,6 +55,14 @@ class Replay:
     attention: str
     extra: int = 0
     prefix: int = 0
+    adapter_itemsize: int = 4  # peft keeps adapters in fp32; pure-precision stacks in the training dtype
+    kbit_prep: str = "peft"
+
+    def quantizes(self, name: str, role: str) -> bool:
+        """Whether bitsandbytes stores this Linear quantized (see `planner/weights.quantized_linears`)."""
+        if not self.quantized or role == "output":
+            return False
+        return self.kbit_prep != "torchtune" or name in self.terms.linear_adapters
 
     def tok(self, width: int) -> Poly:
         return tokens(width, self.extra)

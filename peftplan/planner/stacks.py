@@ -9,6 +9,13 @@ Knobs:
   `chunked_cross_entropy`), `fused` (Liger's fused linear cross-entropy, Apple's cut cross-entropy,
   Unsloth's: the full logits never exist).
 - `loss_chunks`: how many chunks `chunked` splits the sequence into.
+- `loss_fp32`: the loss upcasts logits to fp32 before log-softmax (transformers, torchtune); litgpt's
+  runs log-softmax in the logits' dtype.
+- `keep_logits`: the training loop holds the logits until backward is done (litgpt's `logits` variable);
+  transformers' Trainer and torchtune (`del logits`) free them before backward.
+- `precision`: `mixed` (weights in --dtype, adapters in fp32, autocast: transformers + peft) or `pure`
+  (everything, adapters included, in --dtype without autocast: torchtune's `dtype: bf16`, litgpt's
+  `bf16-true`).
 - `kbit_prep`: on a bitsandbytes base, `peft` (peft's `prepare_model_for_kbit_training` upcasts every
   unquantized parameter to fp32), `none` (they stay in the training dtype), `torchtune` (only the
   LoRA-wrapped Linears are NF4, everything else stays in the training dtype).
@@ -31,10 +38,12 @@ from peftplan.errors import BadInputError, UnknownNameError
 Loss = Literal["full", "chunked", "fused"]
 KbitPrep = Literal["peft", "none", "torchtune"]
 Checkpointing = Literal["none", "recompute", "offload"]
+Precision = Literal["mixed", "pure"]
 
 LOSSES: tuple[str, ...] = ("full", "chunked", "fused")
 KBIT_PREPS: tuple[str, ...] = ("peft", "none", "torchtune")
 CHECKPOINTING: tuple[str, ...] = ("none", "recompute", "offload")
+PRECISIONS: tuple[str, ...] = ("mixed", "pure")
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ class Knobs:
 
     loss: Loss = "full"
     loss_chunks: int = 8
+    loss_fp32: bool = True
+    keep_logits: bool = False
+    precision: Precision = "mixed"
     kbit_prep: KbitPrep = "peft"
     checkpointing: Checkpointing = "recompute"
     offload_activations: bool = False
@@ -54,7 +66,8 @@ class Knobs:
 
 
 KNOB_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Knobs))
-_CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "kbit_prep": KBIT_PREPS, "checkpointing": CHECKPOINTING}
+_CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "kbit_prep": KBIT_PREPS, "checkpointing": CHECKPOINTING,
+                                        "precision": PRECISIONS}
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ One table says what each name means, so the traced engine, the tests and the har
   see `trace_build.py`), so weights, gradients and both states are fp32; compute stays in `dtype`.
 - `adamw8bit` / `paged-adamw8bit`: bitsandbytes' blockwise 8-bit AdamW: two uint8 states plus an fp32
   absmax per 256 values, for tensors of at least 4096 elements (smaller ones keep fp32 states). Paged
-  states live in CUDA unified memory, outside the caching allocator; the trace counts them like the
-  non-paged ones (what the device holds), and on CPU bitsandbytes itself falls back to non-paged.
+  states live in CUDA unified memory, outside the caching allocator and `max_memory_allocated`: the
+  trace reports them on their own `paged` line; on CPU bitsandbytes itself falls back to non-paged.
 - `sgd` / `sgd-momentum`: `torch.optim.SGD(foreach=True)`, momentum 0.9 keeps one buffer per parameter.
 - `adafactor`: transformers' Adafactor with a fixed learning rate: factored fp32 second moments
   (row and column vectors) for matrices, and fp32 working copies of 16-bit gradients and weights.

@@ -47,24 +47,30 @@ def quantized_linear_bytes(numel: int, out_features: int, quant: Quant, *, doubl
     return data, blocks * 4 + CODE_4BIT
 
 
-def quantized_linears(spec: ModelSpec) -> list[LinearInfo]:
-    """The Linears bitsandbytes replaces: all but the output layer."""
-    return [lin for lin in spec.linears if lin.role != "output"]
+def quantized_linears(spec: ModelSpec, terms: MemoryTerms | None = None, kbit_prep: str = "peft") -> list[LinearInfo]:
+    """The Linears stored quantized: all but the output layer (transformers' bitsandbytes loader), or
+    under torchtune's QLoRA only those a LoRA adapter wraps."""
+    linears = [lin for lin in spec.linears if lin.role != "output"]
+    if kbit_prep == "torchtune" and terms is not None:
+        linears = [lin for lin in linears if lin.name in terms.linear_adapters]
+    return linears
 
 
 def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> WeightBytes:
     """Bytes of every parameter at rest, for the method's `terms` under `ctx`."""
     dtype = DTYPE_BYTES[ctx.dtype]
     master = ctx.optimizer == "adamw-fp32"  # trainable parameters are kept in fp32
-    adapter = 4 * (terms.adapter_params + terms.frozen_adapter_params)
+    adapter = ctx.adapter_itemsize * (terms.adapter_params + terms.frozen_adapter_params)
     if terms.quant != "none":
         data = constants = packed_params = 0
-        for lin in quantized_linears(spec):
+        for lin in quantized_linears(spec, terms, ctx.kbit_prep):
             numel = lin.in_features * lin.out_features
             d, c = quantized_linear_bytes(numel, lin.out_features, terms.quant)
             data, constants, packed_params = data + d, constants + c, packed_params + numel
         rest = spec.total_params - packed_params
-        return WeightBytes(data + 4 * rest, constants, adapter, packed_params)
+        # peft's k-bit preparation upcasts what is not quantized to fp32; other stacks leave it as loaded.
+        rest_size = 4 if ctx.kbit_prep == "peft" else dtype
+        return WeightBytes(data + rest_size * rest, constants, adapter, packed_params)
     trainable = trainable_base_params(spec, terms)
     frozen = spec.total_params - trainable
     train_size = 4 if master else dtype

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from peftplan.commands.bench import bench_command
+from peftplan.commands.gpus import gpus_command
 from peftplan.commands.methods import methods_command
 from peftplan.commands.models import models_command
 from peftplan.commands.plan import plan_command
@@ -28,12 +30,38 @@ app = typer.Typer(
 )
 app.command("methods")(methods_command)
 app.command("models")(models_command)
+app.command("gpus")(gpus_command)
 app.command("plan")(plan_command)
 app.command("bench")(bench_command)
 app.command("validate")(validate_command)
 app.command("report")(report_command)
 app.command("trace")(trace_command)
 app.command("worker")(worker_command)
+
+
+def version() -> str:
+    """`peftplan X.Y.Z`, from the installed distribution's metadata."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return f"peftplan {dist_version('peftplan')}"
+    except PackageNotFoundError:  # a source tree that was never installed (`make setup` installs it)
+        return "peftplan (version unknown: not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(version())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    """Plan and benchmark parameter-efficient fine-tuning (PEFT) of language models."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         print("peftplan: aborted", file=sys.stderr)
         return 130
     except TyperException as exc:  # click's usage errors (typer vendors click): exit 2, one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `peftplan`: the help, as --help prints it
+            try:
+                print(exc.format_message())  # type: ignore[attr-defined]
+                sys.stdout.flush()
+            except BrokenPipeError:  # `peftplan | head`: quiet, as rich's tables are
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 1
+            return 0
         message = exc.format_message().replace("\n", " ")  # type: ignore[attr-defined]
         print(f"peftplan: error: {message}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))

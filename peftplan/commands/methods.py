@@ -57,13 +57,15 @@ def methods_command(
         }
         if spec is not None:
             from peftplan.errors import BadInputError
+            from peftplan.methods.targets import UnusableTargetError
 
             try:
                 m.check(spec, cfg)
                 row["trainable_params"] = m.trainable_params(spec, cfg)
                 row["trainable_pct"] = 100.0 * row["trainable_params"] / spec.total_params
             except BadInputError as exc:
-                if len(chosen) == 1:
+                # A target no method can use (e.g. a typo) is bad input for all, never "n/a" for each.
+                if len(chosen) == 1 or isinstance(exc, UnusableTargetError):
                     raise
                 row["trainable_params"], row["not_applicable"] = None, str(exc)
         rows.append(row)
@@ -75,9 +77,14 @@ def methods_command(
 
 
 def _render(rows: list[dict[str, Any]], model: str | None, total: int | None, fmt: str) -> None:
-    columns = ["method"] + (["trainable", "%"] if model else []) + ["merges", "inference overhead", "k-bit base"]
+    from peftplan.termtable import Column, markdown_table
+
+    columns = [Column("method", "left")]
+    if model:
+        columns += [Column("trainable\nparams"), Column("%")]
+    columns += [Column("merges", "left"), Column("inference\noverhead", "left"), Column("k-bit\nbase", "left")]
     if not model:
-        columns.append("summary")
+        columns.append(Column("summary", "left", wrap=True))
     table_rows, notes = [], []
     for row in rows:
         cells = [row["method"]]
@@ -89,26 +96,19 @@ def _render(rows: list[dict[str, Any]], model: str | None, total: int | None, fm
         cells += ["yes" if row["mergeable"] else "no", row["inference_overhead"], "yes" if row["quantized_base"] else "no"]
         if not model:
             cells.append(row["summary"])
-        table_rows.append(cells)
+        table_rows.append([str(c) for c in cells])
     title = f"PEFT methods on {model} ({total:,} params)" if model and total else "PEFT methods"
     if fmt == "markdown":
         print(f"### {title}\n")
-        print("| " + " | ".join(columns) + " |")
-        print("|" + "---|" * len(columns))
-        for cells in table_rows:
-            print("| " + " | ".join(str(c) for c in cells) + " |")
+        print("\n".join(markdown_table(columns, table_rows)))
         for note in notes:
             print(f"\n- {note}")
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, justify="right" if col in ("trainable", "%") else "left", no_wrap=col != "summary")
-    for cells in table_rows:
-        table.add_row(*[str(c) for c in cells])
+    from peftplan.termtable import print_prose, print_table
+
     console = Console()
-    console.print(table)
+    print_table(console, columns, table_rows, title=[title])
     for note in notes:
-        console.print(f"[dim]{note}[/dim]", highlight=False)
+        print_prose(console, note, style="dim")

@@ -22,23 +22,22 @@ def models_command(
     if fmt == "json":
         print_json([{k: v for k, v in asdict(e).items() if k != "extra"} for e in entries if e])
         return
-    columns = ["id", "architecture", "hidden", "layers", "heads", "kv heads", "vocab", "tied", "license"]
+    from peftplan.termtable import Column, markdown_table
+
+    # Text columns first: at 80 columns the table splits into (id, architecture, license) and the numbers.
+    columns = [Column("id", "left"), Column("architecture", "left"), Column("license", "left"), Column("hidden"),
+               Column("layers"), Column("heads"), Column("kv\nheads"), Column("vocab"), Column("tied", "left")]
     rows = [
-        [e.id, e.architecture, e.hidden, e.layers, e.heads, e.kv_heads or e.heads, e.vocab, "yes" if e.tied else "no", e.license]
+        [e.id, e.architecture, e.license, str(e.hidden), str(e.layers), str(e.heads), str(e.kv_heads or e.heads),
+         str(e.vocab), "yes" if e.tied else "no"]
         for e in entries if e
     ]
     if fmt == "markdown":
-        print("| " + " | ".join(columns) + " |")
-        print("|" + "---|" * len(columns))
-        for row in rows:
-            print("| " + " | ".join(str(c) for c in row) + " |")
+        print("\n".join(markdown_table(columns, rows)))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"Offline model catalog ({len(rows)} models)")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*[str(c) for c in row])
-    Console().print(table)
+    from peftplan.termtable import print_table
+
+    # The id is the key: a narrow terminal gets several tables, each starting with the whole id.
+    print_table(Console(), columns, rows, title=[f"Offline model catalog ({len(rows)} models)"])

@@ -9,12 +9,18 @@ import typer
 
 
 def validate_command(
-    suite: Annotated[Path, typer.Argument(help="The suite YAML file.", show_default=False)],
+    suite: Annotated[Path, typer.Argument(help="The suite YAML file (schema: docs/harness.md, \"The suite\").",
+                                          show_default=False)],
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code",
                                                     help="Allow the model's custom code (the suite must ask too).")]
     = False,
 ) -> None:
-    """Check a bench suite without training anything; exit 2 with the field path on the first problem."""
+    """Check a bench suite without training anything; exit 2 with the field path on the first problem.
+
+    The suite schema, every section and key with an annotated example, is in docs/harness.md
+    (sections "The suite" and "Tasks"); the shipped suites/quick.yaml and suites/smoke.yaml are
+    working examples, and peftplan/harness/suite.py holds the models that enforce it.
+    """
     from peftplan.harness.checks import check_suite
     from peftplan.harness.suite import load_suite
     from peftplan.harness.trust import require_trust_flag

@@ -34,6 +34,8 @@ def plan(
     precision: str | None = None,
     loss_fp32: bool | None = None,
     keep_logits: bool | None = None,
+    lengths: str | Path | None = None,
+    tokenizer: str | None = None,
     methods: list[str] | str | None = None,
     seq_len: int = 2048,
     batch_size: int = 1,
@@ -92,7 +94,8 @@ def plan(
     names = [methods] if isinstance(methods, str) else methods
     return make_plan(  # type: ignore[no-any-return]
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
-        cpu_offload=cpu_offload, stack=stack,
+        cpu_offload=cpu_offload, stack=stack, lengths=Path(lengths) if lengths is not None else None,
+        tokenizer=tokenizer,
         knobs={"loss": loss, "loss_chunks": loss_chunks, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
                "offload_activations": offload_activations, "optimizer_in_bwd": optimizer_in_bwd,
                "packing": packing, "precision": precision, "loss_fp32": loss_fp32, "keep_logits": keep_logits},

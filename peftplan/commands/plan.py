@@ -54,6 +54,9 @@ def plan_command(
     offload_activations: Annotated[bool | None, typer.Option("--offload-activations/--no-offload-activations", help="Saved activations on the host (torch save_on_cpu, torchtune).")] = None,
     optimizer_in_bwd: Annotated[bool | None, typer.Option("--optimizer-in-bwd/--no-optimizer-in-bwd", help="Step each parameter inside backward (torchtune).")] = None,
     packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack sequences to --seq-len (unpacked, --seq-len is a cap).")] = None,
+    lengths: Annotated[Path | None, typer.Option(help="Token counts of the examples (one per line), or a .jsonl dataset with --tokenizer: peak at the longest, time at the mean.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (local directory or Hub id) to count a --lengths dataset.")] = None,
+    lengths_field: Annotated[str | None, typer.Option("--lengths-field", help="The text field of a --lengths dataset.")] = None,
     precision: Annotated[str | None, typer.Option(help="mixed (autocast, fp32 adapters) or pure (all in --dtype); default: the stack's.")] = None,
     loss_fp32: Annotated[bool | None, typer.Option("--loss-fp32/--no-loss-fp32", help="The loss upcasts logits to fp32 (default: the stack's).")] = None,
     keep_logits: Annotated[bool | None, typer.Option("--keep-logits/--no-keep-logits", help="The loop holds logits through backward (litgpt).")] = None,
@@ -92,7 +95,7 @@ def plan_command(
     check_format(fmt, (*FORMATS, "html"))
     plan = make_plan(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
-        cpu_offload=cpu_offload, stack=stack,
+        cpu_offload=cpu_offload, stack=stack, lengths=lengths, tokenizer=tokenizer, lengths_field=lengths_field,
         knobs={"loss": loss, "loss_chunks": loss_chunks, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
                "offload_activations": offload_activations, "optimizer_in_bwd": optimizer_in_bwd,
                "packing": packing, "precision": precision, "loss_fp32": loss_fp32, "keep_logits": keep_logits},
@@ -169,6 +172,7 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
 def make_plan(
     *, model: str, vram: float | None = None, gpu: str | None = None, gpus: int = 1, shard: str = "none",
     cpu_offload: bool = False, stack: str = "hf", knobs: dict[str, Any] | None = None,
+    lengths: Path | None = None, tokenizer: str | None = None, lengths_field: str | None = None,
     gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool | None = None,
     optimizer: str = "adamw", dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
     methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
@@ -218,10 +222,33 @@ def make_plan(
                         batch_size=batch_size, optimizer=optimizer, dtype=dtype, attn=attn, gpus=gpus,
                         shard=shard, cpu_offload=cpu_offload, device=device)
 
+    per_example = None
+    if lengths is not None:
+        from dataclasses import replace
+
+        from peftplan.planner.lengths import read_lengths
+
+        stats = read_lengths(lengths, tokenizer=tokenizer, field=lengths_field)
+        longest, mean = stats.capped(seq_len)
+        examples = examples if examples is not None else stats.count
+        per_example = mean
+        if not ctx.packing:
+            ctx = replace(ctx, seq_len=longest)
+            notes.append(f"unpacked data: the peak is planned at the longest example ({longest:,} tokens"
+                         f"{', capped at --seq-len' if stats.longest > seq_len else ''}), time at the mean "
+                         f"({mean:,.0f} tokens)")
+        else:
+            notes.append(f"packed to {seq_len:,} tokens: every batch is full; time at the data's "
+                         f"{examples:,} x {mean:,.0f} tokens")
+    elif not ctx.packing and examples is not None:
+        notes.append("unpacked data: --seq-len is a cap, planned as the length of every batch "
+                     "(pass --lengths FILE to plan the longest batch and the mean, or --packing)")
     plan = build_plan(spec, chosen, ctx, budget, tasks=tasks, switching=switching, examples=examples,
                       train_tokens=train_tokens, epochs=epochs, mfu=mfu, fit_search=fit_search,
-                      strict=bool(methods) or peft_config is not None)
+                      strict=bool(methods) or peft_config is not None, tokens_per_example=per_example)
     plan.notes[:0] = notes
+    if lengths is not None:
+        plan.lengths = stats.to_dict()
     if engine != "analytic":
         from peftplan.planner.plan import attach_traces
 

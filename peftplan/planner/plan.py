@@ -12,6 +12,7 @@ from typing import Any
 from peftplan.budgets.budget import Budget
 from peftplan.errors import BadInputError, NothingFitsError
 from peftplan.methods.base import Method, MethodConfig
+from peftplan.methods.targets import UnusableTargetError
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.arch import arch_of
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
@@ -104,6 +105,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     examples: int | None = None
     engine: str = "analytic"
+    lengths: dict[str, Any] | None = None  # the --lengths distribution (count, longest, mean, p99)
 
     @property
     def any_fits(self) -> bool:
@@ -142,6 +144,7 @@ class Plan:
                 "train_tokens": self.train_tokens,
                 "examples": self.examples,
                 **ctx.knobs(),
+                **({"lengths": self.lengths} if self.lengths is not None else {}),
             },
             "engine": self.engine,
             "methods": [m.to_dict() for m in self.methods],
@@ -253,12 +256,13 @@ def build_plan(
     mfu: float = DEFAULT_MFU,
     fit_search: bool = True,
     strict: bool = False,
+    tokens_per_example: float | None = None,
 ) -> Plan:
     """Plan every method in `chosen`; methods that cannot apply are listed as skipped.
 
     Raises:
-        BadInputError: bad knobs, or (with `strict`, or when it is the only method) a method that
-            cannot apply.
+        BadInputError: bad knobs, a target no method can use on this model (e.g. a typo), or (with
+            `strict`, or when it is the only method) a method that cannot apply.
     """
     if switching not in SWITCHING:
         from peftplan.errors import UnknownNameError
@@ -276,9 +280,11 @@ def build_plan(
     notes: list[str] = []
     tokens = train_tokens
     if tokens is None and examples is not None:
-        tokens = int(examples * ctx.seq_len * epochs)
-        notes.append(f"train tokens = {examples} examples x {ctx.seq_len} tokens x {epochs:g} epoch(s) "
-                     "(each example taken as a full sequence)")
+        per_example = tokens_per_example if tokens_per_example is not None else ctx.seq_len
+        tokens = int(examples * per_example * epochs)
+        how = ("the mean example length" if tokens_per_example is not None
+               else "each example taken as a full sequence")
+        notes.append(f"train tokens = {examples} examples x {per_example:,.0f} tokens x {epochs:g} epoch(s) ({how})")
     from peftplan.budgets.budget import UNLIMITED
 
     if not budget.compute_from_profile and budget.vram_bytes < UNLIMITED:
@@ -291,7 +297,8 @@ def build_plan(
             entries.append(plan_method(spec, method, cfg, ctx, budget, tasks=tasks, switching=switching,
                                        train_tokens=tokens, mfu=mfu, fit_search=fit_search))
         except BadInputError as exc:
-            if strict or len(chosen) == 1:
+            # A target no method can use (e.g. a typo) is bad input for all, never a skip of each.
+            if strict or len(chosen) == 1 or isinstance(exc, UnusableTargetError):
                 raise
             skipped.append({"method": method.name, "reason": str(exc)})
     rec = recommend(entries, tasks=tasks, switching=switching, examples=examples, vram_bytes=budget.vram_bytes)

@@ -22,7 +22,8 @@ from peftplan.commands._options import (
 )
 from peftplan.errors import BadInputError
 
-OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor")
+OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "paged-adamw", "sgd", "sgd-momentum",
+              "adafactor")
 DTYPES = ("bf16", "fp16", "fp32")
 ATTENTION = ("sdpa", "flash", "eager")
 SHARDS = ("none", "fsdp", "zero2", "zero3")
@@ -49,6 +50,9 @@ def plan_command(
     stack: Annotated[str, typer.Option(help="Training stack whose memory techniques to price: hf, trl, unsloth, axolotl, llama-factory, torchtune, litgpt.")] = "hf",
     loss: Annotated[str | None, typer.Option(help="Loss knob: full (fp32 logits), chunked or fused (default: the stack's).")] = None,
     loss_chunks: Annotated[int | None, typer.Option("--loss-chunks", help="Chunks of the chunked loss (default: the stack's).")] = None,
+    loss_chunk_tokens: Annotated[int | None, typer.Option("--loss-chunk-tokens", help="Chunks of this many tokens instead (0: use --loss-chunks).")] = None,
+    loss_recompute: Annotated[bool | None, typer.Option("--loss-recompute/--no-loss-recompute", help="Checkpoint each loss chunk (TRL's chunked_nll).")] = None,
+    adapter_dtype: Annotated[str | None, typer.Option("--adapter-dtype", help="fp32 (peft) or dtype (the training dtype); default: the stack's.")] = None,
     kbit_prep: Annotated[str | None, typer.Option("--kbit-prep", help="Quantized base preparation: peft (fp32 upcast), none or torchtune.")] = None,
     checkpointing: Annotated[str | None, typer.Option(help="none, recompute or offload (block inputs on the host); default: the stack's.")] = None,
     offload_activations: Annotated[bool | None, typer.Option("--offload-activations/--no-offload-activations", help="Saved activations on the host (torch save_on_cpu, torchtune).")] = None,
@@ -64,7 +68,7 @@ def plan_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1,
     grad_ckpt: Annotated[bool | None, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default: the stack's; on for hf, as TRL and most PEFT recipes train).")] = None,
-    optimizer: Annotated[str, typer.Option(help=", ".join(OPTIMIZERS) + ".")] = "adamw",
+    optimizer: Annotated[str | None, typer.Option(help=", ".join(OPTIMIZERS) + " (default: the stack's).")] = None,
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16",
     attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa",
     device: Annotated[str, typer.Option(help="Whose kernels to model: cuda (default) or cpu.")] = "cuda",
@@ -96,11 +100,12 @@ def plan_command(
     plan = make_plan(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
         cpu_offload=cpu_offload, stack=stack, lengths=lengths, tokenizer=tokenizer, lengths_field=lengths_field,
-        knobs={"loss": loss, "loss_chunks": loss_chunks, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
+        knobs={"loss": loss, "loss_chunks": loss_chunks, "loss_chunk_tokens": loss_chunk_tokens,
+               "loss_recompute": loss_recompute, "adapter_dtype": adapter_dtype, "kbit_prep": kbit_prep, "checkpointing": checkpointing,
                "offload_activations": offload_activations, "optimizer_in_bwd": optimizer_in_bwd,
                "packing": packing, "precision": precision, "loss_fp32": loss_fp32, "keep_logits": keep_logits},
         gpu_profiles=gpu_profiles, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
-        optimizer=_choice("optimizer", optimizer, OPTIMIZERS), dtype=_choice("dtype", dtype, DTYPES),
+        optimizer=optimizer, dtype=_choice("dtype", dtype, DTYPES),
         attn=_choice("attention kernel", attn, ATTENTION), device=_choice("device", device, DEVICES),
         methods=method, rank=rank, alpha=alpha, targets=targets, virtual_tokens=virtual_tokens, quant=quant,
         bottleneck=bottleneck, peft_config=peft_config, tasks=tasks,
@@ -146,11 +151,11 @@ def _write(text: str, out: Path | None) -> None:
 
 
 def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, seq_len: int, batch_size: int,
-                  optimizer: str, dtype: str, attn: str, gpus: int, shard: str, cpu_offload: bool,
+                  optimizer: str | None, dtype: str, attn: str, gpus: int, shard: str, cpu_offload: bool,
                   device: str) -> Any:
     """The TrainContext of a stack with the user's knob overrides (None: the stack's default)."""
     from peftplan.planner.context import TrainContext
-    from peftplan.planner.stacks import get_stack, resolve_knobs
+    from peftplan.planner.stacks import KNOB_NAMES, get_stack, resolve_knobs
 
     overrides = dict(knobs)
     if grad_ckpt is not None and overrides.get("checkpointing") is None:
@@ -159,14 +164,16 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
     resolved = resolve_knobs(stack, **overrides)
     if cpu_offload and shard == "none":
         raise BadInputError("--cpu-offload needs --shard fsdp, zero2 or zero3")
+    pinned = {name for name, value in overrides.items() if value is not None}
+    if optimizer is not None:
+        pinned.add("optimizer")
+    values = {name: getattr(resolved, name) for name in KNOB_NAMES if name != "checkpointing"}
     return TrainContext(
         seq_len=seq_len, batch_size=batch_size, grad_checkpointing=resolved.checkpointing != "none",
-        optimizer=optimizer, dtype=dtype, attention=attn, gpus=gpus, shard=shard,  # type: ignore[arg-type]
-        device=device, stack=stack, loss=resolved.loss, loss_chunks=resolved.loss_chunks,  # type: ignore[arg-type]
-        kbit_prep=resolved.kbit_prep, ckpt_offload=resolved.checkpointing == "offload",
-        offload_activations=resolved.offload_activations, optimizer_in_bwd=resolved.optimizer_in_bwd,
-        packing=resolved.packing, cpu_offload=cpu_offload, loss_fp32=resolved.loss_fp32,
-        keep_logits=resolved.keep_logits, precision=resolved.precision)
+        ckpt_offload=resolved.checkpointing == "offload",
+        optimizer=_choice("optimizer", optimizer or get_stack(stack).optimizer, OPTIMIZERS),  # type: ignore[arg-type]
+        dtype=dtype, attention=attn, gpus=gpus, shard=shard, device=device,  # type: ignore[arg-type]
+        stack=stack, cpu_offload=cpu_offload, pinned=frozenset(pinned), **values)
 
 
 def make_plan(
@@ -174,7 +181,7 @@ def make_plan(
     cpu_offload: bool = False, stack: str = "hf", knobs: dict[str, Any] | None = None,
     lengths: Path | None = None, tokenizer: str | None = None, lengths_field: str | None = None,
     gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool | None = None,
-    optimizer: str = "adamw", dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
+    optimizer: str | None = None, dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
     methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
     targets: str | None = None, virtual_tokens: int | None = None, quant: str | None = None,
     bottleneck: int | None = None, peft_config: Path | None = None, tasks: int = 1, switching: str = "merge",

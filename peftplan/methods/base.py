@@ -49,6 +49,9 @@ class Method(ABC):
     mergeable: ClassVar[bool]
     inference_overhead: ClassVar[InferenceOverhead]
     supports_quantized_base: ClassVar[bool] = False
+    # transformers drops prefix tuning's key/values inside checkpointed blocks (checked on 5.23).
+    supports_checkpointing: ClassVar[bool] = True
+    trains_whole_base: ClassVar[bool] = False  # full fine-tuning: stacks pick their full-model recipes
 
     def make_config(self, **values: Any) -> MethodConfig:
         """Validate `values` (None entries mean "use the default") into this method's config.

@@ -20,6 +20,7 @@ class FullConfig(MethodConfig):
 
 class FullFineTuning(Method):
     name = "full"
+    trains_whole_base = True
     summary = "All weights train; best quality ceiling, largest memory; one full copy per task."
     config_cls: ClassVar[type[FullConfig]] = FullConfig
     mergeable = True  # nothing to merge: the weights themselves changed

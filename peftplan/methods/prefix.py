@@ -26,6 +26,7 @@ def kv_width(spec: ModelSpec) -> int:
 
 class PrefixTuning(PeftMethod):
     name = "prefix"
+    supports_checkpointing = False
     summary = "Trainable key/value prefixes in every layer; the base is untouched; lengthens attention."
     config_cls: ClassVar[type[VirtualTokensConfig]] = VirtualTokensConfig
     mergeable = False

@@ -133,39 +133,67 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
     - `full` (transformers' `ForCausalLMLoss`): logits of every token, an fp32 copy
       (`logits.float()`), log-softmax's fp32 output saved; its backward holds two fp32 gradients of
       the logits (nll's and log-softmax's).
-    - `chunked` (torchtune's `CEWithChunkedOutputLoss`, litgpt's `chunked_cross_entropy`): the output
-      layer runs per chunk, each chunk's log-softmax output is saved, but only one chunk's copy and
-      gradients exist at a time.
-    - `fused` (Liger's fused linear cross-entropy, Apple's cut cross-entropy): no full logits; the
-      loss keeps a hidden-sized tensor (Liger's precomputed input gradient, CCE's input) and one block
-      of logits exists at a time, about as many values as the hidden states (Liger's chunk is
-      B·S / ceil(V / H) tokens).
+    - `chunked` (torchtune's `LinearCrossEntropyLoss`): the loss runs the output layer per chunk of
+      tokens on a copy of the hidden states; each chunk's logits and fp32 copy are freed once its
+      log-softmax output (saved) is made. With `keep_logits` (litgpt) the model returns every chunk's
+      logits and the loop holds them through backward. `loss_recompute` (TRL's `chunked_nll`)
+      checkpoints each chunk: only the hidden states' copy is saved; each chunk upcasts the output
+      weight (`w.float()`) and rebuilds its logits, log-probabilities and their exponent.
+    - `fused` (Liger's fused linear cross-entropy, Unsloth's fused loss, Apple's cut cross-entropy):
+      no full logits; a hidden-sized tensor is kept (the input gradient computed in the forward, or
+      CCE's input) with an fp32 value per token; one block of logits exists at a time, about as many
+      values as the hidden states (Liger's chunk is B·S / ceil(V / H) tokens).
     """
     a = ops.r.arch
     vocab = a.vocab
+    low = ops.r.low or max(h.itemsize, weight.itemsize)  # the matmul's output dtype
+    hidden = tokens(a.hidden, extra) * h.itemsize
+    per_token = tokens(1, extra)
     if ctx.loss == "fused":
         # The kernel reads the hidden states and the weight itself; it keeps a hidden-sized tensor.
-        low = ops.r.low or max(h.itemsize, weight.itemsize)
-        hidden = tokens(a.hidden, extra) * h.itemsize
         block = tokens(a.hidden, extra) * (low + 4)  # one block of logits and its fp32 softmax
-        return LossTerms(saved=hidden + tokens(1, extra) * 4, forward_extra=block, backward=hidden + block)
+        return LossTerms(saved=hidden + per_token * 4, forward_extra=block, backward=hidden + block)
+    loss_size = 4 if (ctx.loss_fp32 or low == 4) else low
+    upcast = low != loss_size
+    if ctx.loss == "chunked":
+        if ctx.loss_chunk_tokens:
+            chunk_logits = Poly(c=ctx.loss_chunk_tokens * vocab * low)
+            chunk_rows = Poly(c=ctx.loss_chunk_tokens * vocab * loss_size)
+        else:
+            chunk_logits = _split(tokens(vocab, extra) * low, ctx.loss_chunks)
+            chunk_rows = _split(tokens(vocab, extra) * loss_size, ctx.loss_chunks)
+        if ctx.loss_recompute:
+            # TRL: w.float() (and its autocast copy back) per chunk, logits, log_softmax, its exp.
+            weight_copies = Poly(c=vocab * a.hidden * ((4 if weight.itemsize != 4 else 0) + (low if ops.r.low else 0)))
+            chunk = weight_copies + chunk_logits + chunk_rows * 2
+            return LossTerms(saved=hidden + per_token * INDEX_BYTES, forward_extra=chunk,
+                             backward=chunk + chunk_rows * 2)
+        if ctx.keep_logits:  # the model's output layer ran per chunk; the loop holds the list
+            logits = ops.matmul(h, weight, vocab)
+            logits_bytes = tokens(vocab, extra) * logits.itemsize
+            rows = tokens(vocab, extra) * loss_size
+            copy = chunk_rows if upcast else ZERO
+            return LossTerms(saved=rows, forward_extra=logits_bytes + copy,
+                             backward=logits_bytes + chunk_rows * 2 + copy)
+        if weight.trainable:
+            ops.g.save(h)  # each chunk's matmul saves its input for the weight's gradient
+        rows = tokens(vocab, extra) * loss_size
+        copy = chunk_rows if upcast else ZERO
+        return LossTerms(saved=rows, forward_extra=hidden + chunk_logits + copy,
+                         backward=chunk_rows * 2 + chunk_logits)
     logits = ops.matmul(h, weight, vocab)
     logits_bytes = tokens(vocab, extra) * logits.itemsize
-    loss_size = 4 if (ctx.loss_fp32 or logits.itemsize == 4) else logits.itemsize
     rows = tokens(vocab, extra) * loss_size  # log_softmax's output, saved for backward
-    upcast = logits_bytes if logits.itemsize != loss_size else ZERO  # the logits' fp32 copy
+    as_float = logits_bytes if logits.itemsize != loss_size else ZERO  # as calibrated against the trace
     softcap = logits_bytes if a.final_softcap else ZERO  # tanh(logits / cap) * cap saves tanh's output
     held = logits_bytes if ctx.keep_logits else ZERO
-    if ctx.loss == "chunked":
-        n = max(1, ctx.loss_chunks)
-        chunk = Poly(n=-(-rows.n // n), b=-(-rows.b // n))
-        chunk_logits = Poly(n=-(-logits_bytes.n // n), b=-(-logits_bytes.b // n))
-        chunk_upcast = chunk_logits if upcast != ZERO else ZERO
-        # The end of the forward: every chunk's logits (freed or held by the loop) and the last
-        # chunk's fp32 copy; backward: one chunk's two gradients and its low-precision gradient.
-        return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + chunk_upcast,
-                         backward=held + 2 * chunk + chunk_upcast)
-    return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + upcast, backward=held + 2 * rows)
+    return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows)
+
+
+def _split(p: Poly, parts: int) -> Poly:
+    """One of `parts` equal chunks of a per-token size (rounded up)."""
+    parts = max(1, parts)
+    return Poly(n=-(-p.n // parts), s2=-(-p.s2 // parts), b=-(-p.b // parts), s=-(-p.s // parts), c=-(-p.c // parts))
 
 
 @dataclass

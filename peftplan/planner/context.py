@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Dtype = Literal["bf16", "fp16", "fp32"]
-Optimizer = Literal["adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor"]
+Optimizer = Literal["adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "paged-adamw", "sgd", "sgd-momentum",
+                    "adafactor"]
 Attention = Literal["sdpa", "flash", "eager"]
 Shard = Literal["none", "fsdp", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
@@ -34,15 +35,19 @@ class TrainContext:
     stack: str = "hf"
     loss: str = "full"  # full | chunked | fused
     loss_chunks: int = 8
+    loss_chunk_tokens: int = 0  # chunks of this many tokens instead of `loss_chunks` of them
+    loss_recompute: bool = False  # each loss chunk is checkpointed (TRL)
     loss_fp32: bool = True  # the loss upcasts logits to fp32
     keep_logits: bool = False  # the loop holds the logits through backward
-    precision: str = "mixed"  # mixed (autocast, fp32 adapters) | pure (all in dtype, no autocast)
+    precision: str = "mixed"  # mixed (autocast) | pure (all in dtype, no autocast)
+    adapter_dtype: str = "fp32"  # fp32 (peft) | dtype
     kbit_prep: str = "peft"  # peft | none | torchtune
     ckpt_offload: bool = False  # checkpointed block inputs live on the host (Unsloth)
     offload_activations: bool = False  # every saved activation lives on the host (save_on_cpu)
     optimizer_in_bwd: bool = False  # each gradient is stepped and freed as backward makes it
     packing: bool = False
     cpu_offload: bool = False  # sharded states (and, for FSDP/ZeRO-3, parameters) live on the host
+    pinned: frozenset[str] = frozenset()  # knobs (and "optimizer") the user set: stack rules keep them
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "gpus", "loss_chunks"):
@@ -68,8 +73,8 @@ class TrainContext:
 
     @property
     def adapter_itemsize(self) -> int:
-        """Bytes per adapter element: peft's fp32, or the training dtype under pure precision."""
-        return DTYPE_BYTES[self.dtype] if self.precision == "pure" else 4
+        """Bytes per adapter element: peft's fp32, or the training dtype."""
+        return DTYPE_BYTES[self.dtype] if self.adapter_dtype == "dtype" else 4
 
     @property
     def sharded(self) -> bool:
@@ -78,11 +83,13 @@ class TrainContext:
 
     def knobs(self) -> dict[str, object]:
         """The stack and its knobs as priced (the plan JSON's `training` adds these)."""
-        return {"stack": self.stack, "loss": self.loss, "loss_chunks": self.loss_chunks,
-                "loss_fp32": self.loss_fp32, "keep_logits": self.keep_logits, "precision": self.precision,
-                "kbit_prep": self.kbit_prep, "checkpointing": self.checkpointing,
-                "offload_activations": self.offload_activations, "optimizer_in_bwd": self.optimizer_in_bwd,
-                "packing": self.packing, "cpu_offload": self.cpu_offload}
+        from peftplan.planner.stacks import KNOB_NAMES
+
+        values: dict[str, object] = {"stack": self.stack}
+        for name in KNOB_NAMES:
+            values[name] = self.checkpointing if name == "checkpointing" else getattr(self, name)
+        values["cpu_offload"] = self.cpu_offload
+        return values
 
 
 @dataclass

@@ -60,9 +60,9 @@ class Replay:
 
     def quantizes(self, name: str, role: str) -> bool:
         """Whether bitsandbytes stores this Linear quantized (see `planner/weights.quantized_linears`)."""
-        if not self.quantized or role == "output":
+        if not self.quantized:
             return False
-        return self.kbit_prep != "torchtune" or name in self.terms.linear_adapters
+        return role != "output" or self.kbit_prep == "all-linear"
 
     def tok(self, width: int) -> Poly:
         return tokens(width, self.extra)

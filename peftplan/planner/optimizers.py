@@ -33,6 +33,8 @@ def optimizer_bytes(name: str, tensors: Sequence[tuple[Shape, int]]) -> Optimize
     """
     if not tensors:
         return OptimizerBytes(0, 0)
+    if name == "paged-adamw":  # bitsandbytes' 32-bit kernel updates in place: no step temporaries
+        return OptimizerBytes(sum(2 * 4 * numel(shape) for shape, _ in tensors), 0)
     if name in ("adamw", "adamw-fp32"):
         states = sum(2 * numel(shape) * size for shape, size in tensors)
         # foreach AdamW takes sqrt(exp_avg_sq) of a whole dtype group in one go.

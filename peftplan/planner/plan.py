@@ -19,7 +19,7 @@ from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.fit import max_batch_size, max_rank, max_seq_len, sequence_limit
 from peftplan.planner.memory import price, step_model_from_terms
 from peftplan.planner.recommend import Recommendation, recommend
-from peftplan.planner.stacks import check_method
+from peftplan.planner.stacks import check_method, get_stack
 from peftplan.planner.storage import adapter_file_bytes, task_switching
 from peftplan.planner.throughput import DEFAULT_MFU, inference_overhead, throughput, training_flops_per_token
 
@@ -154,13 +154,25 @@ class Plan:
         }
 
 
-def _trainable_context(method: Method, ctx: TrainContext) -> tuple[TrainContext, str | None]:
-    """The context the real stack can train this method in (checked on transformers 5.23 / peft 0.21)."""
-    if method.name == "prefix" and ctx.grad_checkpointing:
-        note = ("planned without gradient checkpointing: transformers drops prefix tuning's key/values in "
-                "checkpointed blocks and the step fails")
-        return replace(ctx, grad_checkpointing=False), note
-    return ctx, None
+def _trainable_context(method: Method, cfg: MethodConfig, ctx: TrainContext) -> tuple[TrainContext, list[str]]:
+    """The context the real stack trains this method in: its rules for quantized bases and full
+    fine-tuning (planner/stacks.py), and what transformers 5.23 / peft 0.21 can run."""
+    notes: list[str] = []
+    stack = get_stack(ctx.stack)
+    terms_quant = getattr(cfg, "quant", "none")
+    rules = dict(stack.when_quantized) if terms_quant != "none" else {}
+    if method.trains_whole_base:
+        rules.update(stack.when_full)
+    changes = {name: value for name, value in rules.items() if name not in ctx.pinned and getattr(ctx, name) != value}
+    if changes:
+        ctx = replace(ctx, **changes)
+        said = ", ".join(f"{name} {value}" for name, value in changes.items())
+        notes.append(f"{stack.name} trains this with {said} (its default here)")
+    if not method.supports_checkpointing and ctx.grad_checkpointing:
+        notes.append("planned without gradient checkpointing: transformers drops prefix tuning's key/values in "
+                     "checkpointed blocks and the step fails")
+        ctx = replace(ctx, grad_checkpointing=False, ckpt_offload=False)
+    return ctx, notes
 
 
 def plan_method(
@@ -175,7 +187,7 @@ def plan_method(
     """
     method.check(spec, cfg)
     check_method(ctx.stack, method.name)
-    ctx, context_note = _trainable_context(method, ctx)
+    ctx, context_notes = _trainable_context(method, cfg, ctx)
     terms = method.memory_terms(spec, cfg)
     model = step_model_from_terms(spec, terms, ctx)
     memory, moment = price(model, ctx.batch_size, ctx.seq_len)
@@ -203,7 +215,7 @@ def plan_method(
         pcie_gbs=budget.gpu.pcie_gbs, mem_bw_gbs=budget.gpu.mem_bw_gbs,
     )
     trainable = spec.total_params if terms.trainable_base == "all" else method.trainable_params(spec, cfg)
-    notes = list(switch.notes) + ([context_note] if context_note else [])
+    notes = list(switch.notes) + context_notes
     if terms.quant != "none":
         notes.append("bitsandbytes dequantizes each weight per matmul; the FLOP-based speed does not include it")
     return MethodPlan(

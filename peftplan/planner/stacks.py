@@ -8,7 +8,10 @@ Knobs:
   layer and cross-entropy run per chunk of positions, torchtune's `CEWithChunkedOutputLoss` and litgpt's
   `chunked_cross_entropy`), `fused` (Liger's fused linear cross-entropy, Apple's cut cross-entropy,
   Unsloth's: the full logits never exist).
-- `loss_chunks`: how many chunks `chunked` splits the sequence into.
+- `loss_chunks`: how many chunks `chunked` splits the tokens into (torchtune: 8).
+- `loss_chunk_tokens`: instead, chunks of this many tokens (litgpt: 128, TRL: 256); 0 uses the count.
+- `loss_recompute`: each chunk of the loss is checkpointed (TRL's `chunked_nll`): nothing of the
+  vocabulary size is saved, the chunk's logits are rebuilt in backward.
 - `loss_fp32`: the loss upcasts logits to fp32 before log-softmax (transformers, torchtune); litgpt's
   runs log-softmax in the logits' dtype.
 - `keep_logits`: the training loop holds the logits until backward is done (litgpt's `logits` variable);
@@ -16,9 +19,13 @@ Knobs:
 - `precision`: `mixed` (weights in --dtype, adapters in fp32, autocast: transformers + peft) or `pure`
   (everything, adapters included, in --dtype without autocast: torchtune's `dtype: bf16`, litgpt's
   `bf16-true`).
-- `kbit_prep`: on a bitsandbytes base, `peft` (peft's `prepare_model_for_kbit_training` upcasts every
-  unquantized parameter to fp32), `none` (they stay in the training dtype), `torchtune` (only the
-  LoRA-wrapped Linears are NF4, everything else stays in the training dtype).
+- `kbit_prep`: on a 4/8-bit base, `peft` (peft's `prepare_model_for_kbit_training` upcasts every
+  unquantized parameter to fp32), `none` (they stay in the training dtype), `torchtune` (torchao NF4:
+  every decoder Linear, LoRA-wrapped or `FrozenNF4Linear`; embeddings and output layer in the training
+  dtype; the same storage as `none`), `all-linear` (litgpt's bitsandbytes plugin: every Linear, the
+  output layer included; nothing upcast).
+- `adapter_dtype`: `fp32` (peft's `autocast_adapter_dtype`) or `dtype` (the training dtype: torchtune,
+  litgpt, TRL on a quantized base).
 - `checkpointing`: `none`, `recompute` (torch checkpointing of every block), `offload` (Unsloth's: the
   checkpointed block inputs live on the host).
 - `offload_activations`: torch's `save_on_cpu` / torchtune's `OffloadActivations`: saved tensors live
@@ -30,18 +37,20 @@ Knobs:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from peftplan.errors import BadInputError, UnknownNameError
 
 Loss = Literal["full", "chunked", "fused"]
-KbitPrep = Literal["peft", "none", "torchtune"]
+KbitPrep = Literal["peft", "none", "torchtune", "all-linear"]
+AdapterDtype = Literal["fp32", "dtype"]
 Checkpointing = Literal["none", "recompute", "offload"]
 Precision = Literal["mixed", "pure"]
 
 LOSSES: tuple[str, ...] = ("full", "chunked", "fused")
-KBIT_PREPS: tuple[str, ...] = ("peft", "none", "torchtune")
+KBIT_PREPS: tuple[str, ...] = ("peft", "none", "torchtune", "all-linear")
+ADAPTER_DTYPES: tuple[str, ...] = ("fp32", "dtype")
 CHECKPOINTING: tuple[str, ...] = ("none", "recompute", "offload")
 PRECISIONS: tuple[str, ...] = ("mixed", "pure")
 
@@ -52,9 +61,12 @@ class Knobs:
 
     loss: Loss = "full"
     loss_chunks: int = 8
+    loss_chunk_tokens: int = 0
+    loss_recompute: bool = False
     loss_fp32: bool = True
     keep_logits: bool = False
     precision: Precision = "mixed"
+    adapter_dtype: AdapterDtype = "fp32"
     kbit_prep: KbitPrep = "peft"
     checkpointing: Checkpointing = "recompute"
     offload_activations: bool = False
@@ -67,24 +79,32 @@ class Knobs:
 
 KNOB_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Knobs))
 _CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "kbit_prep": KBIT_PREPS, "checkpointing": CHECKPOINTING,
-                                        "precision": PRECISIONS}
+                                        "precision": PRECISIONS, "adapter_dtype": ADAPTER_DTYPES}
+_COUNTS = ("loss_chunks", "loss_chunk_tokens")
 
 
 @dataclass(frozen=True)
 class Stack:
-    """A training stack: its default knobs and what it can train.
+    """A training stack: its default knobs and optimizer, and what it can train.
 
     Attributes:
         methods: the peftplan methods the stack can train (None: every method).
         losses: the losses it offers (a `loss` override outside these is refused).
-        summary: one line for the plan's title and docs.
+        optimizer: the optimizer its recipes use by default.
+        when_quantized / when_full: what its code changes on a quantized base, or when the whole base
+            trains (knobs or `optimizer`); applied unless the user set them.
+        source: the code read for these defaults (repository @ commit; docs/planner.md cites files).
     """
 
     name: str
     knobs: Knobs
     summary: str
+    source: str
     methods: frozenset[str] | None = None
     losses: tuple[str, ...] = LOSSES
+    optimizer: str = "adamw"
+    when_quantized: dict[str, Any] = field(default_factory=dict)
+    when_full: dict[str, Any] = field(default_factory=dict)
 
 
 _LORA_FAMILY = frozenset({"lora", "qlora", "dora", "qdora", "rslora"})
@@ -92,19 +112,34 @@ _LORA_FAMILY = frozenset({"lora", "qlora", "dora", "qdora", "rslora"})
 STACKS: dict[str, Stack] = {
     stack.name: stack
     for stack in (
-        Stack("hf", Knobs(), "transformers Trainer + peft defaults", losses=("full", "fused")),
-        Stack("trl", Knobs(), "TRL SFTTrainer defaults", losses=("full", "fused")),
+        Stack("hf", Knobs(), "transformers Trainer + peft defaults (fp32 logits, peft k-bit prep)",
+              "huggingface/transformers + huggingface/peft", losses=("full", "fused")),
+        Stack("trl", Knobs(loss="chunked", loss_chunk_tokens=256, loss_recompute=True, kbit_prep="none"),
+              "TRL SFTTrainer: checkpointed 256-token loss chunks, no k-bit prep",
+              "huggingface/trl@f2cd577", losses=("full", "chunked", "fused"),
+              when_quantized={"adapter_dtype": "dtype"}),
         Stack("unsloth", Knobs(loss="fused", kbit_prep="none", checkpointing="offload"),
               "Unsloth: fused cross-entropy, no fp32 upcast, offloaded checkpoints",
-              methods=frozenset({"full", "lora", "qlora", "rslora"}), losses=("fused",)),
-        Stack("axolotl", Knobs(), "Axolotl defaults", losses=("full", "fused")),
+              "unslothai/unsloth@015bdef + unslothai/unsloth-zoo@ce232d6",
+              methods=frozenset({"full", "lora", "qlora", "rslora"}), losses=("fused",), optimizer="adamw8bit"),
+        Stack("axolotl", Knobs(kbit_prep="none", checkpointing="none"),
+              "Axolotl: no checkpointing unless set, norms/embeddings/head back in bf16",
+              "axolotl-ai-cloud/axolotl@067b021", losses=("full", "chunked", "fused")),
         Stack("llama-factory", Knobs(kbit_prep="none"), "LLaMA-Factory: no fp32 upcast of embeddings and head",
-              losses=("full", "fused")),
-        Stack("torchtune", Knobs(loss="chunked", loss_chunks=8, kbit_prep="torchtune"),
-              "torchtune recipes: chunked cross-entropy, NF4 only under LoRA",
-              methods=frozenset({"full", "lora", "qlora", "dora", "qdora"}), losses=("full", "chunked")),
-        Stack("litgpt", Knobs(loss="chunked", checkpointing="none"), "litgpt finetune: chunked cross-entropy",
-              methods=frozenset({"full", "lora", "qlora", "adapter"}), losses=("full", "chunked")),
+              "hiyouga/LLaMA-Factory@ff6d4d1", losses=("full", "fused"),
+              when_full={"optimizer": "adamw-fp32"}),
+        Stack("torchtune", Knobs(loss="chunked", loss_chunks=8, precision="pure", adapter_dtype="dtype",
+                                 kbit_prep="torchtune"),
+              "torchtune recipes: pure bf16, chunked cross-entropy, torchao NF4",
+              "pytorch/torchtune@bd2a0fc",
+              methods=frozenset({"full", "lora", "qlora", "dora", "qdora"}), losses=("full", "chunked"),
+              when_full={"optimizer": "paged-adamw8bit", "optimizer_in_bwd": True}),
+        Stack("litgpt", Knobs(loss="chunked", loss_chunk_tokens=128, loss_fp32=False, keep_logits=True,
+                              precision="pure", adapter_dtype="dtype", kbit_prep="all-linear", checkpointing="none"),
+              "litgpt finetune (config hub, bf16-true): 128-token bf16 loss chunks, every Linear quantized",
+              "Lightning-AI/litgpt@2685705",
+              methods=frozenset({"full", "lora", "qlora"}), losses=("full", "chunked"),
+              when_quantized={"optimizer": "paged-adamw"}),
     )
 }
 STACK_NAMES: tuple[str, ...] = tuple(STACKS)
@@ -148,9 +183,10 @@ def check_knob(name: str, value: Any) -> Any:
         if value not in _CHOICES[name]:
             raise UnknownNameError(name.replace("_", "-"), str(value), _CHOICES[name])
         return value
-    if name == "loss_chunks":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadInputError(f"--loss-chunks must be a positive integer, got {value!r}")
+    if name in _COUNTS:
+        low = 1 if name == "loss_chunks" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise BadInputError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
         return value
     if not isinstance(value, bool):
         raise BadInputError(f"{name.replace('_', '-')} must be true or false, got {value!r}")

@@ -166,7 +166,7 @@ def check_traceable(
         UnsupportedError: prefix tuning under gradient checkpointing; a sequence (with virtual tokens)
             longer than a learned position table, which the real model cannot index.
     """
-    if method.name == "prefix" and ctx.grad_checkpointing:
+    if not method.supports_checkpointing and ctx.grad_checkpointing:
         raise UnsupportedError(
             "prefix tuning cannot train with gradient checkpointing: transformers drops the prefix "
             "key/values in checkpointed blocks and the real step fails; use --no-grad-ckpt"

@@ -10,6 +10,7 @@ One table says what each name means, so the traced engine, the tests and the har
   absmax per 256 values, for tensors of at least 4096 elements (smaller ones keep fp32 states). Paged
   states live in CUDA unified memory, outside the caching allocator and `max_memory_allocated`: the
   trace reports them on their own `paged` line; on CPU bitsandbytes itself falls back to non-paged.
+- `paged-adamw`: bitsandbytes' 32-bit PagedAdamW: two fp32 states per parameter, paged.
 - `sgd` / `sgd-momentum`: `torch.optim.SGD(foreach=True)`, momentum 0.9 keeps one buffer per parameter.
 - `adafactor`: transformers' Adafactor with a fixed learning rate: factored fp32 second moments
   (row and column vectors) for matrices, and fp32 working copies of 16-bit gradients and weights.
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "optimizer_tensors", "warm_up"]
 
-OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "sgd", "sgd-momentum", "adafactor")
+OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "paged-adamw", "sgd", "sgd-momentum",
+              "adafactor")
 LEARNING_RATE = 1e-4
 
 
@@ -43,6 +45,10 @@ def build_optimizer(name: str, params: list[torch.nn.Parameter], *, lr: float = 
 
     if name in ("adamw", "adamw-fp32"):
         return torch.optim.AdamW(params, lr=lr, foreach=True)
+    if name == "paged-adamw":  # bitsandbytes' 32-bit paged AdamW (litgpt's QLoRA optimizer)
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW(params, lr=lr)
     if name in ("adamw8bit", "paged-adamw8bit"):
         import bitsandbytes as bnb
 

@@ -47,13 +47,10 @@ def quantized_linear_bytes(numel: int, out_features: int, quant: Quant, *, doubl
     return data, blocks * 4 + CODE_4BIT
 
 
-def quantized_linears(spec: ModelSpec, terms: MemoryTerms | None = None, kbit_prep: str = "peft") -> list[LinearInfo]:
-    """The Linears stored quantized: all but the output layer (transformers' bitsandbytes loader), or
-    under torchtune's QLoRA only those a LoRA adapter wraps."""
-    linears = [lin for lin in spec.linears if lin.role != "output"]
-    if kbit_prep == "torchtune" and terms is not None:
-        linears = [lin for lin in linears if lin.name in terms.linear_adapters]
-    return linears
+def quantized_linears(spec: ModelSpec, kbit_prep: str = "peft") -> list[LinearInfo]:
+    """The Linears stored quantized: all but the output layer (transformers' bitsandbytes loader and
+    torchtune's NF4 builders alike), or every one under litgpt's plugin (`all-linear`)."""
+    return [lin for lin in spec.linears if lin.role != "output" or kbit_prep == "all-linear"]
 
 
 def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> WeightBytes:
@@ -63,7 +60,7 @@ def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> Weig
     adapter = ctx.adapter_itemsize * (terms.adapter_params + terms.frozen_adapter_params)
     if terms.quant != "none":
         data = constants = packed_params = 0
-        for lin in quantized_linears(spec, terms, ctx.kbit_prep):
+        for lin in quantized_linears(spec, ctx.kbit_prep):
             numel = lin.in_features * lin.out_features
             d, c = quantized_linear_bytes(numel, lin.out_features, terms.quant)
             data, constants, packed_params = data + d, constants + c, packed_params + numel

@@ -1,0 +1,340 @@
+"""`plan --emit FORMAT`: the planned configuration in a training stack's own format, with exactly the
+knobs that were priced, so that what the user runs is what was planned.
+
+A knob the format cannot express (or expresses with another value than the one priced) is refused
+with the reason, never dropped. Formats other than `peft` belong to one stack, and the plan must have
+priced that stack's knobs (`--stack`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from peftplan.errors import BadInputError, UnknownNameError
+
+if TYPE_CHECKING:
+    from peftplan.methods.base import Method, MethodConfig
+    from peftplan.models.spec import ModelSpec
+    from peftplan.planner.context import TrainContext
+
+FORMATS: tuple[str, ...] = ("peft", "trl", "axolotl", "llama-factory", "torchtune", "unsloth")
+# The stacks whose priced knobs each format runs.
+FORMAT_STACKS: dict[str, tuple[str, ...]] = {
+    "trl": ("hf", "trl"), "axolotl": ("axolotl",), "llama-factory": ("llama-factory",),
+    "torchtune": ("torchtune",), "unsloth": ("unsloth",),
+}
+# transformers' `optim` names (TrainingArguments.optim) for ours.
+HF_OPTIM = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit", "paged-adamw8bit": "paged_adamw_8bit",
+            "sgd": "sgd", "adafactor": "adafactor"}
+LORA_FAMILY = ("lora", "qlora", "dora", "qdora", "rslora")
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """What to emit: the model, the method and its config, and the training context that was priced."""
+
+    spec: ModelSpec
+    method: Method
+    cfg: MethodConfig
+    ctx: TrainContext
+
+
+def emit(fmt: str, chosen: Chosen) -> str:
+    """The configuration text in format `fmt`.
+
+    Raises:
+        BadInputError: an unknown format; a stack, method or knob the format cannot run as priced.
+    """
+    if fmt not in FORMATS:
+        raise UnknownNameError("emit format", fmt, FORMATS)
+    if fmt != "peft" and chosen.ctx.stack not in FORMAT_STACKS[fmt]:
+        raise BadInputError(f"--emit {fmt} runs the {'/'.join(FORMAT_STACKS[fmt])} stack's knobs; plan with "
+                            f"--stack {FORMAT_STACKS[fmt][-1]} (this plan priced --stack {chosen.ctx.stack})")
+    return _EMITTERS[fmt](chosen)
+
+
+def _refuse(fmt: str, what: str) -> BadInputError:
+    return BadInputError(f"--emit {fmt} cannot express {what}; plan without it or pick another format")
+
+
+def _require(fmt: str, ctx: TrainContext, allowed: dict[str, tuple[Any, ...]]) -> None:
+    """Refuse every priced knob whose value the format has no setting for."""
+    knobs = ctx.knobs()
+    knobs["optimizer"] = ctx.optimizer
+    knobs["shard"] = ctx.shard if ctx.gpus > 1 else "none"
+    for name, values in allowed.items():
+        if knobs[name] not in values:
+            raise _refuse(fmt, f"{name}={knobs[name]}")
+
+
+def _lora_fields(chosen: Chosen, fmt: str) -> dict[str, Any]:
+    """Rank, alpha, dropout, the targeted leaf names and the quantization of a LoRA-family config."""
+    from peftplan.methods._peft import selected_linears
+
+    name = chosen.method.name
+    if name not in LORA_FAMILY:
+        raise _refuse(fmt, f"method {name!r} (it emits {', '.join(LORA_FAMILY)})")
+    cfg: Any = chosen.cfg
+    leaves = sorted({lin.leaf for lin in selected_linears(chosen.spec, cfg)})
+    return {"rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "targets": leaves, "quant": cfg.quant,
+            "dora": name in ("dora", "qdora"), "rslora": name == "rslora"}
+
+
+def _peft(chosen: Chosen) -> str:
+    from peftplan.methods._peft import PeftMethod
+
+    if not isinstance(chosen.method, PeftMethod):
+        raise _refuse("peft", f"method {chosen.method.name!r}: peft has no such adapter")
+    config = chosen.method.peft_config(chosen.spec, chosen.cfg)
+    config.base_model_name_or_path = chosen.spec.model_id or None
+    data = config.to_dict()
+    return json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    return str(value)
+
+
+def _quant_kwargs(quant: str) -> str:
+    if quant == "none":
+        return ""
+    if quant == "int8":
+        return "BitsAndBytesConfig(load_in_8bit=True)"
+    return (f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{quant}", '
+            'bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)')
+
+
+def _trl(chosen: Chosen) -> str:
+    ctx = chosen.ctx
+    _require("trl", ctx, {"loss": ("full", "fused"), "loss_fp32": (True,), "keep_logits": (False,),
+                          "precision": ("mixed",), "kbit_prep": ("peft",), "checkpointing": ("none", "recompute"),
+                          "offload_activations": (False,), "optimizer_in_bwd": (False,),
+                          "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
+    lora = _lora_fields(chosen, "trl")
+    quant = _quant_kwargs(lora["quant"])
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[ctx.dtype]
+    init = [f'"dtype": "{dtype}"'] + ([f'"quantization_config": {quant}'] if quant else [])
+    lines = [
+        f'"""TRL SFT of {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan '
+        f'({ctx.stack} stack knobs)."""',
+        "import torch",
+        "from peft import LoraConfig",
+        "from transformers import BitsAndBytesConfig",
+        "from trl import SFTConfig, SFTTrainer",
+        "",
+        f'MODEL = "{chosen.spec.model_id}"',
+        "peft_config = LoraConfig(",
+        f'    r={lora["rank"]}, lora_alpha={lora["alpha"]:g}, lora_dropout={lora["dropout"]:g},',
+        f'    target_modules={lora["targets"]!r}, use_dora={lora["dora"]}, use_rslora={lora["rslora"]},',
+        '    bias="none", task_type="CAUSAL_LM",',
+        ")",
+        "training_args = SFTConfig(",
+        '    output_dir="out",',
+        f"    per_device_train_batch_size={ctx.batch_size},",
+        "    gradient_accumulation_steps=1,",
+        f"    max_length={ctx.seq_len},",
+        f"    packing={ctx.packing},",
+        f"    gradient_checkpointing={ctx.grad_checkpointing},",
+        f"    bf16={ctx.dtype == 'bf16'}, fp16={ctx.dtype == 'fp16'},",
+        f'    optim="{HF_OPTIM[ctx.optimizer]}",',
+        f"    use_liger_kernel={ctx.loss == 'fused'},",
+        f"    model_init_kwargs={{{', '.join(init)}}},",
+        ")",
+        "",
+        'if __name__ == "__main__":',
+        "    from datasets import load_dataset",
+        "",
+        '    dataset = load_dataset("json", data_files="train.jsonl", split="train")  # your data',
+        "    SFTTrainer(model=MODEL, args=training_args, train_dataset=dataset, peft_config=peft_config).train()",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml(data: dict[str, Any], header: str) -> str:
+    import yaml
+
+    return f"# {header}\n" + yaml.safe_dump(data, sort_keys=False)
+
+
+def _axolotl(chosen: Chosen) -> str:
+    ctx = chosen.ctx
+    _require("axolotl", ctx, {"loss": ("full", "fused"), "loss_fp32": (True,), "keep_logits": (False,),
+                              "precision": ("mixed",), "kbit_prep": ("peft",),
+                              "optimizer_in_bwd": (False,), "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
+    lora = _lora_fields(chosen, "axolotl")
+    if lora["quant"] not in ("none", "nf4", "int8"):
+        raise _refuse("axolotl", f"quant={lora['quant']} (axolotl loads nf4 or int8)")
+    data: dict[str, Any] = {
+        "base_model": chosen.spec.model_id,
+        "load_in_4bit": lora["quant"] == "nf4",
+        "load_in_8bit": lora["quant"] == "int8",
+        "adapter": "qlora" if lora["quant"] == "nf4" else "lora",
+        "lora_r": lora["rank"],
+        "lora_alpha": lora["alpha"],
+        "lora_dropout": lora["dropout"],
+        "lora_target_modules": lora["targets"],
+        "peft_use_dora": lora["dora"],
+        "peft_use_rslora": lora["rslora"],
+        "sequence_len": ctx.seq_len,
+        "sample_packing": ctx.packing,
+        "micro_batch_size": ctx.batch_size,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": 1,
+        "learning_rate": 1.0e-4,
+        "optimizer": HF_OPTIM[ctx.optimizer],
+        "bf16": ctx.dtype == "bf16",
+        "fp16": ctx.dtype == "fp16",
+        "gradient_checkpointing": {"none": False, "recompute": True, "offload": "offload"}[ctx.checkpointing],
+        "activation_offloading": ctx.offload_activations,
+        "datasets": [{"path": "train.jsonl", "type": "alpaca"}],
+        "output_dir": "./out",
+    }
+    if ctx.loss == "fused":
+        data["plugins"] = ["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"]
+        data["cut_cross_entropy"] = True
+    return _yaml(data, f"axolotl config for {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan")
+
+
+def _llama_factory(chosen: Chosen) -> str:
+    ctx = chosen.ctx
+    _require("llama-factory", ctx, {"loss": ("full", "fused"), "loss_fp32": (True,), "keep_logits": (False,),
+                                    "precision": ("mixed",), "kbit_prep": ("none",),
+                                    "offload_activations": (False,), "optimizer_in_bwd": (False,),
+                                    "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
+    lora = _lora_fields(chosen, "llama-factory")
+    data: dict[str, Any] = {
+        "model_name_or_path": chosen.spec.model_id,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": lora["rank"],
+        "lora_alpha": int(lora["alpha"]) if float(lora["alpha"]).is_integer() else lora["alpha"],
+        "lora_dropout": lora["dropout"],
+        "lora_target": ",".join(lora["targets"]),
+        "use_dora": lora["dora"],
+        "use_rslora": lora["rslora"],
+        "dataset": "alpaca_en_demo",
+        "template": "default",
+        "cutoff_len": ctx.seq_len,
+        "packing": ctx.packing,
+        "per_device_train_batch_size": ctx.batch_size,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1.0e-4,
+        "num_train_epochs": 1.0,
+        "optim": HF_OPTIM[ctx.optimizer],
+        "bf16": ctx.dtype == "bf16",
+        "fp16": ctx.dtype == "fp16",
+        "disable_gradient_checkpointing": ctx.checkpointing == "none",
+        "use_unsloth_gc": ctx.checkpointing == "offload",
+        "enable_liger_kernel": ctx.loss == "fused",
+        "output_dir": "saves/peftplan",
+    }
+    if lora["quant"] != "none":
+        if lora["quant"] not in ("nf4", "fp4", "int8"):
+            raise _refuse("llama-factory", f"quant={lora['quant']}")
+        data["quantization_bit"] = 8 if lora["quant"] == "int8" else 4
+        data["quantization_method"] = "bnb"
+        if lora["quant"] != "int8":
+            data["quantization_type"] = lora["quant"]
+            data["double_quantization"] = True
+    return _yaml(data, f"LLaMA-Factory config for {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan")
+
+
+def _torchtune(chosen: Chosen) -> str:
+    ctx = chosen.ctx
+    _require("torchtune", ctx, {"loss": ("full", "chunked"), "loss_fp32": (True,), "keep_logits": (False,),
+                                "precision": ("pure",), "checkpointing": ("none", "recompute"),
+                                "optimizer": ("adamw", "adamw8bit", "paged-adamw8bit"), "shard": ("none",)})
+    lora = _lora_fields(chosen, "torchtune")
+    if ctx.loss == "chunked" and ctx.loss_chunks != 8:
+        raise _refuse("torchtune", f"loss_chunks={ctx.loss_chunks} (its models split the output into 8 chunks)")
+    attn_names = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
+    mlp = {"gate_proj", "up_proj", "down_proj"}
+    targets = set(lora["targets"])
+    unknown = targets - set(attn_names) - mlp - {"lm_head"}
+    if unknown or (targets & mlp and not mlp <= targets):
+        raise _refuse("torchtune", f"targets {sorted(targets)} (it adapts q/k/v/output_proj, all of the MLP or "
+                                   "none, and the output layer)")
+    if lora["quant"] not in ("none", "nf4"):
+        raise _refuse("torchtune", f"quant={lora['quant']} (its QLoRA is NF4)")
+    if lora["rslora"]:
+        raise _refuse("torchtune", "rsLoRA scaling")
+    optimizers = {"adamw": "torch.optim.AdamW", "adamw8bit": "bitsandbytes.optim.AdamW8bit",
+                  "paged-adamw8bit": "bitsandbytes.optim.PagedAdamW8bit"}
+    data: dict[str, Any] = {
+        "model": {
+            "lora_attn_modules": [attn_names[t] for t in sorted(targets & set(attn_names))],
+            "apply_lora_to_mlp": bool(targets & mlp),
+            "apply_lora_to_output": "lm_head" in targets,
+            "lora_rank": lora["rank"],
+            "lora_alpha": lora["alpha"],
+            "lora_dropout": lora["dropout"],
+            "use_dora": lora["dora"],
+            "quantize_base": lora["quant"] == "nf4",
+        },
+        "tokenizer": {"max_seq_len": ctx.seq_len},
+        "dataset": {"packed": ctx.packing},
+        "batch_size": ctx.batch_size,
+        "gradient_accumulation_steps": 1,
+        "optimizer": {"_component_": optimizers[ctx.optimizer], "lr": 1.0e-4},
+        "optimizer_in_bwd": ctx.optimizer_in_bwd,
+        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss" if ctx.loss == "chunked"
+                 else "torch.nn.CrossEntropyLoss"},
+        "enable_activation_checkpointing": ctx.grad_checkpointing,
+        "enable_activation_offloading": ctx.offload_activations,
+        "dtype": ctx.dtype,
+    }
+    header = (f"torchtune override for {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan; "
+              "merge into the recipe's config (e.g. tune cp llama3_1/8B_lora_single_device) and run "
+              "tune run lora_finetune_single_device --config it")
+    return _yaml(data, header)
+
+
+def _unsloth(chosen: Chosen) -> str:
+    ctx = chosen.ctx
+    _require("unsloth", ctx, {"loss": ("fused",), "kbit_prep": ("none",), "precision": ("mixed",),
+                              "offload_activations": (False,), "optimizer_in_bwd": (False,),
+                              "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
+    lora = _lora_fields(chosen, "unsloth")
+    if lora["quant"] not in ("none", "nf4"):
+        raise _refuse("unsloth", f"quant={lora['quant']} (Unsloth loads 4-bit NF4)")
+    if lora["dora"]:
+        raise _refuse("unsloth", "DoRA")
+    gc = {"none": "False", "recompute": "True", "offload": '"unsloth"'}[ctx.checkpointing]
+    lines = [
+        f'"""Unsloth SFT of {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan."""',
+        "from unsloth import FastLanguageModel  # import before trl and transformers, as Unsloth requires",
+        "from trl import SFTConfig, SFTTrainer",
+        "",
+        "model, tokenizer = FastLanguageModel.from_pretrained(",
+        f'    model_name="{chosen.spec.model_id}", max_seq_length={ctx.seq_len},',
+        f"    load_in_4bit={lora['quant'] == 'nf4'}, dtype=None,",
+        ")",
+        "model = FastLanguageModel.get_peft_model(",
+        f"    model, r={lora['rank']}, lora_alpha={lora['alpha']:g}, lora_dropout={lora['dropout']:g},",
+        f"    target_modules={lora['targets']!r}, bias=\"none\",",
+        f"    use_gradient_checkpointing={gc}, use_rslora={lora['rslora']},",
+        ")",
+        "training_args = SFTConfig(",
+        '    output_dir="out",',
+        f"    per_device_train_batch_size={ctx.batch_size}, gradient_accumulation_steps=1,",
+        f"    max_length={ctx.seq_len}, packing={ctx.packing},",
+        f"    bf16={ctx.dtype == 'bf16'}, fp16={ctx.dtype == 'fp16'},",
+        f'    optim="{HF_OPTIM[ctx.optimizer]}",',
+        ")",
+        "",
+        'if __name__ == "__main__":',
+        "    from datasets import load_dataset",
+        "",
+        '    dataset = load_dataset("json", data_files="train.jsonl", split="train")  # your data',
+        "    SFTTrainer(model=model, tokenizer=tokenizer, args=training_args, train_dataset=dataset).train()",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_EMITTERS = {"peft": _peft, "trl": _trl, "axolotl": _axolotl, "llama-factory": _llama_factory,
+             "torchtune": _torchtune, "unsloth": _unsloth}

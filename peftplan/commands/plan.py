@@ -89,6 +89,7 @@ def plan_command(
     fit_search: Annotated[bool, typer.Option("--fit-search/--no-fit-search", help="Search the largest batch, sequence and rank that fit.")] = True,
     engine: Annotated[str, typer.Option(help="analytic (fast), trace (fake-tensor step) or both (adds the error).")] = "analytic",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's custom code.")] = False,
+    emit: Annotated[str | None, typer.Option(help="Write the recommended (or the one chosen) configuration for a stack: peft, trl, axolotl, llama-factory, torchtune, unsloth.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json, markdown or html (one self-contained page).")] = "table",
     out: Annotated[Path | None, typer.Option("--out", help="Write the output to this file instead of stdout.")] = None,
 ) -> None:
@@ -113,7 +114,11 @@ def plan_command(
         epochs=epochs, mfu=mfu, fit_search=fit_search, trust_remote_code=trust_remote_code,
         engine=_choice("engine", engine, ENGINES),
     )
-    if fmt != "table" or out is not None:
+    if emit is not None:
+        from peftplan.planner.emit import emit_plan
+
+        _write(emit_plan(plan, emit), out)
+    elif fmt != "table" or out is not None:
         _write(_render_text(plan, fmt), out)
     else:
         from peftplan.planner.render import print_table

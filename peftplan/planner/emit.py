@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from peftplan.methods.base import Method, MethodConfig
     from peftplan.models.spec import ModelSpec
     from peftplan.planner.context import TrainContext
+    from peftplan.planner.plan import Plan
 
 FORMATS: tuple[str, ...] = ("peft", "trl", "axolotl", "llama-factory", "torchtune", "unsloth")
 # The stacks whose priced knobs each format runs.
 FORMAT_STACKS: dict[str, tuple[str, ...]] = {
-    "trl": ("hf", "trl"), "axolotl": ("axolotl",), "llama-factory": ("llama-factory",),
+    "trl": ("trl",), "axolotl": ("axolotl",), "llama-factory": ("llama-factory",),
     "torchtune": ("torchtune",), "unsloth": ("unsloth",),
 }
 # transformers' `optim` names (TrainingArguments.optim) for ours.
@@ -39,6 +40,28 @@ class Chosen:
     method: Method
     cfg: MethodConfig
     ctx: TrainContext
+
+
+def emit_plan(plan: Plan, fmt: str) -> str:
+    """The configuration `plan` chose (its only method, or the recommendation) in format `fmt`.
+
+    Raises:
+        BadInputError: nothing to emit (no method fits), or what `emit` refuses.
+    """
+    from peftplan.methods import get_method
+
+    if fmt not in FORMATS:
+        raise UnknownNameError("emit format", fmt, FORMATS)
+    if len(plan.methods) == 1:
+        entry = plan.methods[0]
+    else:
+        name = plan.recommendation.method
+        if name is None:
+            raise BadInputError("--emit: nothing fits the budget, so there is no configuration to emit")
+        entry = plan.method(name)
+    method = get_method(entry.method)
+    cfg = method.make_config(**entry.config)
+    return emit(fmt, Chosen(plan.spec, method, cfg, entry.context or plan.ctx))
 
 
 def emit(fmt: str, chosen: Chosen) -> str:
@@ -83,6 +106,9 @@ def _lora_fields(chosen: Chosen, fmt: str) -> dict[str, Any]:
 
 
 def _peft(chosen: Chosen) -> str:
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # an optional-kernel notice
     from peftplan.methods._peft import PeftMethod
 
     if not isinstance(chosen.method, PeftMethod):
@@ -110,10 +136,13 @@ def _quant_kwargs(quant: str) -> str:
 
 def _trl(chosen: Chosen) -> str:
     ctx = chosen.ctx
-    _require("trl", ctx, {"loss": ("full", "fused"), "loss_fp32": (True,), "keep_logits": (False,),
-                          "precision": ("mixed",), "kbit_prep": ("peft",), "checkpointing": ("none", "recompute"),
-                          "offload_activations": (False,), "optimizer_in_bwd": (False,),
+    _require("trl", ctx, {"loss": ("full", "chunked", "fused"), "loss_fp32": (True,), "keep_logits": (False,),
+                          "precision": ("mixed",), "kbit_prep": ("none",), "checkpointing": ("none", "recompute"),
+                          "offload_activations": (False, True), "optimizer_in_bwd": (False,),
                           "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
+    if ctx.loss == "chunked" and (ctx.loss_chunk_tokens, ctx.loss_recompute) != (256, True):
+        raise _refuse("trl", "a chunked loss other than chunked_nll (256-token checkpointed chunks)")
+    loss_type = {"full": "nll", "chunked": "chunked_nll", "fused": "nll"}[ctx.loss]
     lora = _lora_fields(chosen, "trl")
     quant = _quant_kwargs(lora["quant"])
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[ctx.dtype]
@@ -141,7 +170,8 @@ def _trl(chosen: Chosen) -> str:
         f"    gradient_checkpointing={ctx.grad_checkpointing},",
         f"    bf16={ctx.dtype == 'bf16'}, fp16={ctx.dtype == 'fp16'},",
         f'    optim="{HF_OPTIM[ctx.optimizer]}",',
-        f"    use_liger_kernel={ctx.loss == 'fused'},",
+        f'    loss_type="{loss_type}", use_liger_kernel={ctx.loss == "fused"},',
+        f"    activation_offloading={ctx.offload_activations},",
         f"    model_init_kwargs={{{', '.join(init)}}},",
         ")",
         "",
@@ -163,7 +193,7 @@ def _yaml(data: dict[str, Any], header: str) -> str:
 def _axolotl(chosen: Chosen) -> str:
     ctx = chosen.ctx
     _require("axolotl", ctx, {"loss": ("full", "fused"), "loss_fp32": (True,), "keep_logits": (False,),
-                              "precision": ("mixed",), "kbit_prep": ("peft",),
+                              "precision": ("mixed",), "kbit_prep": ("none",),
                               "optimizer_in_bwd": (False,), "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
     lora = _lora_fields(chosen, "axolotl")
     if lora["quant"] not in ("none", "nf4", "int8"):
@@ -282,7 +312,7 @@ def _torchtune(chosen: Chosen) -> str:
         "gradient_accumulation_steps": 1,
         "optimizer": {"_component_": optimizers[ctx.optimizer], "lr": 1.0e-4},
         "optimizer_in_bwd": ctx.optimizer_in_bwd,
-        "loss": {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss" if ctx.loss == "chunked"
+        "loss": {"_component_": "torchtune.modules.loss.LinearCrossEntropyLoss" if ctx.loss == "chunked"
                  else "torch.nn.CrossEntropyLoss"},
         "enable_activation_checkpointing": ctx.grad_checkpointing,
         "enable_activation_offloading": ctx.offload_activations,

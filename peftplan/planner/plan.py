@@ -50,6 +50,7 @@ class MethodPlan:
     task_switching: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     trace: dict[str, Any] | None = None
+    context: TrainContext | None = None  # the context this method was priced in (stack rules applied)
 
     @property
     def trainable_pct(self) -> float:
@@ -251,6 +252,7 @@ def plan_method(
             "serving_bytes": switch.serving_bytes,
         },
         notes=notes,
+        context=ctx,
     )
 
 

@@ -91,6 +91,7 @@ def trace_command(
         bottleneck=bottleneck,
         peft_config=peft_config,
     )
+    from peftplan.methods.targets import UnusableTargetError
     from peftplan.models import get_spec
     from peftplan.planner.trace import trace_memory
 
@@ -101,7 +102,7 @@ def trace_command(
         try:
             result = trace_memory(spec, m, cfg, ctx, extrapolate=not full_depth, top=top)
         except BadInputError as exc:
-            if len(chosen) == 1:
+            if len(chosen) == 1 or isinstance(exc, UnusableTargetError):  # bad input for all, not a skip
                 raise
             notes.append(f"{m.name}: not traced: {exc}")
             continue

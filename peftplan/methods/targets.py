@@ -16,6 +16,18 @@ from peftplan.models.spec import LinearInfo, ModelSpec
 PRESETS = ("attn", "mlp", "all-linear")
 
 
+class UnusableTargetError(UnsupportedError):
+    """A target no method can adapt on this model (it selects no Linear layer).
+
+    It is bad input whatever the method, so a plan over several methods raises it rather than
+    skipping every targeted method (which would silently change the advice).
+    """
+
+
+class UnknownTargetError(UnknownNameError, UnusableTargetError):
+    """A target that names no module of the model at all (a typo), with a did-you-mean."""
+
+
 def parse_targets(value: str | Sequence[str]) -> list[str]:
     """`"q_proj,v_proj"` or `["q_proj", "v_proj"]` -> a list of names (whitespace stripped)."""
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -35,12 +47,31 @@ def _preset(spec: ModelSpec, preset: str) -> list[LinearInfo]:
     return [lin for lin in spec.linears if lin.in_block and lin.role == preset]
 
 
+def module_names(spec: ModelSpec) -> set[str]:
+    """Every module name of the model (containers too), as peft walks them."""
+    names: set[str] = set()
+    for param in spec.params:
+        parts = param.name.split(".")[:-1]
+        names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def _not_linear(spec: ModelSpec, target: str, found: list[str]) -> UnusableTargetError:
+    return UnusableTargetError(
+        f"target {target!r} names {found[0]}{' ...' if len(found) > 1 else ''} of "
+        f"{spec.model_id or spec.architecture}, which is not a Linear layer; only Linear layers are adapted"
+    )
+
+
 def select_linears(spec: ModelSpec, targets: Sequence[str], *, regex: str | None = None) -> list[LinearInfo]:
     """The Linear layers a target list (or a peft regex) selects, in model order.
 
     Raises:
-        UnknownNameError: a target that matches no Linear layer of this model.
+        UnknownTargetError: a target (or the regex) that matches no module of this model at all.
+        UnusableTargetError: a target that names only modules that are not Linear layers (an
+            embedding, a norm, a whole block), or a preset that selects nothing on this model.
     """
+    model = spec.model_id or spec.architecture
     if regex is not None:
         try:
             pattern = re.compile(regex)
@@ -48,7 +79,14 @@ def select_linears(spec: ModelSpec, targets: Sequence[str], *, regex: str | None
             raise BadInputError(f"target regex {regex!r} is invalid: {exc}") from None
         chosen = {lin.name for lin in spec.linears if pattern.fullmatch(lin.name)}
         if not chosen:
-            raise BadInputError(f"target regex {regex!r} matches no Linear layer of {spec.model_id or spec.architecture}")
+            others = sorted(name for name in module_names(spec) if pattern.fullmatch(name))
+            if others:
+                raise _not_linear(spec, f"re:{regex}", others)
+            example = next((lin.name for lin in spec.linears if lin.in_block), "")
+            raise UnknownTargetError(
+                "target regex", regex, [],
+                hint=f"It matches no module of {model} (peft matches the whole module name, e.g. {example}).",
+            )
     else:
         chosen = set()
         for target in targets:
@@ -56,17 +94,20 @@ def select_linears(spec: ModelSpec, targets: Sequence[str], *, regex: str | None
                 lin for lin in spec.linears if _matches_name(lin, target)
             ]
             if not hits and target in PRESETS:
-                raise UnsupportedError(
-                    f"preset {target!r} selects no Linear layer of {spec.model_id or spec.architecture} "
+                raise UnusableTargetError(
+                    f"preset {target!r} selects no Linear layer of {model} "
                     "(e.g. MoE experts stored as fused parameters); name modules or use another preset"
                 )
             if not hits:
+                others = sorted(n for n in module_names(spec) if n == target or n.endswith("." + target))
+                if others:
+                    raise _not_linear(spec, target, others)
                 leaves = sorted({lin.leaf for lin in spec.linears if lin.role != "output"})
-                raise UnknownNameError(
+                raise UnknownTargetError(
                     "target module",
                     target,
                     [*PRESETS, *leaves],
-                    hint=f"Linear layers of {spec.model_id or spec.architecture}: {', '.join(leaves)}.",
+                    hint=f"Linear layers of {model}: {', '.join(leaves)}.",
                 )
             chosen.update(lin.name for lin in hits)
     return [lin for lin in spec.linears if lin.name in chosen]

@@ -189,24 +189,36 @@ def catalog_config_dict(model_id: str) -> dict[str, Any]:
     return entry.config_dict()
 
 
-def suggest_model_ids(name: str, n: int = 3) -> list[str]:
-    """Up to `n` catalog ids close to `name` (matched case-insensitively on ids, their names and aliases)."""
+def _normalised(name: str) -> str:
+    """`name` lower-cased without separators, so that "Llama-3.1_8B" and "llama3.18b" compare equal."""
+    return "".join(ch for ch in name.strip().lower() if ch.isalnum())
+
+
+def suggest_model_ids(name: str, n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """Up to `n` catalog ids close to `name`, best first.
+
+    Every id, the name after its organisation, and every alias is a candidate; each is compared with
+    difflib on normalised names (see `_normalised`), and with the query's own name after an
+    organisation too, so that a missing letter or separator ("lama-3-8b") still finds its model.
+    """
     if n <= 0:
         return []
     cat = _catalog()
-    candidates: dict[str, str] = {}  # lower-cased candidate -> id
+    candidates: list[tuple[str, str]] = []  # (candidate name, id)
     for lower, model_id in cat.by_lower.items():
-        candidates[lower] = model_id
-    for lower, model_id in cat.by_lower.items():
-        candidates.setdefault(lower.rsplit("/", 1)[-1], model_id)
+        candidates += [(lower, model_id), (lower.rsplit("/", 1)[-1], model_id)]
     for alias, model_id in cat.aliases.items():
-        candidates.setdefault(alias, model_id)
-    matches = difflib.get_close_matches(name.strip().lower(), list(candidates), n=len(candidates))
-    suggestions: list[str] = []
-    for match in matches:
-        model_id = candidates[match]
-        if model_id not in suggestions:
-            suggestions.append(model_id)
-            if len(suggestions) == n:
-                break
-    return suggestions
+        candidates += [(alias, model_id), (alias.rsplit("/", 1)[-1], model_id)]
+    query = name.strip().lower()
+    queries = {_normalised(query), _normalised(query.rsplit("/", 1)[-1])} - {""}
+    best: dict[str, tuple[float, float]] = {}  # id -> (normalised score, raw score: the tie-break)
+    for candidate, model_id in candidates:
+        matcher = difflib.SequenceMatcher(None, b=_normalised(candidate))
+        score = 0.0
+        for q in queries:
+            matcher.set_seq1(q)
+            score = max(score, matcher.ratio())
+        raw = difflib.SequenceMatcher(None, query, candidate).ratio()
+        if score >= cutoff and (score, raw) > best.get(model_id, (0.0, 0.0)):
+            best[model_id] = (score, raw)
+    return sorted(best, key=lambda model_id: best[model_id], reverse=True)[:n]

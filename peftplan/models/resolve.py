@@ -44,9 +44,13 @@ def resolve_model(name: str) -> ResolvedModel:
         raise BadInputError(f"no such file or directory: {name}")
     if _HUB_ID.match(name):
         return _resolve_hub(name)
-    raise UnknownNameError(
-        "model", name, catalog.catalog_ids(), hint="Use a catalog id (`peftplan models`), a local path or a Hub id."
-    )
+    # The catalog's own suggestions: ids, their names and aliases, compared on normalised names.
+    suggestions = catalog.suggest_model_ids(name)
+    hint = f"Did you mean: {', '.join(suggestions)}? " if suggestions else ""
+    hint += "Use a catalog id (`peftplan models`), a local directory or config.json path, or a Hub id."
+    error = UnknownNameError("model", name, [], hint=hint)
+    error.suggestions = suggestions
+    raise error
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -78,9 +82,14 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
+# A model that is not in the catalog can always be planned from its config.json, with no network.
+LOCAL_HINT = "Or give a local directory holding its config.json, or the config.json path."
+
+
 def _resolve_hub(repo_id: str) -> ResolvedModel:
     suggestions = catalog.suggest_model_ids(repo_id)
     hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else " See `peftplan models`."
+    hint += " " + LOCAL_HINT
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         raise BadInputError(f"{repo_id!r} is not in the offline catalog and HF_HUB_OFFLINE is set.{hint}")
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"

@@ -25,6 +25,9 @@ __all__ = [
 
 # Bump when ModelSpec's fields change, so old cache files are not read.
 _SPEC_FORMAT = 2
+# Bump when the inventory reads a model differently (2: kv heads off the built attention), so that
+# specs cached by an older inventory are rebuilt; shipped specs are checked by rebuilding instead.
+_INVENTORY_REVISION = 2
 
 
 def cache_dir() -> Path:
@@ -40,7 +43,7 @@ def _spec_key(config: dict) -> str:
         tf_version = metadata.version("transformers")
     except metadata.PackageNotFoundError:
         tf_version = "none"
-    blob = json.dumps(config, sort_keys=True, default=str) + f"|{tf_version}|{_SPEC_FORMAT}"
+    blob = json.dumps(config, sort_keys=True, default=str) + f"|{tf_version}|{_SPEC_FORMAT}|{_INVENTORY_REVISION}"
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -46,10 +46,31 @@ def build_model(
     architectures = config.get("architectures") or []
     model_cls = getattr(transformers, architectures[0], None) if architectures else None
     with torch.device(device):
-        if model_cls is not None:
-            model = model_cls(hf_config)
-        else:
-            model = transformers.AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+        model = model_cls(hf_config) if model_cls is not None else _from_auto_class(hf_config, config, trust_remote_code)
     if dtype is not None:
         model = model.to(dtype)
     return model
+
+
+def _from_auto_class(hf_config: Any, config: dict[str, Any], trust_remote_code: bool) -> nn.Module:
+    """The model of a config that names no architecture (e.g. deberta-v2-xxlarge's): the first auto
+    class that knows it, language-model heads first, as the catalog builds the same model.
+
+    Raises:
+        BadInputError: no auto class knows this model type.
+    """
+    import transformers
+
+    from peftplan.models.spec import ENCODER_TYPES
+
+    heads = ["AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel"]
+    if config.get("model_type") in ENCODER_TYPES:  # trained with their masked-LM head (BERT also has a causal one)
+        heads[:2] = heads[1::-1]
+    for head in heads:
+        try:
+            return getattr(transformers, head).from_config(hf_config, trust_remote_code=trust_remote_code)  # type: ignore[no-any-return]
+        except ValueError as exc:
+            if "Unrecognized configuration class" not in str(exc):
+                raise  # a bad config, not a head that does not know this model type
+    raise BadInputError(f"transformers has no model class for model_type {config.get('model_type')!r} "
+                        "(and the config names no 'architectures')")

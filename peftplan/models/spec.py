@@ -145,16 +145,42 @@ def _find_layers_path(model: nn.Module, num_layers: int) -> str:
     return candidates[0]
 
 
-_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra", "albert"}
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra", "albert"}
 
 
 def _model_kind(config: dict[str, Any], architecture: str) -> ModelKind:
     if "vision_config" in config or ("ConditionalGeneration" in architecture and "text_config" in config):
         return "vlm"
     # Not `is_decoder`: PretrainedConfig defaults it to False for decoder-only models too.
-    if config.get("model_type") in _ENCODER_TYPES or "MaskedLM" in architecture:
+    if config.get("model_type") in ENCODER_TYPES or "MaskedLM" in architecture:
         return "encoder"
     return "decoder"
+
+
+# Leaf names of an attention's key projection, and of a fused query/key/value projection.
+_KEY_LEAVES = frozenset({"k_proj", "key", "k", "wk", "key_proj", "k_lin"})
+_FUSED_QKV_LEAVES = frozenset({"query_key_value", "qkv_proj", "c_attn", "Wqkv", "qkv", "W_pack", "in_proj"})
+
+
+def _built_kv_heads(linears: list[LinearInfo], layers_path: str, heads: int, head_dim: int) -> int | None:
+    """The key/value heads the built attention of block 0 has, from its projection widths.
+
+    Configs spell this many ways (falcon's and gpt_bigcode's `multi_query: true` leave the kv-head key
+    at the head count, which the modelling code then ignores), so the same model named by a catalog id
+    or by its config.json path must be read off the weights. None when no projection is recognised.
+    """
+    prefix = f"{layers_path}.0."
+    for lin in linears:
+        if lin.role != "attn" or not lin.name.startswith(prefix):
+            continue
+        width, rest = divmod(lin.out_features, head_dim)
+        if rest:
+            continue
+        if lin.leaf in _KEY_LEAVES:
+            return width
+        if lin.leaf in _FUSED_QKV_LEAVES and width > heads and (width - heads) % 2 == 0:
+            return (width - heads) // 2
+    return None
 
 
 def _first(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
@@ -222,6 +248,7 @@ def _inventory(model: nn.Module, *, model_id: str) -> ModelSpec:
     linears = [
         LinearInfo(**{**asdict(lin), "role": _role(lin.name, output_name, kind)}) for lin in linears
     ]
+    kv_heads = _built_kv_heads(linears, layers_path, heads, head_dim) or kv_heads
     tied = any(p.tied_to is not None for p in params)
     return ModelSpec(
         model_id=model_id,

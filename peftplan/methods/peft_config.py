@@ -1,9 +1,16 @@
-"""Read an existing peft `adapter_config.json` into the matching peftplan method and config."""
+"""Read an existing peft `adapter_config.json` into the matching peftplan method and config.
+
+The plan must be of exactly the adapter the file describes. Every field of the file is one of:
+modelled (it becomes a peftplan setting), inert (it changes neither the trainable parameters nor a
+step's memory), or left at peft's own default (read from peft's config class). Any other field is
+refused in one line that names it, never planned as something else.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,35 +18,126 @@ from peftplan.errors import BadInputError, UnsupportedError
 from peftplan.methods import get_method
 from peftplan.methods.base import Method, MethodConfig
 
-# peft fields that change what trains; planning them exactly needs support we do not have yet.
-_UNSUPPORTED_IF_SET: dict[str, Any] = {
-    "layers_to_transform": None,
-    "layers_pattern": None,
-    "rank_pattern": {},
-    "alpha_pattern": {},
-    "modules_to_save": None,
-    "exclude_modules": None,
-    "prefix_projection": False,
-    "trainable_token_indices": None,
-    "target_parameters": None,
-    "use_qalora": False,
-}
-_warned = False
+# Fields that change neither what trains nor what a training step holds, whatever their value.
+_INERT = frozenset(
+    {
+        "peft_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "fan_in_fan_out",  # peft sets it from the layer type (GPT-2 Conv1D) whatever the file says
+        "runtime_config",  # run-time only (DoRA's ephemeral GPU offload while initialising)
+        # initial values only
+        "init_weights",
+        "init_ia3_weights",
+        "projection_prng_key",
+        "d_initial",
+        "prompt_tuning_init",
+        "prompt_tuning_init_text",
+        "tokenizer_name_or_path",
+        "tokenizer_kwargs",
+        # peft fills these from the base model (a saved prompt-learning adapter holds them)
+        "token_dim",
+        "num_attention_heads",
+        "num_layers",
+        "encoder_hidden_size",  # used only by prefix_projection, which is refused when set
+    }
+)
+
+# Task types whose peft model is the causal or masked language model peftplan builds; the others
+# add a trainable head (a classifier or score layer) or need an encoder-decoder.
+_PLANNED_TASK_TYPES = (None, "CAUSAL_LM", "FEATURE_EXTRACTION")
+
+# init_lora_weights values that set only initial values. "eva" redistributes ranks, "corda" and
+# "loftq" need data or quantization at init, "mica" freezes lora_B: each changes what is planned.
+_INIT_ONLY = (True, False, "gaussian", "olora", "pissa", "orthogonal")
 
 
-def _targets(raw: Any) -> list[str]:
+def _init_only(value: Any) -> bool:
+    return value in _INIT_ONLY or (isinstance(value, str) and value.startswith("pissa_niter_"))
+
+
+def _targets(raw: Any, field: str = "target_modules") -> list[str]:
+    """peft's target field as peftplan targets: names, "all-linear" or one "re:<regex>"."""
     if isinstance(raw, str):
         return ["all-linear"] if raw.lower() == "all-linear" else ["re:" + raw]
-    if isinstance(raw, list | tuple) and raw:
+    if isinstance(raw, list | tuple):
         return [str(t) for t in raw]
-    raise BadInputError("adapter_config.json has no target_modules")
+    raise BadInputError(f"adapter_config.json: {field} must be a list of module names or a regex, got {raw!r}")
+
+
+def _feedforward(raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        return ["re:" + raw]
+    return _targets(raw, "feedforward_modules")
+
+
+def _lora(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name = "dora" if raw.get("use_dora") else "rslora" if raw.get("use_rslora") else "lora"
+    return name, {"rank": raw.get("r", 8), "alpha": raw.get("lora_alpha", 8), "dropout": raw.get("lora_dropout", 0.0),
+                  "targets": _targets(raw["target_modules"])}
+
+
+def _loha(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "loha", {"rank": raw.get("r", 8), "alpha": raw.get("alpha", 8), "dropout": raw.get("module_dropout", 0.0),
+                    "targets": _targets(raw["target_modules"])}
+
+
+def _lokr(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    values = _loha(raw)[1] | {"decompose_both": raw.get("decompose_both", False),
+                              "decompose_factor": raw.get("decompose_factor", -1)}
+    return "lokr", values
+
+
+def _vera(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "vera", {"rank": raw.get("r", 256), "dropout": raw.get("vera_dropout", 0.0),
+                    "targets": _targets(raw["target_modules"])}
+
+
+def _ia3(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "ia3", {"targets": _targets(raw["target_modules"]), "feedforward": _feedforward(raw["feedforward_modules"])}
+
+
+def _prefix(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "prefix", {"virtual_tokens": raw["num_virtual_tokens"]}
+
+
+def _prompt(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "prompt", {"virtual_tokens": raw["num_virtual_tokens"]}
+
+
+# peft_type -> (the fields the conversion models, the fields that must not be null, the conversion).
+_Convert = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
+_PLANNED: dict[str, tuple[frozenset[str], tuple[str, ...], _Convert]] = {
+    "LORA": (frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora"}),
+             ("target_modules",), _lora),
+    "LOHA": (frozenset({"r", "alpha", "module_dropout", "target_modules"}), ("target_modules",), _loha),
+    "LOKR": (frozenset({"r", "alpha", "module_dropout", "target_modules", "decompose_both", "decompose_factor"}),
+             ("target_modules",), _lokr),
+    "VERA": (frozenset({"r", "vera_dropout", "target_modules"}), ("target_modules",), _vera),
+    "IA3": (frozenset({"target_modules", "feedforward_modules"}), ("target_modules", "feedforward_modules"), _ia3),
+    "PREFIX_TUNING": (frozenset({"num_virtual_tokens"}), ("num_virtual_tokens",), _prefix),
+    "PROMPT_TUNING": (frozenset({"num_virtual_tokens"}), ("num_virtual_tokens",), _prompt),
+}
+
+# Why a null field cannot be planned: peft fills it per architecture at apply time.
+_NULL_REASON = {
+    "target_modules": "peft then picks its own per-architecture list; list the modules",
+    "feedforward_modules": "peft then picks its own per-architecture list; list the modules",
+    "num_virtual_tokens": "peft needs it",
+}
+
+_warned = False
 
 
 def read_peft_config(path: Path) -> tuple[Method, MethodConfig]:
     """The method and config that reproduce the adapter `path` describes.
 
     Raises:
-        BadInputError: a missing or malformed file, or an adapter type peftplan does not plan.
+        BadInputError: a missing or malformed file, an adapter type peftplan does not plan, or a
+            field that changes the count or the memory and that peftplan does not model (named).
     """
     file = path / "adapter_config.json" if path.is_dir() else path
     try:
@@ -53,56 +151,87 @@ def read_peft_config(path: Path) -> tuple[Method, MethodConfig]:
                             "pickle files; give the adapter's directory or its adapter_config.json)") from None
     if not isinstance(raw, dict) or "peft_type" not in raw:
         raise BadInputError(f"{file} is not a peft adapter_config.json (no 'peft_type')")
-
-    set_unsupported = sorted(k for k, default in _UNSUPPORTED_IF_SET.items() if raw.get(k, default) not in (default, None, {}, []))
-    if raw.get("bias", "none") != "none":
-        set_unsupported.append(f"bias={raw['bias']}")
-    if set_unsupported:
-        raise UnsupportedError(f"{file}: peftplan cannot plan these settings exactly yet: {', '.join(set_unsupported)}")
-    _warn_unknown(file, raw)
-
     peft_type = str(raw["peft_type"]).upper()
-    values: dict[str, Any]
-    if peft_type == "LORA":
-        name = "dora" if raw.get("use_dora") else "rslora" if raw.get("use_rslora") else "lora"
-        values = {"rank": raw.get("r", 8), "alpha": raw.get("lora_alpha", 8), "dropout": raw.get("lora_dropout", 0.0)}
-        values["targets"] = _targets(raw.get("target_modules"))
-    elif peft_type in ("LOHA", "LOKR"):
-        name = peft_type.lower()
-        values = {"rank": raw.get("r", 8), "alpha": raw.get("alpha", 8), "dropout": raw.get("module_dropout", 0.0)}
-        values["targets"] = _targets(raw.get("target_modules"))
-        if name == "lokr":
-            values |= {"decompose_both": raw.get("decompose_both", False), "decompose_factor": raw.get("decompose_factor", -1)}
-    elif peft_type == "VERA":
-        name = "vera"
-        values = {"rank": raw.get("r", 256), "dropout": raw.get("vera_dropout", 0.0)}
-        values["targets"] = _targets(raw.get("target_modules"))
-    elif peft_type == "IA3":
-        name = "ia3"
-        values = {"targets": _targets(raw.get("target_modules"))}
-    elif peft_type in ("PREFIX_TUNING", "PROMPT_TUNING"):
-        name = "prefix" if peft_type == "PREFIX_TUNING" else "prompt"
-        values = {"virtual_tokens": raw.get("num_virtual_tokens", 20)}
-    else:
+    if peft_type not in _PLANNED:
         raise UnsupportedError(f"{file}: peft_type {raw['peft_type']!r} is not a method peftplan plans")
+    modelled, required, convert = _PLANNED[peft_type]
+
+    refused = [f"{name}=null ({_NULL_REASON[name]})" for name in required if raw.get(name) is None]
+    refused += _unmodelled_fields(file, peft_type, raw, modelled)
+    if refused:
+        raise UnsupportedError(f"{file}: peftplan does not model {'; '.join(refused)}, so it cannot plan this "
+                               "adapter exactly")
+    name, values = convert(raw)
     method = get_method(name)
     return method, method.make_config(**values)
 
 
-def _warn_unknown(file: Path, raw: dict[str, Any]) -> None:
-    """Warn once about fields this peft version does not know (written by an older or newer peft)."""
-    global _warned
-    import dataclasses
+def _unmodelled_fields(file: Path, peft_type: str, raw: dict[str, Any], modelled: frozenset[str]) -> list[str]:
+    """`field=value (why)` for each field that is set, not modelled and may change the count or memory."""
+    defaults, known = _peft_defaults(peft_type)
+    refused: list[str] = []
+    unknown: list[str] = []
+    for name, value in raw.items():
+        if name in modelled or name in _INERT:
+            continue
+        if name == "task_type":
+            if value not in _PLANNED_TASK_TYPES:
+                refused.append(f"task_type={value!r} (peft adds a trainable head or needs an encoder-decoder)")
+        elif name == "init_lora_weights":
+            if not _init_only(value):
+                refused.append(f"init_lora_weights={value!r} (more than an initial value)")
+        elif name == "num_transformer_submodules":  # peft writes 1 for a decoder or encoder; 2 is encoder-decoder
+            if value not in (None, 1):
+                refused.append(f"num_transformer_submodules={value!r} (an encoder-decoder)")
+        elif name not in known:
+            # Written by another peft version: harmless when empty, unknowable otherwise.
+            if _is_empty(value) or value is False or value == 0:
+                unknown.append(name)
+            else:
+                refused.append(f"{name}={_short(value)} (unknown to this peft version)")
+        elif not _same(value, defaults[name]):
+            refused.append(f"{name}={_short(value)}")
+    _warn_unknown(file, unknown)
+    return refused
 
+
+def _peft_defaults(peft_type: str) -> tuple[dict[str, Any], set[str]]:
+    """The JSON form of each field of peft's config class for `peft_type`, at its default."""
+    import dataclasses
+    import logging
+
+    # bitsandbytes (imported by peft) logs a harmless note about an optional CPU kernel package.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(str(raw.get("peft_type", "")).upper())  # type: ignore[call-overload]
-    if config_cls is None:
-        return
-    known = {f.name for f in dataclasses.fields(config_cls)} | {"auto_mapping"}
-    others = sorted(set(raw) - known)
-    if others and not _warned:
+    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]  # type: ignore[index]
+    default = config_cls()
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    values = {name: json.loads(json.dumps(getattr(default, name), default=str)) for name in fields}
+    return values, fields
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value in ({}, [], "")
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equal as JSON, with null and an empty list or dict the same (peft writes either)."""
+    if _is_empty(value) and _is_empty(default):
+        return True
+    return json.loads(json.dumps(value, default=str)) == default  # type: ignore[no-any-return]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _warn_unknown(file: Path, names: list[str]) -> None:
+    """Warn once about empty fields this peft version does not know (written by an older or newer peft)."""
+    global _warned
+    if names and not _warned:
         _warned = True
-        listed = ", ".join(others[:8]) + (" ..." if len(others) > 8 else "")
-        print(f"peftplan: warning: {file.name}: ignoring fields this peft version does not know: {listed}",
+        listed = ", ".join(sorted(names)[:8]) + (" ..." if len(names) > 8 else "")
+        print(f"peftplan: warning: {file.name}: ignoring empty fields this peft version does not know: {listed}",
               file=sys.stderr)

@@ -41,7 +41,7 @@ def test_models_lists_the_catalog(capsys) -> None:
 def test_peft_config_round_trip(capsys, tmp_path) -> None:
     (tmp_path / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "r": 32, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"],
-        "lora_dropout": 0.05, "bias": "none", "task_type": "CAUSAL_LM", "a_field_from_the_future": 1,
+        "lora_dropout": 0.05, "bias": "none", "task_type": "CAUSAL_LM", "a_field_from_the_future": None,
     }))
     code, out, err = run(capsys, "methods", "--model", "meta-llama/Llama-3.2-3B", "--peft-config", str(tmp_path),
                          "--format", "json")

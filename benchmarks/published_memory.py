@@ -596,8 +596,14 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", "## Rows not planned", "", "| row | source | model | reason |", "|---:|---|---|---|"]
     lines += [f"| {r['row']} | {r['source']} | {r['model']} | {r['reason']} |"
               for r in result["rows"] if r["status"] == "unplannable"]
-    lines += ["", "## Sequence lengths taken", "", "| row | seq | why |", "|---:|---:|---|"]
-    lines += [f"| {r['row']} | {RECIPES[r['row']].seq_len:,} | {r['seq_note']} |" for r in planned]
+    lines += ["", "## Sequence lengths taken", "", "| rows | seq | why |", "|---|---:|---|"]
+    by_note: dict[str, list[dict[str, Any]]] = {}
+    for r in planned:
+        by_note.setdefault(r["seq_note"], []).append(r)
+    for note, group in by_note.items():
+        seqs = sorted({RECIPES[r["row"]].seq_len for r in group})
+        seq = ", ".join(f"{n:,}" for n in seqs) if len(seqs) <= 2 else "the row's"
+        lines.append(f"| {', '.join(str(r['row']) for r in group)} | {seq} | {note} |")
     for key, title in (("source", "source"), ("stack", "stack (the row's)"), ("method", "method")):
         lines += ["", f"## By {title}", "",
                   f"| {key} | rows | scored | median abs error % | median signed error % | outcomes agree |",

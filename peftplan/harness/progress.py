@@ -8,6 +8,9 @@ from typing import Any, Protocol, TextIO
 
 
 class Progress(Protocol):
+    def start(self, done: dict[str, int], best: dict[str, float | None]) -> None:
+        """The studies are open: `done` trials per method are already counted (a resumed run), `best` their best."""
+
     def trial_started(self, key: str, number: int, params: dict[str, Any], steps: int | None) -> None: ...
 
     def trial_event(self, key: str, number: int, event: dict[str, Any]) -> None: ...
@@ -27,16 +30,30 @@ def _metric_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _done_text(done: dict[str, int], best: dict[str, float | None], trials: dict[str, int] | None) -> str:
+    parts = []
+    for key, count in done.items():
+        total = f"/{trials[key]}" if trials and key in trials else ""
+        value = best.get(key)
+        parts.append(f"{key} {count}{total} done" + ("" if value is None else f" (best {_metric_text(value)})"))
+    return ", ".join(parts)
+
+
 class LineProgress:
     """One line per trial start and end, and at most one step line every `every_s` seconds."""
 
-    def __init__(self, stream: TextIO | None = None, every_s: float = 30.0) -> None:
+    def __init__(self, stream: TextIO | None = None, every_s: float = 30.0, trials: dict[str, int] | None = None) -> None:
         self.stream = stream or sys.stderr
         self.every_s = every_s
+        self.trials = trials
         self._last = 0.0
 
     def _print(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def start(self, done: dict[str, int], best: dict[str, float | None]) -> None:
+        if any(done.values()):  # a fresh run says nothing here
+            self._print(f"resuming: {_done_text(done, best, self.trials)}")
 
     def trial_started(self, key: str, number: int, params: dict[str, Any], steps: int | None) -> None:
         self._last = time.monotonic()
@@ -61,7 +78,11 @@ class LineProgress:
 
 
 class RichProgress:
-    """A live display: the current trial's steps and phase, and the best metric so far per method."""
+    """A live display: the current trial's steps and phase, and the best metric so far per method.
+
+    The display starts with `start()`, once the studies are open, so that a resumed run's first frame already
+    shows the trials done and their best (never a bar at 0 that jumps); messages before it print as lines.
+    """
 
     def __init__(self, methods: list[str], trials: dict[str, int]) -> None:
         from rich.console import Console, Group
@@ -80,7 +101,20 @@ class RichProgress:
         self.step_task = self.bars.add_task("steps", total=1, info="", visible=False)
         self.best: dict[str, float | None] = dict.fromkeys(methods)
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
-        self.live.start()
+        self._started = False
+
+    def _show(self) -> None:
+        if not self._started:
+            self._started = True
+            self.live.update(self._render())
+            self.live.start()
+
+    def start(self, done: dict[str, int], best: dict[str, float | None]) -> None:
+        for key, count in done.items():
+            if key in self.method_tasks:
+                self.bars.update(self.method_tasks[key], completed=count)
+                self.best[key] = best.get(key)
+        self._show()
 
     def _render(self) -> Any:
         table = self._table_cls(title="best so far", expand=False)
@@ -91,6 +125,7 @@ class RichProgress:
         return self._group_cls(self.bars, table)
 
     def trial_started(self, key: str, number: int, params: dict[str, Any], steps: int | None) -> None:
+        self._show()
         self.bars.update(self.step_task, description=f"{key}-{number}", completed=0, total=steps or 1,
                          visible=True, info=_params_text(params)[:60])
 
@@ -115,7 +150,8 @@ class RichProgress:
         self.console.print(text)
 
     def close(self) -> None:
-        self.live.stop()
+        if self._started:
+            self.live.stop()
 
 
 def make_progress(methods: list[str], trials: dict[str, int], *, stream: TextIO | None = None) -> Progress:
@@ -123,4 +159,4 @@ def make_progress(methods: list[str], trials: dict[str, int], *, stream: TextIO 
     out = stream or sys.stderr
     if out.isatty():
         return RichProgress(methods, trials)
-    return LineProgress(out)
+    return LineProgress(out, trials=trials)

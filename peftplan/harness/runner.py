@@ -6,13 +6,21 @@ are kept, trials another runner still holds are waited for, and a trial whose ru
 by its expired heartbeat and queued again with the same params. The order of writes makes this safe:
 the trial writes `outcome.json`, then the runner tells Optuna, then writes the result file; on start, a
 finished trial without a result file gets it rebuilt from its outcome.
+
+Ctrl-C ends a trial the way a dead runner's does, only at once: the trial is failed, a result file says
+`canceled`, and it is queued again with the same params and `retry_of` naming it (Optuna's stale-trial retry).
+A second Ctrl-C while that bookkeeping (or a result being recorded) runs is held until it is done.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +50,7 @@ CONFIG_ATTR = "peftplan_config"
 RECIPE_ATTR = "peftplan_recipe"
 RECOVERED_ATTR = "peftplan_recovered_from"
 OWNER_ATTR = "peftplan_owner"  # host:run-dir of the runner that ran the trial (it writes the result file)
+FINISHED = ("success", "pruned", "oom", "failed")  # an outcome.json status that ends a trial
 
 
 @dataclass
@@ -117,6 +126,9 @@ class BenchRunner:
                     workqueue.fill_once(study, self.suite.trials_for(entry), fixed, self.owner)
             self.studies[key] = study
             self._rebuild_missing_results(key, study)
+        # A resumed run's display starts from what is already done, not from 0 and "-".
+        self.progress.start({key: self._tally(study)[0] for key, study in self.studies.items()},
+                            {key: self._best_metric(key) for key in self.studies})
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -166,18 +178,29 @@ class BenchRunner:
 
     def _run_one(self, key: str, entry: MethodEntry, study: optuna.Study) -> bool:
         """Claim a queued trial and run it; False when another runner claimed the last one first."""
-        from optuna.trial import TrialState
-
         search.fail_stale_trials(study)
-        trial = workqueue.claim(study)
-        if trial is None:
-            return False
+        trial = None
+        try:  # from the claim on: a trial left RUNNING without a heartbeat would never be retried
+            with _interrupts_held():
+                trial = workqueue.claim(study)
+            if trial is None:
+                return False
+            self._run_claimed(key, entry, study, trial)
+        except KeyboardInterrupt:
+            if trial is not None:
+                with _interrupts_held():
+                    self._interrupted(key, entry, study, trial)
+            raise
+        return True
+
+    def _run_claimed(self, key: str, entry: MethodEntry, study: optuna.Study, trial: optuna.Trial) -> None:
         trial.set_user_attr(OWNER_ATTR, self.owner)
         try:
             sampled = sample_config(trial, entry, self.suite)
         except BadInputError as exc:  # e.g. a sampled target preset the model lacks
-            self._record(key, entry, study, trial, None, "failed", None, str(exc), 0.0)
-            return True
+            with _interrupts_held():
+                self._record(key, entry, study, trial, None, "failed", None, str(exc), 0.0)
+            return
         config = self._resolved_config(entry, sampled)
         trial.set_user_attr(KEY_ATTR, key)
         trial.set_user_attr(CONFIG_ATTR, config)
@@ -197,20 +220,35 @@ class BenchRunner:
         )
         maximize = search.directions(self.suite)[0] == "maximize"
         listener = _Listener(trial, key, search.pruning_enabled(self.suite), maximize, self.progress)
-        try:
-            with search.Heartbeat(self.storage, trial._trial_id, self.suite.storage.heartbeat_interval):
-                launched = launch_trial(spec, self.run_dir.work_dir(key, trial.number),
-                                        timeout=self.suite.budget.trial_timeout, listener=listener,
-                                        env=self._trial_env())
-        except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={RECIPE_ATTR: trial.user_attrs.get(RECIPE_ATTR, False)})
-            self._write(key, entry, trial.number, config, trial.params, "canceled", None,
-                        "interrupted (Ctrl-C); queued again with the same params", 0.0, None)
-            raise
-        self._record(key, entry, study, trial, config, launched.status, launched.outcome, launched.error,
-                     launched.wall_time_s)
-        return True
+        with search.Heartbeat(self.storage, trial._trial_id, self.suite.storage.heartbeat_interval):
+            launched = launch_trial(spec, self.run_dir.work_dir(key, trial.number),
+                                    timeout=self.suite.budget.trial_timeout, listener=listener,
+                                    env=self._trial_env())
+        with _interrupts_held():  # told and written together, or not at all
+            self._record(key, entry, study, trial, config, launched.status, launched.outcome, launched.error,
+                         launched.wall_time_s)
+
+    def _interrupted(self, key: str, entry: MethodEntry, study: optuna.Study, trial: optuna.Trial) -> None:
+        """Ctrl-C during a claimed trial: fail it and queue it again, as `_on_stale` does for a dead runner."""
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+        from optuna.trial import TrialState
+
+        frozen = self.storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            return  # its result was recorded before the interrupt took effect
+        config = frozen.user_attrs.get(CONFIG_ATTR) or {"method": entry.name, "params": frozen.params}
+        outcome = _read_json(self.run_dir.work_dir(key, trial.number) / OUTCOME)
+        if outcome is not None and outcome.get("status") in FINISHED:  # it ended just before the interrupt
+            wall = float((outcome.get("metrics") or {}).get("wall_time_s") or 0.0)
+            self._record(key, entry, study, trial, config, outcome["status"], outcome, outcome.get("error"), wall)
+            return
+        study.tell(trial, state=TrialState.FAIL)
+        # Optuna's retry of a stale trial: same params and distributions, and `failed_trial` (our `retry_of`)
+        # naming it. No retry limit: an interrupt is the user's doing, not the trial's.
+        RetryHeartbeatStaleTrialCallback(max_retry=None)(study, self.storage.get_trial(trial._trial_id))
+        self._write(key, entry, trial.number, config, frozen.params, "canceled", None,
+                    "interrupted (Ctrl-C); queued again with the same params", 0.0,
+                    frozen.system_attrs.get("failed_trial"))
 
     def _record(self, key: str, entry: MethodEntry, study: optuna.Study, trial: optuna.Trial,
                 config: dict[str, Any] | None, status: str, outcome: dict[str, Any] | None, error: str | None,
@@ -379,6 +417,27 @@ class BenchRunner:
         write_tables(self.run_dir)
         self.progress.close()
         return summary
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block and raise it at the end.
+
+    Only where Ctrl-C raises KeyboardInterrupt: in the main thread, and unless SIGINT was ignored or handled
+    otherwise (a `nohup` or background run keeps ignoring it).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _peak_bytes(result: TrialResult) -> int | None:

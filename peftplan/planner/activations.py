@@ -7,7 +7,7 @@ terms, what checkpointing keeps instead, and the transient moments that may peak
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from peftplan.methods.memory import MemoryTerms
 from peftplan.models.spec import ModelSpec
@@ -187,7 +187,57 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
     as_float = logits_bytes if logits.itemsize != loss_size else ZERO  # as calibrated against the trace
     softcap = logits_bytes if a.final_softcap else ZERO  # tanh(logits / cap) * cap saves tanh's output
     held = logits_bytes if ctx.keep_logits else ZERO
+    if ctx.legacy_loss:
+        # transformers < 4.45: `logits.float()` is the model's output (the low-precision logits are
+        # freed), `logits[..., :-1, :].contiguous()` a second fp32 copy; backward holds nll's and
+        # log-softmax's gradients and the zero-filled full gradient of the slice.
+        fp32 = tokens(vocab, extra) * 4
+        return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 3 * fp32)
     return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows)
+
+
+def _with_unsloth_blocks(spec: ModelSpec, r: Replay, profile: ActivationProfile, fixed: Poly) -> ActivationProfile:
+    """The profile with Unsloth's kernels in every block (unslothai/unsloth@015bdef, kernels/fast_lora.py,
+    kernels/rms_layernorm.py; their Triton code cannot run here, so this prices what they save).
+
+    Per token, in the compute dtype, a block saves: the normed input of the QKV projection (`LoRA_QKV`
+    saves X), queries, keys and values and the attention output with flash attention's fp32
+    log-sum-exp (`LoRA_W` on o_proj saves that same output), the residual after attention (the
+    second RMSNorm's input), the normed MLP input and the gate and up outputs (`LoRA_MLP` saves X, e,
+    g and recomputes the activation), and two fp32 RMS statistics: 5H + 2·kv + 2I. Its backward adds
+    the MLP's `DW` (I) and the incoming and outgoing gradients (2H); a quantized base dequantizes one
+    weight at a time (`fast_dequantize`).
+
+    Raises:
+        UnsupportedError: a block that is not Llama-style (gated MLP, RMSNorm, rotary, dense).
+    """
+    from peftplan.errors import UnsupportedError
+
+    a = r.arch
+    if not (a.gated and a.norm == "rms" and a.rotary and not a.moe_experts and a.family != "bert"):
+        raise UnsupportedError(f"Unsloth's kernels are priced for Llama-style blocks (gated MLP, RMSNorm, rotary, "
+                               f"dense); {spec.architecture} is not one: use --kernels torch")
+    size = r.compute_itemsize
+    kv = a.kv_heads * a.head_dim
+    block = r.tok(5 * a.hidden + 2 * kv + 2 * a.intermediate) * size + r.tok(2) * 4 + r.tok(a.heads) * 4
+    backward = r.tok(a.intermediate + 2 * a.hidden) * size
+    dequantized = ZERO
+    if r.quantized:
+        dequantized = Poly(c=max(lin.in_features * lin.out_features for lin in spec.layer_linears(0)) * size)
+    running = block * a.layers
+    forward = r.tok(2 * a.hidden + 3 * a.intermediate) * size + dequantized  # a block run under no_grad
+    head_and_rest = profile.saved - profile.blocks_saved
+    return replace(
+        profile,
+        saved=head_and_rest + running,
+        blocks_saved=running,
+        block_max=block + dequantized,
+        backward_temp=backward,
+        recompute_extra=ZERO,
+        recompute_moments=[],
+        moments=[fixed + running],
+        ckpt_moments=[fixed + profile.ckpt_inputs + forward],
+    )
 
 
 def _split(p: Poly, parts: int) -> Poly:
@@ -327,6 +377,13 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         block_max = p if p.at(1, 1024) > block_max.at(1, 1024) else block_max
     stream = tokens(a.hidden, vocab_extra) * x.itemsize
     fixed = main.total() + batch + embeddings_held  # in the blocks' forward the head has saved nothing yet
+    if ctx.kernels == "unsloth":
+        return _with_unsloth_blocks(
+            spec, r, ActivationProfile(
+                saved=saved, logits_saved=loss.saved, loss_backward=loss.backward, forward_extra=forward_extra,
+                ckpt_saved=ckpt_saved, block_max=block_max, head_saved=head.total(), grad_stream=stream, batch=batch,
+                ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs),
+            fixed)
     return ActivationProfile(
         saved=saved,
         logits_saved=loss.saved,

@@ -38,6 +38,7 @@ class TrainContext:
     loss_chunk_tokens: int = 0  # chunks of this many tokens instead of `loss_chunks` of them
     loss_recompute: bool = False  # each loss chunk is checkpointed (TRL)
     loss_fp32: bool = True  # the loss upcasts logits to fp32
+    legacy_loss: bool = False  # transformers < 4.45: fp32 logits in the model and a shifted copy
     keep_logits: bool = False  # the loop holds the logits through backward
     precision: str = "mixed"  # mixed (autocast) | pure (all in dtype, no autocast)
     adapter_dtype: str = "fp32"  # fp32 (peft) | dtype
@@ -45,6 +46,7 @@ class TrainContext:
     ckpt_offload: bool = False  # checkpointed block inputs live on the host (Unsloth)
     offload_activations: bool = False  # every saved activation lives on the host (save_on_cpu)
     optimizer_in_bwd: bool = False  # each gradient is stepped and freed as backward makes it
+    kernels: str = "torch"  # torch | unsloth (its fused Triton kernels for Llama-style blocks)
     packing: bool = False
     cpu_offload: bool = False  # sharded states (and, for FSDP/ZeRO-3, parameters) live on the host
     pinned: frozenset[str] = frozenset()  # knobs (and "optimizer") the user set: stack rules keep them

@@ -14,6 +14,9 @@ Knobs:
   vocabulary size is saved, the chunk's logits are rebuilt in backward.
 - `loss_fp32`: the loss upcasts logits to fp32 before log-softmax (transformers, torchtune); litgpt's
   runs log-softmax in the logits' dtype.
+- `legacy_loss`: transformers before 4.45 (LlamaForCausalLM and its peers): the model upcasts every
+  logit to fp32 in its forward (`logits = logits.float()`) and the loss takes a contiguous shifted
+  copy; the slice's backward builds a full fp32 gradient. Runs published in 2023-2024 ran this.
 - `keep_logits`: the training loop holds the logits until backward is done (litgpt's `logits` variable);
   transformers' Trainer and torchtune (`del logits`) free them before backward.
 - `precision`: `mixed` (weights in --dtype, adapters in fp32, autocast: transformers + peft) or `pure`
@@ -32,6 +35,9 @@ Knobs:
   on the host until backward needs them.
 - `optimizer_in_bwd`: torchtune's optimizer step inside backward: each gradient is stepped and freed as
   soon as it is made, so a full set of gradients never exists.
+- `kernels`: `torch` (the model's own modules, replayed op by op) or `unsloth` (Unsloth's Triton
+  kernels for Llama-style blocks: fast RMSNorm, `LoRA_QKV`, `LoRA_W`, `LoRA_MLP`; each saves only its
+  input and the MLP its gate and up outputs; priced from their source, since Triton cannot run here).
 - `packing`: sequences are packed to `--seq-len` (every batch is full); unpacked, `--seq-len` is a cap.
 """
 
@@ -51,6 +57,7 @@ Precision = Literal["mixed", "pure"]
 LOSSES: tuple[str, ...] = ("full", "chunked", "fused")
 KBIT_PREPS: tuple[str, ...] = ("peft", "none", "torchtune", "all-linear")
 ADAPTER_DTYPES: tuple[str, ...] = ("fp32", "dtype")
+KERNELS: tuple[str, ...] = ("torch", "unsloth")
 CHECKPOINTING: tuple[str, ...] = ("none", "recompute", "offload")
 PRECISIONS: tuple[str, ...] = ("mixed", "pure")
 
@@ -64,6 +71,7 @@ class Knobs:
     loss_chunk_tokens: int = 0
     loss_recompute: bool = False
     loss_fp32: bool = True
+    legacy_loss: bool = False
     keep_logits: bool = False
     precision: Precision = "mixed"
     adapter_dtype: AdapterDtype = "fp32"
@@ -71,6 +79,7 @@ class Knobs:
     checkpointing: Checkpointing = "recompute"
     offload_activations: bool = False
     optimizer_in_bwd: bool = False
+    kernels: Literal["torch", "unsloth"] = "torch"
     packing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +88,7 @@ class Knobs:
 
 KNOB_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Knobs))
 _CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "kbit_prep": KBIT_PREPS, "checkpointing": CHECKPOINTING,
-                                        "precision": PRECISIONS, "adapter_dtype": ADAPTER_DTYPES}
+                                        "precision": PRECISIONS, "adapter_dtype": ADAPTER_DTYPES, "kernels": KERNELS}
 _COUNTS = ("loss_chunks", "loss_chunk_tokens")
 
 
@@ -118,7 +127,7 @@ STACKS: dict[str, Stack] = {
               "TRL SFTTrainer: checkpointed 256-token loss chunks, no k-bit prep",
               "huggingface/trl@f2cd577", losses=("full", "chunked", "fused"),
               when_quantized={"adapter_dtype": "dtype"}),
-        Stack("unsloth", Knobs(loss="fused", kbit_prep="none", checkpointing="offload"),
+        Stack("unsloth", Knobs(loss="fused", kbit_prep="none", checkpointing="offload", kernels="unsloth"),
               "Unsloth: fused cross-entropy, no fp32 upcast, offloaded checkpoints",
               "unslothai/unsloth@015bdef + unslothai/unsloth-zoo@ce232d6",
               methods=frozenset({"full", "lora", "qlora", "rslora"}), losses=("fused",), optimizer="adamw8bit"),

@@ -107,14 +107,16 @@ _SUITE = Recipe(
 _PEFT_DOCS = Recipe(
     source="PEFT docs", model="meta-llama/Llama-2-70b-hf", method="lora", stack="trl", seq_len=2048,
     batch_size=8, compare="total", unit="GB", grad_checkpointing=True, attention="flash",
-    config={"rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["all-linear"]}, knobs={"packing": True},
+    config={"rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["all-linear"]},
+    knobs={"packing": True, "loss": "full", "legacy_loss": True},
     seq_note="SFTTrainer packing to max length 2048",
+    note="2024 runs: TRL's loss was the model's, transformers < 4.45 (fp32 logits in the forward, a shifted copy)",
 )
 # --- LLaMA-Factory wiki "Performance comparison" (edited 2024-04-15): VRAM, GB (unstated; 1e9 taken).
 _LF = Recipe(
     source="LLaMA-Factory wiki", model="meta-llama/Llama-2-7b-hf", method="lora", stack="llama-factory",
     seq_len=1024, batch_size=4, compare="total", unit="GB", grad_checkpointing=True,
-    config={"rank": 8, "alpha": 16, "targets": ["all-linear"]},
+    config={"rank": 8, "alpha": 16, "targets": ["all-linear"]}, knobs={"legacy_loss": True},
     seq_note="cutoff_len 1024, taken as reached",
 )
 _LF_LONG = replace(_LF, method="qlora", batch_size=1, attention="flash",

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.peftplan-installed
 # GPU users: create the venv, install your CUDA torch into it first, then `make setup TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup browser postgres demo test lint clean
+.PHONY: setup browser postgres stacks demo test lint clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -43,7 +43,19 @@ postgres:
 	  || echo "postgres: could not install postgresql; the PostgreSQL tests will skip"; \
 	else echo "postgres: no apt-get here; install postgresql to run the PostgreSQL tests"; fi
 
-test: setup browser postgres
+# torchtune 0.6 in a venv of its own (its torchao 0.15 makes peft 0.21 refuse to import): the tests load
+# `plan --emit torchtune` output with it (they skip, saying why, when it could not be installed).
+TT_VENV := .venv-torchtune
+stacks: $(TT_VENV)/.installed
+
+$(TT_VENV)/.installed:
+	test -x $(TT_VENV)/bin/python || python3 -m venv $(TT_VENV)
+	@( $(TT_VENV)/bin/python -c "import torch" 2>/dev/null || $(TT_VENV)/bin/python -m pip -q install "torch==2.13.0" ) \
+	  && $(TT_VENV)/bin/python -m pip --disable-pip-version-check -q install torchtune==0.6.1 torchao==0.15.0 \
+	       omegaconf==2.4.0 bitsandbytes==0.50.2 && touch $@ \
+	  || echo "stacks: could not install torchtune 0.6.1; its emit tests will skip"
+
+test: setup browser postgres stacks
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile --timeout=900
 
 lint: setup

@@ -18,6 +18,7 @@ from peftplan.planner.ops import Ops, Replay, Weight
 from peftplan.planner.symbolic import ZERO, Graph, Poly, Sym, tokens
 
 INDEX_BYTES = 8  # int64 token ids and labels
+FUSED_VOCAB_TILE = 32768  # TRL's `_CHUNKED_LOGPROB_CHUNK_SIZE`: vocabulary entries per fused-loss tile
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,15 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
     - `full` (transformers' `ForCausalLMLoss`): logits of every token, an fp32 copy
       (`logits.float()`), log-softmax's fp32 output saved; its backward holds two fp32 gradients of
       the logits (nll's and log-softmax's).
-    - `chunked` (torchtune's `LinearCrossEntropyLoss`): the loss runs the output layer per chunk of
-      tokens on a copy of the hidden states; each chunk's logits and fp32 copy are freed once its
-      log-softmax output (saved) is made. With `keep_logits` (litgpt) the model returns every chunk's
-      logits and the loop holds them through backward. `loss_recompute` (TRL's `chunked_nll`)
+    - `chunked` (torchtune 0.6's `CEWithChunkedOutputLoss`, litgpt's `chunked_cross_entropy`): the
+      model's output layer runs per chunk and returns every chunk's logits; the loss upcasts one
+      chunk at a time and saves each chunk's log-softmax output; torchtune's recipe deletes the
+      logits before backward, litgpt's loop holds them (`keep_logits`). Backward holds one chunk's
+      gradients. `loss_recompute` (TRL's `chunked_nll`)
       checkpoints each chunk: only the hidden states' copy is saved; each chunk upcasts the output
       weight (`w.float()`) and rebuilds its logits, log-probabilities and their exponent.
-    - `fused` (Liger's fused linear cross-entropy, Unsloth's fused loss, Apple's cut cross-entropy):
-      no full logits; a hidden-sized tensor is kept (the input gradient computed in the forward, or
+    - `fused` (Liger's fused linear cross-entropy, Unsloth's fused loss, Apple's cut cross-entropy,
+      TRL's fused LM head with `loss_chunk_tokens` tiles): no full logits; a hidden-sized tensor is kept (the input gradient computed in the forward, or
       CCE's input) with an fp32 value per token; one block of logits exists at a time, about as many
       values as the hidden states (Liger's chunk is B·S / ceil(V / H) tokens).
     """
@@ -151,6 +153,13 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
     per_token = tokens(1, extra)
     if ctx.loss == "fused":
         # The kernel reads the hidden states and the weight itself; it keeps a hidden-sized tensor.
+        if ctx.loss_chunk_tokens:
+            # TRL's ChunkedLogProbFunction: fixed tiles of tokens x 32768 vocabulary entries; it saves a
+            # copy of the hidden states, log Z and the entropy (fp32), and backward accumulates an fp32
+            # gradient of the hidden states.
+            tile = Poly(c=ctx.loss_chunk_tokens * min(vocab, FUSED_VOCAB_TILE) * low)
+            return LossTerms(saved=hidden + per_token * 8, forward_extra=tile,
+                             backward=tokens(a.hidden, extra) * 4 + tile)
         block = tokens(a.hidden, extra) * (low + 4)  # one block of logits and its fp32 softmax
         return LossTerms(saved=hidden + per_token * 4, forward_extra=block, backward=hidden + block)
     loss_size = 4 if (ctx.loss_fp32 or low == 4) else low
@@ -168,19 +177,16 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
             chunk = weight_copies + chunk_logits + chunk_rows * 2
             return LossTerms(saved=hidden + per_token * INDEX_BYTES, forward_extra=chunk,
                              backward=chunk + chunk_rows * 2)
-        if ctx.keep_logits:  # the model's output layer ran per chunk; the loop holds the list
-            logits = ops.matmul(h, weight, vocab)
-            logits_bytes = tokens(vocab, extra) * logits.itemsize
-            rows = tokens(vocab, extra) * loss_size
-            copy = chunk_rows if upcast else ZERO
-            return LossTerms(saved=rows, forward_extra=logits_bytes + copy,
-                             backward=logits_bytes + chunk_rows * 2 + copy)
-        if weight.trainable:
-            ops.g.save(h)  # each chunk's matmul saves its input for the weight's gradient
+        # The model's output layer runs per chunk and returns every chunk's logits; the loss upcasts
+        # and log-softmaxes one chunk at a time. torchtune's recipe deletes the logits before
+        # backward; litgpt's loop holds them (`keep_logits`).
+        logits = ops.matmul(h, weight, vocab)
+        logits_bytes = tokens(vocab, extra) * logits.itemsize
         rows = tokens(vocab, extra) * loss_size
         copy = chunk_rows if upcast else ZERO
-        return LossTerms(saved=rows, forward_extra=hidden + chunk_logits + copy,
-                         backward=chunk_rows * 2 + chunk_logits)
+        held = logits_bytes if ctx.keep_logits else ZERO
+        return LossTerms(saved=rows, forward_extra=logits_bytes + copy,
+                         backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO))
     logits = ops.matmul(h, weight, vocab)
     logits_bytes = tokens(vocab, extra) * logits.itemsize
     rows = tokens(vocab, extra) * loss_size  # log_softmax's output, saved for backward

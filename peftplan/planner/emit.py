@@ -136,13 +136,11 @@ def _quant_kwargs(quant: str) -> str:
 
 def _trl(chosen: Chosen) -> str:
     ctx = chosen.ctx
-    _require("trl", ctx, {"loss": ("full", "chunked", "fused"), "loss_fp32": (True,), "keep_logits": (False,),
+    # TRL 1.16's SFTTrainer always computes the loss with its fused LM head (4096-token tiles).
+    _require("trl", ctx, {"loss": ("fused",), "loss_chunk_tokens": (4096,), "keep_logits": (False,),
                           "precision": ("mixed",), "kbit_prep": ("none",), "checkpointing": ("none", "recompute"),
                           "offload_activations": (False, True), "optimizer_in_bwd": (False,),
-                          "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
-    if ctx.loss == "chunked" and (ctx.loss_chunk_tokens, ctx.loss_recompute) != (256, True):
-        raise _refuse("trl", "a chunked loss other than chunked_nll (256-token checkpointed chunks)")
-    loss_type = {"full": "nll", "chunked": "chunked_nll", "fused": "nll"}[ctx.loss]
+                          "legacy_loss": (False,), "optimizer": tuple(HF_OPTIM), "shard": ("none",)})
     lora = _lora_fields(chosen, "trl")
     quant = _quant_kwargs(lora["quant"])
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[ctx.dtype]
@@ -170,7 +168,7 @@ def _trl(chosen: Chosen) -> str:
         f"    gradient_checkpointing={ctx.grad_checkpointing},",
         f"    bf16={ctx.dtype == 'bf16'}, fp16={ctx.dtype == 'fp16'},",
         f'    optim="{HF_OPTIM[ctx.optimizer]}",',
-        f'    loss_type="{loss_type}", use_liger_kernel={ctx.loss == "fused"},',
+        '    loss_type="nll",  # TRL 1.16: its fused LM head, never the full logits',
         f"    activation_offloading={ctx.offload_activations},",
         f"    model_init_kwargs={{{', '.join(init)}}},",
         ")",
@@ -274,14 +272,58 @@ def _llama_factory(chosen: Chosen) -> str:
     return _yaml(data, f"LLaMA-Factory config for {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan")
 
 
-def _torchtune(chosen: Chosen) -> str:
+# torchtune 0.6's single-device recipe configs, by model (`tune ls`).
+TORCHTUNE_MODELS = {
+    "meta-llama/Llama-3.1-8B": "llama3_1/8B", "meta-llama/Llama-3.2-1B": "llama3_2/1B",
+    "meta-llama/Llama-3.2-3B": "llama3_2/3B", "meta-llama/Llama-2-7b-hf": "llama2/7B",
+    "meta-llama/Llama-2-13b-hf": "llama2/13B", "mistralai/Mistral-7B-v0.1": "mistral/7B",
+    "google/gemma-2-2b": "gemma2/2B", "google/gemma-2-9b": "gemma2/9B", "google/gemma-7b": "gemma/7B",
+    "microsoft/Phi-3-mini-4k-instruct": "phi3/mini", "Qwen/Qwen2.5-0.5B": "qwen2_5/0.5B",
+    "Qwen/Qwen2.5-1.5B": "qwen2_5/1.5B", "Qwen/Qwen2.5-7B": "qwen2_5/7B", "Qwen/Qwen2.5-14B": "qwen2_5/14B",
+}
+TORCHTUNE_OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adamw8bit": "bitsandbytes.optim.AdamW8bit",
+                        "paged-adamw8bit": "bitsandbytes.optim.PagedAdamW8bit"}
+
+
+def torchtune_recipe(model_id: str, method: str) -> tuple[str, str]:
+    """(recipe, config) of torchtune 0.6 for a model and method.
+
+    Raises:
+        BadInputError: torchtune ships no single-device config for this model.
+    """
+    prefix = TORCHTUNE_MODELS.get(model_id)
+    if prefix is None:
+        raise _refuse("torchtune", f"{model_id} (torchtune ships recipes for: {', '.join(TORCHTUNE_MODELS)})")
+    if method == "full":
+        suffix = "full_low_memory" if prefix.split("/")[0] in ("llama2", "mistral", "phi3") else "full_single_device"
+        return "full_finetune_single_device", f"{prefix}_{suffix}"
+    kind = {"lora": "lora", "qlora": "qlora", "dora": "lora", "qdora": "qlora"}[method]
+    return "lora_finetune_single_device", f"{prefix}_{kind}_single_device"
+
+
+def torchtune_overrides(chosen: Chosen) -> tuple[str, str, list[str]]:
+    """(recipe, config, `key=value` overrides) that run the planned configuration in torchtune 0.6."""
     ctx = chosen.ctx
     _require("torchtune", ctx, {"loss": ("full", "chunked"), "loss_fp32": (True,), "keep_logits": (False,),
                                 "precision": ("pure",), "checkpointing": ("none", "recompute"),
-                                "optimizer": ("adamw", "adamw8bit", "paged-adamw8bit"), "shard": ("none",)})
-    lora = _lora_fields(chosen, "torchtune")
+                                "optimizer": tuple(TORCHTUNE_OPTIMIZERS), "shard": ("none",),
+                                "legacy_loss": (False,), "loss_recompute": (False,), "loss_chunk_tokens": (0,)})
     if ctx.loss == "chunked" and ctx.loss_chunks != 8:
         raise _refuse("torchtune", f"loss_chunks={ctx.loss_chunks} (its models split the output into 8 chunks)")
+    recipe, config = torchtune_recipe(chosen.spec.model_id, chosen.method.name)
+    overrides = [f"tokenizer.max_seq_len={ctx.seq_len}", f"dataset.packed={ctx.packing}",
+                 f"batch_size={ctx.batch_size}", "gradient_accumulation_steps=1",
+                 f"enable_activation_checkpointing={ctx.grad_checkpointing}",
+                 f"enable_activation_offloading={ctx.offload_activations}", f"dtype={ctx.dtype}", "compile=False",
+                 f"optimizer._component_={TORCHTUNE_OPTIMIZERS[ctx.optimizer]}",
+                 "loss._component_=" + ("torchtune.modules.loss.CEWithChunkedOutputLoss" if ctx.loss == "chunked"
+                                        else "torch.nn.CrossEntropyLoss")]
+    if recipe.startswith("full"):
+        overrides.append(f"optimizer_in_bwd={ctx.optimizer_in_bwd}")
+        return recipe, config, overrides
+    if ctx.optimizer_in_bwd:
+        raise _refuse("torchtune", "optimizer_in_bwd with LoRA (its LoRA recipes do not step in backward)")
+    lora = _lora_fields(chosen, "torchtune")
     attn_names = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
     mlp = {"gate_proj", "up_proj", "down_proj"}
     targets = set(lora["targets"])
@@ -293,35 +335,25 @@ def _torchtune(chosen: Chosen) -> str:
         raise _refuse("torchtune", f"quant={lora['quant']} (its QLoRA is NF4)")
     if lora["rslora"]:
         raise _refuse("torchtune", "rsLoRA scaling")
-    optimizers = {"adamw": "torch.optim.AdamW", "adamw8bit": "bitsandbytes.optim.AdamW8bit",
-                  "paged-adamw8bit": "bitsandbytes.optim.PagedAdamW8bit"}
-    data: dict[str, Any] = {
-        "model": {
-            "lora_attn_modules": [attn_names[t] for t in sorted(targets & set(attn_names))],
-            "apply_lora_to_mlp": bool(targets & mlp),
-            "apply_lora_to_output": "lm_head" in targets,
-            "lora_rank": lora["rank"],
-            "lora_alpha": lora["alpha"],
-            "lora_dropout": lora["dropout"],
-            "use_dora": lora["dora"],
-            "quantize_base": lora["quant"] == "nf4",
-        },
-        "tokenizer": {"max_seq_len": ctx.seq_len},
-        "dataset": {"packed": ctx.packing},
-        "batch_size": ctx.batch_size,
-        "gradient_accumulation_steps": 1,
-        "optimizer": {"_component_": optimizers[ctx.optimizer], "lr": 1.0e-4},
-        "optimizer_in_bwd": ctx.optimizer_in_bwd,
-        "loss": {"_component_": "torchtune.modules.loss.LinearCrossEntropyLoss" if ctx.loss == "chunked"
-                 else "torch.nn.CrossEntropyLoss"},
-        "enable_activation_checkpointing": ctx.grad_checkpointing,
-        "enable_activation_offloading": ctx.offload_activations,
-        "dtype": ctx.dtype,
-    }
-    header = (f"torchtune override for {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan; "
-              "merge into the recipe's config (e.g. tune cp llama3_1/8B_lora_single_device) and run "
-              "tune run lora_finetune_single_device --config it")
-    return _yaml(data, header)
+    if "lm_head" in targets and chosen.spec.tie_word_embeddings:
+        raise _refuse("torchtune", "LoRA on the output layer of a model with tied embeddings")
+    if ctx.optimizer != "adamw":
+        overrides.append("~optimizer.fused")  # the LoRA configs' torch AdamW option; bitsandbytes has none
+    attn = ",".join(attn_names[t] for t in ("q_proj", "k_proj", "v_proj", "o_proj") if t in targets)
+    output = ["model.apply_lora_to_output=True"] if "lm_head" in targets else []
+    overrides = [f"model.lora_attn_modules=[{attn}]", f"model.apply_lora_to_mlp={bool(targets & mlp)}",
+                 *output, f"model.lora_rank={lora['rank']}",
+                 f"model.lora_alpha={lora['alpha']:g}", f"model.lora_dropout={lora['dropout']:g}",
+                 *([f"model.use_dora={lora['dora']}"] if lora["dora"] else []), *overrides]
+    return recipe, config, overrides
+
+
+def _torchtune(chosen: Chosen) -> str:
+    recipe, config, overrides = torchtune_overrides(chosen)
+    lines = [f"# torchtune 0.6: {chosen.method.name} on {chosen.spec.model_id} as planned by peftplan "
+             "(download the model with `tune download` first)", f"tune run {recipe} --config {config} \\"]
+    lines += [f"  '{item}' \\" for item in overrides[:-1]] + [f"  '{overrides[-1]}'"]
+    return "\n".join(lines) + "\n"
 
 
 def _unsloth(chosen: Chosen) -> str:

@@ -9,9 +9,10 @@ Knobs:
   `chunked_cross_entropy`), `fused` (Liger's fused linear cross-entropy, Apple's cut cross-entropy,
   Unsloth's: the full logits never exist).
 - `loss_chunks`: how many chunks `chunked` splits the tokens into (torchtune: 8).
-- `loss_chunk_tokens`: instead, chunks of this many tokens (litgpt: 128, TRL: 256); 0 uses the count.
-- `loss_recompute`: each chunk of the loss is checkpointed (TRL's `chunked_nll`): nothing of the
-  vocabulary size is saved, the chunk's logits are rebuilt in backward.
+- `loss_chunk_tokens`: instead, chunks of this many tokens (litgpt: 128); for `fused`, TRL's tiles of
+  this many tokens (4096) by 32768 vocabulary entries; 0 uses the count.
+- `loss_recompute`: each chunk of the loss is checkpointed (TRL's `chunked_nll` before 1.16): nothing
+  of the vocabulary size is saved, the chunk's logits are rebuilt in backward.
 - `loss_fp32`: the loss upcasts logits to fp32 before log-softmax (transformers, torchtune); litgpt's
   runs log-softmax in the logits' dtype.
 - `legacy_loss`: transformers before 4.45 (LlamaForCausalLM and its peers): the model upcasts every
@@ -123,9 +124,9 @@ STACKS: dict[str, Stack] = {
     for stack in (
         Stack("hf", Knobs(), "transformers Trainer + peft defaults (fp32 logits, peft k-bit prep)",
               "huggingface/transformers + huggingface/peft", losses=("full", "fused")),
-        Stack("trl", Knobs(loss="chunked", loss_chunk_tokens=256, loss_recompute=True, kbit_prep="none"),
-              "TRL SFTTrainer: checkpointed 256-token loss chunks, no k-bit prep",
-              "huggingface/trl@f2cd577", losses=("full", "chunked", "fused"),
+        Stack("trl", Knobs(loss="fused", loss_chunk_tokens=4096, kbit_prep="none"),
+              "TRL 1.16 SFTTrainer: fused LM head (4096-token tiles), no k-bit prep",
+              "huggingface/trl 1.16.0", losses=("fused",),
               when_quantized={"adapter_dtype": "dtype"}),
         Stack("unsloth", Knobs(loss="fused", kbit_prep="none", checkpointing="offload", kernels="unsloth"),
               "Unsloth: fused cross-entropy, no fp32 upcast, offloaded checkpoints",

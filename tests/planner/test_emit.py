@@ -57,7 +57,7 @@ def test_trl_script_carries_the_priced_knobs(capsys: pytest.CaptureFixture[str])
                          "--seq-len", "4096", "--batch-size", "2", "--optimizer", "paged-adamw8bit", "--emit", "trl")
     assert code == 0
     for needle in ("max_length=4096", "per_device_train_batch_size=2", 'optim="paged_adamw_8bit"',
-                   'loss_type="chunked_nll"', "gradient_checkpointing=True", 'bnb_4bit_quant_type="nf4"',
+                   'loss_type="nll"', "gradient_checkpointing=True", 'bnb_4bit_quant_type="nf4"',
                    '"dtype": "bfloat16"'):
         assert needle in out, needle
     compile(out, "emitted.py", "exec")  # it is Python
@@ -85,15 +85,15 @@ def test_llama_factory_yaml_carries_the_priced_knobs(capsys: pytest.CaptureFixtu
     assert data["finetuning_type"] == "lora"
 
 
-def test_torchtune_override_carries_the_priced_knobs(capsys: pytest.CaptureFixture[str]) -> None:
+def test_torchtune_command_carries_the_priced_knobs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _emit(capsys, "-m", LLAMA, "--vram", "24", "--method", "qlora", "--stack", "torchtune",
                          "--targets", "q_proj,v_proj,o_proj,mlp", "--rank", "8", "--emit", "torchtune")
     assert code == 0
-    data = yaml.safe_load(out)
-    assert data["model"]["lora_attn_modules"] == ["output_proj", "q_proj", "v_proj"]
-    assert data["model"]["apply_lora_to_mlp"] is True and data["model"]["quantize_base"] is True
-    assert data["loss"]["_component_"] == "torchtune.modules.loss.LinearCrossEntropyLoss"
-    assert data["dtype"] == "bf16"
+    assert "tune run lora_finetune_single_device --config llama3_1/8B_qlora_single_device" in out
+    for needle in ("'model.lora_attn_modules=[q_proj,v_proj,output_proj]'", "'model.apply_lora_to_mlp=True'",
+                   "'model.lora_rank=8'", "'loss._component_=torchtune.modules.loss.CEWithChunkedOutputLoss'",
+                   "'dtype=bf16'", "'tokenizer.max_seq_len=2048'"):
+        assert needle in out, needle
 
 
 def test_unsloth_script_uses_offloaded_checkpointing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from peftplan.commands._interrupt import says_interrupted
 from peftplan.commands.bench import bench_command
 from peftplan.commands.gpus import gpus_command
 from peftplan.commands.methods import methods_command
@@ -28,14 +29,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.command("methods")(methods_command)
-app.command("models")(models_command)
-app.command("gpus")(gpus_command)
-app.command("plan")(plan_command)
+app.command("methods")(says_interrupted()(methods_command))
+app.command("models")(says_interrupted()(models_command))
+app.command("gpus")(says_interrupted()(gpus_command))
+app.command("plan")(says_interrupted()(plan_command))
 app.command("bench")(bench_command)
-app.command("validate")(validate_command)
-app.command("report")(report_command)
-app.command("trace")(trace_command)
+app.command("validate")(says_interrupted()(validate_command))
+app.command("report")(says_interrupted()(report_command))
+app.command("trace")(says_interrupted()(trace_command))
 app.command("worker")(worker_command)
 
 

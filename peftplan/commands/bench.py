@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ParamSpec
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from peftplan.commands._interrupt import says_interrupted
+
 if TYPE_CHECKING:
     from peftplan.harness.suite import LoadedSuite
-
-P = ParamSpec("P")
-
-
-def says_interrupted(line: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
-    """Ctrl-C in the command: one line on stderr, exit 130 (typer alone exits 130 silently).
-
-    By then the runner has recorded the interrupted trial and queued it again, and the live display is closed.
-    """
-
-    def wrap(command: Callable[P, None]) -> Callable[P, None]:
-        @functools.wraps(command)  # typer reads the options from the wrapped signature
-        def run(*args: P.args, **kwargs: P.kwargs) -> None:
-            try:
-                command(*args, **kwargs)
-            except KeyboardInterrupt:
-                print(f"peftplan: {line}", file=sys.stderr, flush=True)
-                raise typer.Exit(130) from None
-
-        return run
-
-    return wrap
-
 
 @says_interrupted("interrupted (Ctrl-C); re-run the same command to resume: finished trials are kept and the "
                   "interrupted trial runs again")

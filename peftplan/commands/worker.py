@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from peftplan.commands.bench import says_interrupted
+from peftplan.commands._interrupt import says_interrupted
 
 
 @says_interrupted("interrupted (Ctrl-C); its trial is queued again with the same params: re-run the same command "

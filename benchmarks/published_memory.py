@@ -194,7 +194,7 @@ RECIPES: dict[int, Recipe] = {
                 note="run_peft_deepspeed.sh: ZeRO-3 without offload, DeepSpeed bf16 engine, GA 4; per-GPU "
                      "reading of an nvidia-smi screenshot"),
     81: replace(_PEFT_DOCS, method="qlora", batch_size=2, gpus=2, shard="fsdp",
-                config={**_PEFT_DOCS.config, "quant": "nf4"}, knobs={"packing": True, "kbit_prep": "none"},
+                config={**_PEFT_DOCS.config, "quant": "nf4"}, knobs={**_PEFT_DOCS.knobs, "kbit_prep": "none"},
                 note="run_peft_qlora_fsdp.sh, fsdp_offload_params false; nested quant, bf16 quant storage; "
                      "TRL skips prepare_model_for_kbit_training for sharded QLoRA"),
     129: replace(_LF, note="HF backend (sdpa); LLaMA-Factory defaults: checkpointing, AdamW; GA 2; GPU not stated"),

@@ -126,7 +126,7 @@ STACKS: dict[str, Stack] = {
               "huggingface/transformers + huggingface/peft", losses=("full", "fused")),
         Stack("trl", Knobs(loss="fused", loss_chunk_tokens=4096, kbit_prep="none"),
               "TRL 1.16 SFTTrainer: fused LM head (4096-token tiles), no k-bit prep",
-              "huggingface/trl 1.16.0", losses=("fused",),
+              "huggingface/trl 1.16.0", losses=("full", "chunked", "fused"),  # full: before 1.16, or label smoothing
               when_quantized={"adapter_dtype": "dtype"}),
         Stack("unsloth", Knobs(loss="fused", kbit_prep="none", checkpointing="offload", kernels="unsloth"),
               "Unsloth: fused cross-entropy, no fp32 upcast, offloaded checkpoints",

@@ -85,7 +85,11 @@ class ModelSpec:
     @property
     def total_params(self) -> int:
         """Parameters with tied ones counted once (as `sum(p.numel() for p in model.parameters())`)."""
-        return sum(p.numel for p in self.params if p.tied_to is None)
+        total: int | None = self.__dict__.get("_total_params")
+        if total is None:  # computed once: the planner prices thousands of candidates per spec
+            total = sum(p.numel for p in self.params if p.tied_to is None)
+            object.__setattr__(self, "_total_params", total)
+        return total
 
     @property
     def text_config(self) -> dict[str, Any]:
@@ -95,8 +99,16 @@ class ModelSpec:
 
     def layer_linears(self, index: int = 0) -> list[LinearInfo]:
         """Linears of decoder block `index` of the main text stack."""
-        prefix = f"{self.layers_path}.{index}."
-        return [lin for lin in self.linears if lin.name.startswith(prefix)]
+        # Indexed once per spec: the planner asks for every block of every candidate (O(layers²) otherwise).
+        by_block: dict[str, list[LinearInfo]] | None = self.__dict__.get("_linears_by_block")
+        if by_block is None:
+            by_block = {}
+            prefix = f"{self.layers_path}."
+            for lin in self.linears:
+                if lin.name.startswith(prefix):
+                    by_block.setdefault(lin.name[len(prefix):].split(".", 1)[0], []).append(lin)
+            object.__setattr__(self, "_linears_by_block", by_block)
+        return list(by_block.get(str(index), ()))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -27,6 +27,33 @@ BottleneckOpt = Annotated[int | None, typer.Option(help="Bottleneck adapter widt
 PeftConfigOpt = Annotated[Path | None, typer.Option("--peft-config", help="Use exactly this peft adapter_config.json.")]
 
 
+# The training stack and its knobs, shared by `plan` and `trace` (None: the stack's default; planner/stacks.py).
+StackOpt = Annotated[str, typer.Option(help="Training stack whose memory techniques to price: hf, trl, unsloth, axolotl, llama-factory, torchtune, litgpt.")]
+LossOpt = Annotated[str | None, typer.Option(help="Loss knob: full (fp32 logits), chunked or fused (default: the stack's).")]
+LossChunksOpt = Annotated[int | None, typer.Option("--loss-chunks", help="Chunks of the chunked loss (default: the stack's).")]
+LossChunkTokensOpt = Annotated[int | None, typer.Option("--loss-chunk-tokens", help="Chunks of this many tokens instead (0: use --loss-chunks).")]
+LossRecomputeOpt = Annotated[bool | None, typer.Option("--loss-recompute/--no-loss-recompute", help="Checkpoint each loss chunk (TRL's chunked_nll).")]
+KernelsOpt = Annotated[str | None, typer.Option(help="torch (the model's modules) or unsloth (its fused kernels); default: the stack's.")]
+AdapterDtypeOpt = Annotated[str | None, typer.Option("--adapter-dtype", help="fp32 (peft) or dtype (the training dtype); default: the stack's.")]
+KbitPrepOpt = Annotated[str | None, typer.Option("--kbit-prep", help="Quantized base preparation: peft (fp32 upcast), none, torchtune or all-linear (litgpt: the output layer too).")]
+CheckpointingOpt = Annotated[str | None, typer.Option(help="none, recompute or offload (block inputs on the host); default: the stack's.")]
+OffloadActivationsOpt = Annotated[bool | None, typer.Option("--offload-activations/--no-offload-activations", help="Saved activations on the host (torch save_on_cpu, torchtune).")]
+OptimizerInBwdOpt = Annotated[bool | None, typer.Option("--optimizer-in-bwd/--no-optimizer-in-bwd", help="Step each parameter inside backward (torchtune).")]
+PackingOpt = Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack sequences to --seq-len (unpacked, --seq-len is a cap).")]
+PrecisionOpt = Annotated[str | None, typer.Option(help="mixed (autocast, fp32 adapters) or pure (all in --dtype); default: the stack's.")]
+LossFp32Opt = Annotated[bool | None, typer.Option("--loss-fp32/--no-loss-fp32", help="The loss upcasts logits to fp32 (default: the stack's).")]
+LegacyLossOpt = Annotated[bool | None, typer.Option("--legacy-loss/--no-legacy-loss", help="transformers < 4.45's loss (fp32 logits in the model, a shifted copy).")]
+KeepLogitsOpt = Annotated[bool | None, typer.Option("--keep-logits/--no-keep-logits", help="The loop holds logits through backward (litgpt).")]
+GradCkptOpt = Annotated[bool | None, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default: the stack's; on for hf, as TRL and most PEFT recipes train).")]
+
+
+def knob_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """The stack knobs among a command's parameters (`locals()`), by knob name (None: the stack's)."""
+    from peftplan.planner.stacks import KNOB_NAMES
+
+    return {name: values.get(name) for name in KNOB_NAMES}
+
+
 def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> str:
     if fmt not in allowed:
         from peftplan.errors import UnknownNameError

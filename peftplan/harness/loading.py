@@ -6,6 +6,8 @@ Weights load from safetensors only. Nothing reaches the Hub unless the suite nam
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,16 +93,22 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 
 def load_base(
     source: WeightsSource, section: ModelSection, loaded: LoadedSuite, *, device: str, seed: int,
-    place: str | None = None,
+    place: str | None = None, quant: str = "none",
 ) -> tuple[nn.Module, Any]:
     """The base model and its tokenizer: in the suite's dtype for `device`, and on `device` unless `place`
-    says where (an FSDP rank loads on the CPU; sharding moves each block to its GPU)."""
+    says where (an FSDP rank loads on the CPU; sharding moves each block to its GPU).
+
+    `quant` (nf4, fp4, int8): the base is loaded as QLoRA users load it, quantized tensor by tensor by
+    transformers' bitsandbytes integration, so the unquantized model never has to fit (`load_quantized`).
+    """
     import torch
 
     dtype = resolve_dtype(section.dtype, device)
     place = place or device
     model: Any
-    if source.kind == "random":
+    if quant != "none":
+        model = load_quantized(source, section, dtype=dtype, place=place, quant=quant, seed=seed)
+    elif source.kind == "random":
         from peftplan.models.build import build_model
 
         assert source.config is not None
@@ -125,6 +133,85 @@ def load_base(
     if getattr(model, "generation_config", None) is not None and tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def bnb_config(quant: str, compute_dtype: torch.dtype) -> Any:
+    """transformers' BitsAndBytesConfig for a suite's `quant`: what `methods/quantize.py` builds by hand
+    (4-bit with double quantization, computing in the weights' dtype; LLM.int8 with transformers' defaults)."""
+    from transformers import BitsAndBytesConfig
+
+    if quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_quantized(source: WeightsSource, section: ModelSection, *, dtype: torch.dtype, place: str, quant: str,
+                   seed: int) -> nn.Module:
+    """`from_pretrained(..., quantization_config=BitsAndBytesConfig(...), device_map={"": place})`.
+
+    transformers quantizes each weight as it is read (sequentially, for on-the-fly quantization), so the peak
+    while loading is the quantized model plus about one layer in `dtype`, on a GPU and in host memory alike.
+    Random weights (tests) cannot be quantized from a config (STACK.md: `from_config` refuses
+    quantization_config): they are built, saved to a scratch directory and loaded from there.
+    """
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from peftplan.methods.quantize import disable_cpu_repacking
+
+    def load(location: str) -> nn.Module:
+        with freed_memory_returned():
+            model: nn.Module = AutoModelForCausalLM.from_pretrained(
+                location, dtype=dtype, quantization_config=bnb_config(quant, dtype), device_map={"": place},
+                use_safetensors=True, trust_remote_code=section.trust_remote_code,
+            )
+        # Before anything evaluates it (the base latency does): the avx512_bf16 repacking pitfall (STACK.md).
+        disable_cpu_repacking(model)
+        return model
+
+    if source.kind != "random":
+        return load(source.location)
+    import torch
+
+    from peftplan.models.build import build_model
+
+    assert source.config is not None
+    torch.manual_seed(seed)
+    built = build_model(source.config, device="cpu", dtype=dtype, trust_remote_code=section.trust_remote_code)
+    with tempfile.TemporaryDirectory(prefix="peftplan-random-base-") as scratch:
+        built.save_pretrained(scratch, safe_serialization=True)  # type: ignore[operator]
+        del built
+        return load(scratch)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_GLIBC_MMAP_MAX = 32 * 1024**2  # where glibc's dynamic threshold tops out (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+
+
+@contextlib.contextmanager
+def freed_memory_returned() -> Iterator[None]:
+    """While inside: blocks of 1 MiB and more are mmap'ed, so each one freed goes back to the system at once.
+
+    Loading quantizes one weight at a time; each weight's full-precision copy is freed right after. glibc
+    would keep those freed blocks (up to 32 MiB each) on its heap, and the process's resident memory would
+    grow towards the unquantized size although its live tensors never do. Afterwards the threshold is set to
+    where glibc's own adaptive threshold ends up. Elsewhere than glibc Linux, nothing changes.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    if mallopt is None or not mallopt(_M_MMAP_THRESHOLD, 1024**2):
+        yield
+        return
+    try:
+        yield
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_MAX)
 
 
 def load_tokenizer(section: ModelSection, loaded: LoadedSuite, source: WeightsSource) -> Any:

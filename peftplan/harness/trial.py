@@ -66,6 +66,11 @@ class TrialSpec(BaseModel):
     weights: dict[str, Any]
     threads: int | None = None  # torch CPU threads; None: torch's default
 
+    @property
+    def quant(self) -> str:
+        """The base's bitsandbytes quantization (QLoRA and friends), or 'none'."""
+        return str(self.method_config.get("quant") or "none")
+
 
 class Outcome:
     """What a trial measured so far; written as `outcome.json` when the trial ends, however it ends."""
@@ -167,7 +172,7 @@ class TrialContext:
         from peftplan.harness.loading import WeightsSource, load_base
 
         base, _ = load_base(WeightsSource(**self.spec.weights), self.suite.model, self.loaded, device=self.device,
-                            seed=self.suite.training.seed)
+                            seed=self.suite.training.seed, quant=self.spec.quant)
         return base
 
 
@@ -217,9 +222,11 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
 
     # 1. The base model and the data, exactly as every other trial of this run sees them. An FSDP rank loads
     #    the base on the CPU: sharding moves it to its GPU block by block, so it never needs to fit one GPU.
+    #    A quantized base (QLoRA) is loaded quantized, as its users load it, and its base latency is the quantized one.
     channel.send("phase", name="load")
     model, tokenizer = load_base(WeightsSource(**spec.weights), suite.model, loaded, device=device,
-                                 seed=suite.training.seed, place="cpu" if ranks.parallel == "fsdp" else None)
+                                 seed=suite.training.seed, place="cpu" if ranks.parallel == "fsdp" else None,
+                                 quant=spec.quant)
     weight_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     metrics["load_time_s"] = time.perf_counter() - started
     method = get_method(spec.method)

@@ -24,14 +24,15 @@ class QuantTarget:
     bias: torch.nn.Parameter | None
 
 
-def quantization_targets(model: nn.Module) -> list[QuantTarget]:
-    """Every Linear and GPT-2 style Conv1D except the output layer, as transformers' bnb integration does."""
+def quantization_targets(model: nn.Module, *, include_output: bool = False) -> list[QuantTarget]:
+    """Every Linear and GPT-2 style Conv1D except the output layer, as transformers' bnb integration does
+    (`include_output`: the output layer too, as litgpt's bitsandbytes plugin does)."""
     from torch import nn
 
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]
     targets = []
     for name, module in model.named_modules():
-        if module is output:
+        if module is output and not include_output:
             continue
         if type(module) is nn.Linear:
             weight = module.weight.data
@@ -95,10 +96,11 @@ def disable_cpu_repacking(module: nn.Module) -> None:
             sub.support_avx512bf16_for_cpu = False
 
 
-def quantize_linears(model: nn.Module, quant: str) -> int:
-    """Replace every Linear/Conv1D except the output layer by its bitsandbytes version; returns how many."""
+def quantize_linears(model: nn.Module, quant: str, *, include_output: bool = False) -> int:
+    """Replace every Linear/Conv1D except the output layer (unless `include_output`) by its bitsandbytes
+    version; returns how many."""
     compute_dtype = compute_dtype_of(model)
-    targets = quantization_targets(model)
+    targets = quantization_targets(model, include_output=include_output)
     for target in targets:
         replace_module(model, target.name, _quantized_linear(target, quant, compute_dtype))
     mark_loaded_in_kbit(model, quant)
@@ -106,10 +108,12 @@ def quantize_linears(model: nn.Module, quant: str) -> int:
 
 
 def prepare_quantized_base(model: nn.Module, quant: str) -> None:
-    """Quantize the base and make it ready for adapter training (peft's k-bit preparation)."""
+    """Quantize the base (unless it was loaded quantized, as `harness/loading.py` does) and make it ready for
+    adapter training (peft's k-bit preparation)."""
     from peft import prepare_model_for_kbit_training
 
-    quantize_linears(model, quant)
+    if not has_quantized_linears(model):
+        quantize_linears(model, quant)
     # Checkpointing is the training loop's choice, not a side effect of quantizing.
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     disable_cpu_repacking(model)

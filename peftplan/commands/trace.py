@@ -7,15 +7,33 @@ from typing import Annotated, Any, get_args
 import typer
 
 from peftplan.commands._options import (
+    AdapterDtypeOpt,
     AlphaOpt,
     BottleneckOpt,
+    CheckpointingOpt,
+    GradCkptOpt,
+    KbitPrepOpt,
+    KeepLogitsOpt,
+    KernelsOpt,
+    LegacyLossOpt,
+    LossChunksOpt,
+    LossChunkTokensOpt,
+    LossFp32Opt,
+    LossOpt,
+    LossRecomputeOpt,
     MethodOpt,
+    OffloadActivationsOpt,
+    OptimizerInBwdOpt,
+    PackingOpt,
     PeftConfigOpt,
+    PrecisionOpt,
     QuantOpt,
     RankOpt,
+    StackOpt,
     TargetsOpt,
     VirtualTokensOpt,
     check_format,
+    knob_overrides,
     method_configs,
     print_json,
 )
@@ -50,14 +68,29 @@ def trace_command(
     quant: QuantOpt = None,
     bottleneck: BottleneckOpt = None,
     peft_config: PeftConfigOpt = None,
+    stack: StackOpt = "hf",
+    loss: LossOpt = None,
+    loss_chunks: LossChunksOpt = None,
+    loss_chunk_tokens: LossChunkTokensOpt = None,
+    loss_recompute: LossRecomputeOpt = None,
+    kernels: KernelsOpt = None,
+    adapter_dtype: AdapterDtypeOpt = None,
+    kbit_prep: KbitPrepOpt = None,
+    checkpointing: CheckpointingOpt = None,
+    offload_activations: OffloadActivationsOpt = None,
+    optimizer_in_bwd: OptimizerInBwdOpt = None,
+    packing: PackingOpt = None,
+    precision: PrecisionOpt = None,
+    loss_fp32: LossFp32Opt = None,
+    legacy_loss: LegacyLossOpt = None,
+    keep_logits: KeepLogitsOpt = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 1,
-    grad_ckpt: Annotated[
-        bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Activation checkpointing (default on, as plan).")
-    ] = True,
+    grad_ckpt: GradCkptOpt = None,
     optimizer: Annotated[
-        str, typer.Option(help="adamw, adamw-fp32, adamw8bit, paged-adamw8bit, sgd, ...")
-    ] = "adamw",
+        str | None, typer.Option(help="adamw, adamw-fp32, adamw8bit, paged-adamw8bit, paged-adamw, sgd, ... "
+                                      "(default: the stack's).")
+    ] = None,
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit: weights and autocast).")] = "bf16",
     attn: Annotated[str, typer.Option("--attn", help="sdpa, flash or eager.")] = "sdpa",
     full_depth: Annotated[
@@ -66,20 +99,24 @@ def trace_command(
     top: Annotated[int, typer.Option(help="Modules listed at the peak.")] = 5,
     fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
 ) -> None:
-    """Trace one steady-state training step per method: exact peak allocated bytes, no GPU, no weights."""
+    """Trace one steady-state training step per method: exact peak allocated bytes, no GPU, no weights.
+
+    The stack and its knobs are plan's (`--stack`, `--loss`, `--kbit-prep`, ...); each runs in the step as
+    the stack's code does (docs/trace.md, "Training stacks in the trace"). A knob the trace cannot run is
+    refused with the reason.
+    """
     check_format(fmt)
-    from peftplan.planner.context import Attention, Dtype, Optimizer, TrainContext
+    from peftplan.commands.plan import train_context
+    from peftplan.planner.context import Attention, Dtype
 
     for name, value in (("seq-len", seq_len), ("batch-size", batch_size), ("top", top)):
         if value < 1:
             raise BadInputError(f"--{name} must be a positive integer, got {value}")
-    ctx = TrainContext(
-        seq_len=seq_len,
-        batch_size=batch_size,
-        grad_checkpointing=grad_ckpt,
-        optimizer=_choice("optimizer", optimizer, Optimizer),  # type: ignore[arg-type]
-        dtype=_choice("dtype", dtype, Dtype),  # type: ignore[arg-type]
-        attention=_choice("attention kernel", attn, Attention),  # type: ignore[arg-type]
+    # The same TrainContext as plan's: the stack's knobs, with the user's overrides.
+    ctx = train_context(
+        stack=stack, knobs=knob_overrides(locals()), grad_ckpt=grad_ckpt, seq_len=seq_len, batch_size=batch_size,
+        optimizer=optimizer, dtype=_choice("dtype", dtype, Dtype), attn=_choice("attention kernel", attn, Attention),
+        gpus=1, shard="none", cpu_offload=False, device="cpu",
     )
     chosen = method_configs(
         method,
@@ -93,6 +130,8 @@ def trace_command(
     )
     from peftplan.methods.targets import UnusableTargetError
     from peftplan.models import get_spec
+    from peftplan.planner.plan import _trainable_context
+    from peftplan.planner.stacks import check_method
     from peftplan.planner.trace import trace_memory
 
     spec = get_spec(model)
@@ -100,27 +139,25 @@ def trace_command(
     notes: list[str] = []
     for m, cfg in chosen:
         try:
-            result = trace_memory(spec, m, cfg, ctx, extrapolate=not full_depth, top=top)
+            check_method(ctx.stack, m.name)
+            # What the stack changes for this method (quantized base, full fine-tuning), as plan does.
+            method_ctx, method_notes = _trainable_context(m, cfg, ctx)
+            result = trace_memory(spec, m, cfg, method_ctx, extrapolate=not full_depth, top=top)
         except BadInputError as exc:
             if len(chosen) == 1 or isinstance(exc, UnusableTargetError):  # bad input for all, not a skip
                 raise
             notes.append(f"{m.name}: not traced: {exc}")
             continue
+        notes.extend(f"{m.name}: {note}" for note in method_notes)
         entries.append(
-            {**result.to_dict(), "mergeable": m.mergeable, "inference_overhead": m.inference_overhead}
+            {**result.to_dict(), "training": _training(method_ctx), "mergeable": m.mergeable,
+             "inference_overhead": m.inference_overhead}
         )
     if not entries:
         raise BadInputError("no method could be traced: " + "; ".join(notes))
     data = {
         "model": {"id": spec.model_id, "architecture": spec.architecture, "total_params": spec.total_params},
-        "training": {
-            "seq_len": ctx.seq_len,
-            "batch_size": ctx.batch_size,
-            "grad_checkpointing": ctx.grad_checkpointing,
-            "optimizer": ctx.optimizer,
-            "dtype": ctx.dtype,
-            "attention": ctx.attention,
-        },
+        "training": _training(ctx),
         "engine": "trace",
         "methods": entries,
         "notes": notes,
@@ -131,6 +168,19 @@ def trace_command(
         _render(data, fmt)
 
 
+def _training(ctx: Any) -> dict[str, Any]:
+    """The step's setting as traced: plan's `training` keys (the stack and every knob)."""
+    return {
+        "seq_len": ctx.seq_len,
+        "batch_size": ctx.batch_size,
+        "grad_checkpointing": ctx.grad_checkpointing,
+        "optimizer": ctx.optimizer,
+        "dtype": ctx.dtype,
+        "attention": ctx.attention,
+        **ctx.knobs(),
+    }
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f}"
 
@@ -138,8 +188,8 @@ def _gib(n: int) -> str:
 def _render(data: dict[str, Any], fmt: str) -> None:
     t = data["training"]
     title = (
-        f"Traced step of {data['model']['id']}: seq {t['seq_len']} x batch {t['batch_size']}, {t['dtype']}, "
-        f"{t['optimizer']}, checkpointing {'on' if t['grad_checkpointing'] else 'off'} (GiB)"
+        f"Traced step of {data['model']['id']} ({t['stack']} stack): seq {t['seq_len']} x batch {t['batch_size']}, "
+        f"{t['dtype']}, {t['optimizer']}, loss {t['loss']}, checkpointing {t['checkpointing']} (GiB)"
     )
     columns = ["method", "trainable"] + [label for label, _ in _COLUMNS] + ["peak", "phase", "s"]
     rows = []

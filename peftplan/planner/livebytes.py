@@ -10,6 +10,8 @@ API:
     lb = LiveBytes(granularity=1, snapshot_peak=False)
     lb.track(tensors) / lb.track_module(module)  # count storages that existed before (weights, grads, states)
     lb.ignore(tensors)                           # never count these storages
+    with lb.uncounted(): ...                     # storages first seen inside are never counted (host copies)
+    lb.categorize(tensors, "gradients")          # label live storages (the label outlives the storage)
     with lb:                                     # enter the mode (inside FakeTensorMode for a fake trace)
         with lb.phase("forward"): ...            # optional phase marks; `lb.mark("loss")` without a block
         with lb.scope("model.layers.0.mlp"): ... # optional tag recorded with each new storage
@@ -52,6 +54,7 @@ class Record:
     tag: str
     ref: weakref.ref[Any]
     serial: int
+    category: str = ""  # set by `LiveBytes.categorize`: what the storage was, even once it is freed
 
     def storage(self) -> Any:
         """The storage object, or None once it has been freed."""
@@ -89,6 +92,7 @@ class LiveBytes(TorchDispatchMode):
         self._ignored: dict[int, weakref.ref[Any]] = {}
         self._phase_records: dict[str, list[Record]] = {}
         self._unsnapped: str | None = None  # a phase whose latest peak has no snapshot yet
+        self._uncounted = 0  # depth of `uncounted()` scopes
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def _round(self, nbytes: int) -> int:
@@ -101,6 +105,9 @@ class LiveBytes(TorchDispatchMode):
         if key in self._ignored:
             return
         record = self._live.get(key)
+        if record is None and self._uncounted:
+            self._ignore_key(key, storage)
+            return
         if record is not None:
             if record.nbytes != nbytes:  # resized in place (out= ops, resize_)
                 self._change(nbytes - record.nbytes)
@@ -162,7 +169,32 @@ class LiveBytes(TorchDispatchMode):
             record = self._live.get(key)
             if record is not None:
                 self._change(-record.nbytes, drop=key)
-            self._ignored[key] = weakref.ref(storage, self._unignore(key))
+            self._ignore_key(key, storage)
+
+    def _ignore_key(self, key: int, storage: Any) -> None:
+        self._ignored[key] = weakref.ref(storage, self._unignore(key))
+
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Storages first seen inside this scope are never counted.
+
+        For copies that a GPU run keeps on the host (offloaded activations) when host and device are the
+        same CPU: they are made for real, so that the device tensors they replace can be freed, but they
+        are not device memory. What is copied back to the device afterwards is counted as usual.
+        """
+        self._uncounted += 1
+        try:
+            yield
+        finally:
+            self._uncounted -= 1
+
+    def categorize(self, tensors: Iterable[Any], category: str) -> None:
+        """Label the live records of these storages (e.g. gradients stepped and freed inside backward)."""
+        for tensor in tensors:
+            storage = storage_of(tensor)
+            record = self._live.get(id(storage)) if storage is not None else None
+            if record is not None:
+                record.category = category
 
     def _unignore(self, key: int) -> Any:
         def freed(_: Any) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TraceError",
     "TraceResult",
+    "check_stack_knobs",
     "check_traceable",
     "real_step_at_depth",
     "trace_memory",
@@ -164,8 +165,11 @@ def check_traceable(
 
     Raises:
         UnsupportedError: prefix tuning under gradient checkpointing; a sequence (with virtual tokens)
-            longer than a learned position table, which the real model cannot index.
+            longer than a learned position table, which the real model cannot index; a stack knob the
+            model or the other knobs rule out (`check_stack_knobs`).
+        BadInputError: offloaded checkpoints without checkpointing.
     """
+    check_stack_knobs(ctx, spec)
     if not method.supports_checkpointing and ctx.grad_checkpointing:
         raise UnsupportedError(
             "prefix tuning cannot train with gradient checkpointing: transformers drops the prefix "
@@ -178,6 +182,33 @@ def check_traceable(
             f"{spec.model_id or spec.architecture} has learned positions for {limit} tokens; "  # type: ignore[union-attr]
             f"a step of {tokens} tokens cannot run (use --seq-len {limit - tokens + ctx.seq_len} or less)"
         )
+
+
+def check_stack_knobs(ctx: TrainContext, spec: ModelSpec | None = None) -> None:
+    """Refuse knob combinations the traced step cannot run (it never drops a knob silently).
+
+    A loss's own sub-knobs (`loss_chunks`, `loss_chunk_tokens`, `loss_recompute`, `keep_logits` with a
+    chunked loss, `legacy_loss` with the full one) mean nothing for another loss, and the fused loss
+    computes in fp32 whatever `loss_fp32` says, as Liger's kernel does. Triton-only kernels whose memory
+    the trace does not reproduce are refused: Unsloth's fused block kernels, TRL 1.16's fused LM head.
+    """
+    from peftplan.errors import BadInputError
+
+    if ctx.kernels != "torch":
+        raise UnsupportedError(f"the trace runs the model's torch modules; {ctx.kernels}'s fused block kernels are "
+                               "Triton-only (trace with --kernels torch)")
+    if ctx.loss == "fused" and ctx.loss_chunk_tokens:
+        raise UnsupportedError("TRL's fused LM head (--loss fused with --loss-chunk-tokens) runs a Triton tile kernel "
+                               "the trace does not reproduce; it traces Liger's fused loss (--loss-chunk-tokens 0)")
+    if ctx.ckpt_offload and not ctx.grad_checkpointing:
+        raise BadInputError("offloaded checkpoints need checkpointing: use --checkpointing offload")
+    stack_loss = ctx.loss != "full" or not ctx.loss_fp32 or ctx.legacy_loss
+    if stack_loss and spec is not None and spec.kind not in ("decoder", "vlm"):
+        what = f"the {ctx.loss} loss" if ctx.loss != "full" else "a loss without the fp32 upcast"
+        raise UnsupportedError(f"{what} is a causal-LM loss; {spec.model_id or spec.architecture} is an encoder")
+    if ctx.loss == "chunked" and ctx.loss_recompute and not ctx.loss_fp32:
+        raise UnsupportedError("TRL's checkpointed chunked loss (--loss-recompute) always computes in fp32; "
+                               "drop --no-loss-fp32")
 
 
 def trace_memory(

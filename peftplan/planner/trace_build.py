@@ -9,7 +9,12 @@ Precision (what the harness's training loop does too):
 - `dtype` bf16/fp16: the base is loaded in that dtype and the step runs under `torch.autocast` in it;
   peft keeps its adapters in fp32, and autocast casts them (cached for the forward) for the matmuls;
 - `dtype` fp32: everything fp32, no autocast;
+- `precision="pure"`: no autocast whatever the dtype (torchtune, litgpt's `bf16-true`);
+  `adapter_dtype="dtype"`: the method's tensors are cast to the training dtype after it is applied;
 - optimizer `adamw-fp32`: the trainable parameters are held in fp32 (master weights), whatever `dtype`.
+
+Quantized bases are prepared per `kbit_prep` (peft's fp32 upcast, or none; `all-linear` quantizes the
+output layer too), on both devices by the same code.
 """
 
 from __future__ import annotations
@@ -106,13 +111,15 @@ def build_trained_model(
     model: Any = build_model(config, device=device, dtype=torch_dtype(ctx.dtype))
     _mark_base(model)
     quant = getattr(cfg, "quant", "none")
-    if quant != "none" and device == "meta":
-        from peftplan.planner.trace_quant import quantize_base_on_meta
-
-        quantize_base_on_meta(model, quant)  # what method.apply's prepare_base does on a real base
+    if quant != "none":
+        _quantize_base(model, quant, ctx.kbit_prep, device)
         _mark_base(model)
+        # The base is quantized and prepared as the stack does it; the method only wraps it.
+        cfg = cfg.model_copy(update={"quant": "none"})
     with torch.device(device):  # meta: what peft creates (and bnb copies) stays on meta too
         model = method.apply(model, cfg)
+    if ctx.adapter_dtype == "dtype":
+        _cast_added(model, torch_dtype(ctx.dtype))
     if ctx.optimizer == "adamw-fp32":
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
@@ -121,6 +128,33 @@ def build_trained_model(
         enable_checkpointing(model)
     model.train()
     return model
+
+
+def _quantize_base(model: Any, quant: str, kbit_prep: str, device: str) -> None:
+    """What `method.apply`'s `prepare_base` does on a real base, with the stack's k-bit preparation:
+    real bitsandbytes layers on a CPU base, their meta twins (`trace_quant.py`) on a meta one."""
+    from peftplan.planner.trace_quant import prepare_kbit, quantize_base_on_meta
+
+    if device == "meta":
+        quantize_base_on_meta(model, quant, kbit_prep)
+        return
+    from peftplan.methods.quantize import disable_cpu_repacking, quantize_linears
+
+    quantize_linears(model, quant, include_output=kbit_prep == "all-linear")
+    prepare_kbit(model, kbit_prep)
+    disable_cpu_repacking(model)
+
+
+def _cast_added(model: Any, dtype: torch.dtype) -> None:
+    """The method's tensors in the training dtype (`adapter_dtype="dtype"`: torchtune, litgpt, TRL on a
+    quantized base) instead of peft's fp32 (`autocast_adapter_dtype`)."""
+    for module in model.modules():
+        for param in list(module._parameters.values()):
+            if param is not None and not getattr(param, BASE_MARK, False) and param.is_floating_point():
+                param.data = param.data.to(dtype)
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and not getattr(buf, BASE_MARK, False) and buf.is_floating_point():
+                module._buffers[name] = buf.to(dtype)
 
 
 def _mark_base(model: nn.Module) -> None:

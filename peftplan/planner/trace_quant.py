@@ -9,7 +9,8 @@ quantized the normal way. The trace therefore builds the quantized base on the m
   the absmax per 64-weight block, and with double quantization the 8-bit absmax, fp32 second-level
   constants per 256 blocks, the 256-entry code and the offset, or the int8 rows plus fp32 row
   statistics (SCB), are exactly the tensors bitsandbytes would allocate;
-- peft's k-bit preparation runs as on a real base (it casts the non-quantized weights to fp32);
+- the base is prepared per the `kbit_prep` knob, as on a real base (peft's k-bit preparation casts the
+  non-quantized weights to fp32; the other stacks keep them in the training dtype);
 - when the model is made fake, each quantized weight becomes a fake tensor of a class named like
   bitsandbytes' own (`Params4bit`, `Int8Params`: peft dispatches on that name), carrying the same
   attributes and a fake `QuantState`. bnb's layer `forward` and autograd functions then run unchanged.
@@ -41,7 +42,7 @@ from peftplan.methods.quantize import (
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["DecomposeGemm4bit", "fake_quantized_weight", "is_quantized_weight", "quantize_base_on_meta"]
+__all__ = ["DecomposeGemm4bit", "fake_quantized_weight", "is_quantized_weight", "prepare_kbit", "quantize_base_on_meta"]
 
 # Attributes bitsandbytes keeps on a quantized parameter; the fake stand-in carries the same ones.
 _PARAMS4BIT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_storage", "bnb_quantized")
@@ -114,24 +115,39 @@ def _quantized_linear_on_meta(target: QuantTarget, quant: str, compute_dtype: to
     return new
 
 
-def quantize_base_on_meta(model: Any, quant: str) -> int:
+def quantize_base_on_meta(model: Any, quant: str, kbit_prep: str = "peft") -> int:
     """Mirror `methods.quantize.prepare_quantized_base` on a meta model; returns how many layers.
 
-    The same Linears are replaced (all but the output layer), then peft's k-bit preparation freezes the
-    base and casts its non-quantized parameters to fp32, exactly as on a real base.
+    The same Linears are replaced (all but the output layer; all of them under `kbit_prep="all-linear"`),
+    then the base is prepared per `kbit_prep` (`prepare_kbit`), exactly as on a real base.
     """
     import bitsandbytes as bnb
-    from peft import prepare_model_for_kbit_training
 
     # bitsandbytes caches its dynamic code map on the device of its first use: make that the CPU, not meta.
     bnb.functional.name2qmap.setdefault("dynamic", bnb.functional.create_dynamic_map())
     compute_dtype = compute_dtype_of(model)
-    targets = quantization_targets(model)
+    targets = quantization_targets(model, include_output=kbit_prep == "all-linear")
     for target in targets:
         replace_module(model, target.name, _quantized_linear_on_meta(target, quant, compute_dtype))
     mark_loaded_in_kbit(model, quant)
-    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    prepare_kbit(model, kbit_prep)
     return len(targets)
+
+
+def prepare_kbit(model: Any, kbit_prep: str) -> None:
+    """A quantized base made ready for adapter training, per the `kbit_prep` knob (planner/stacks.py).
+
+    `peft`: peft's `prepare_model_for_kbit_training` (freeze, cast every unquantized parameter to fp32).
+    `none`, `torchtune`, `all-linear`: the base is frozen and keeps the dtype it was loaded in (Unsloth,
+    LLaMA-Factory, axolotl; torchtune's torchao NF4, whose storage bitsandbytes' NF4 stands in for; litgpt).
+    """
+    if kbit_prep == "peft":
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return
+    for param in model.parameters():
+        param.requires_grad = False
 
 
 def is_quantized_weight(param: Any) -> bool:

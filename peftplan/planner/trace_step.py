@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from peftplan.planner.context import TrainContext
     from peftplan.planner.livebytes import LiveBytes, Record
+    from peftplan.planner.trace_stack import Batch
 
 __all__ = ["CATEGORIES", "SegmentPeak", "StepTrace", "run_step"]
 
@@ -206,7 +207,7 @@ def _quant_constant_tensors(model: nn.Module) -> list[Any]:
     return tensors
 
 
-def _persistent_categories(model: nn.Module, optimizer: Any) -> dict[int, str]:
+def _persistent_categories(model: nn.Module, optimizers: list[Any]) -> dict[int, str]:
     """Storage id -> category for everything that outlives the step (read before zero_grad)."""
     from peftplan.planner.livebytes import storage_of
     from peftplan.planner.trace_build import BASE_MARK, attribute_tensors
@@ -220,8 +221,9 @@ def _persistent_categories(model: nn.Module, optimizer: Any) -> dict[int, str]:
         if storage is not None:
             categories.setdefault(id(storage), category)
 
-    for t in optimizer_tensors(optimizer):
-        put(t, "optimizer")
+    for optimizer in optimizers:
+        for t in optimizer_tensors(optimizer):
+            put(t, "optimizer")
     for p in model.parameters():
         if p.grad is not None:
             put(p.grad, "gradients")
@@ -249,6 +251,7 @@ def _segment_peak(records: list[Record], persistent: dict[int, str]) -> SegmentP
     for record in records:
         storage = record.storage()
         category = persistent.get(id(storage)) if storage is not None else None
+        category = category or record.category or None  # e.g. a gradient stepped and freed in backward
         if category is None:
             category = _transient_category(record)
             tag = record.tag or f"({record.phase.split(':')[0] or 'step'})"  # outside any block: the phase
@@ -326,9 +329,53 @@ def _labels(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([pad, ids], dim=1)
 
 
-def _host_tensors(optimizer: Any) -> list[Any]:
+def _host_tensors(optimizers: list[Any]) -> list[Any]:
     """torch keeps AdamW's per-parameter step counters on the host even on CUDA: not device memory."""
-    return [state["step"] for state in optimizer.state.values() if getattr(state.get("step"), "ndim", 1) == 0]
+    return [state["step"] for optimizer in optimizers for state in optimizer.state.values()
+            if getattr(state.get("step"), "ndim", 1) == 0]
+
+
+def _batch_layout(model: nn.Module, ctx: TrainContext) -> Batch:
+    """The batch's layout: prompt tuning's virtual tokens come first, their labels padded with -100."""
+    from peftplan.planner.trace_stack import Batch
+
+    config = getattr(model, "active_peft_config", None)
+    padded = 0
+    if config is not None and getattr(config, "is_prompt_learning", False) and "PREFIX" not in str(config.peft_type):
+        padded = int(config.num_virtual_tokens)
+    return Batch(rows=ctx.batch_size, length=padded + ctx.seq_len, padded=padded)
+
+
+def _module_name(model: nn.Module, target: Any) -> str:
+    for name, module in model.named_modules():
+        if module is target:
+            return _module_tag(name)
+    return ""
+
+
+@contextmanager
+def _stack_techniques(model: Any, ctx: TrainContext, layers: nn.ModuleList | None, lb: LiveBytes) -> Iterator[Any]:
+    """Install the checkpoint offloading and activation offloading of `ctx` for the step; yields the host."""
+    from peftplan.planner.trace_stack import Host, offload_block_activations, offloaded_checkpoint
+
+    host = Host(lb.uncounted)
+    handles: list[Any] = []
+    patched: list[tuple[Any, Any]] = []
+    if ctx.ckpt_offload:
+        function = offloaded_checkpoint(host)
+        for module in model.modules():  # as Unsloth patches transformers' checkpoint function
+            if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
+                patched.append((module, module._gradient_checkpointing_func))
+                module._gradient_checkpointing_func = function
+    if ctx.offload_activations and layers is not None:
+        handles = offload_block_activations(layers, host)
+    try:
+        yield host
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, original in patched:
+            module._gradient_checkpointing_func = original
 
 
 def run_step(
@@ -343,10 +390,13 @@ def run_step(
 ) -> StepTrace:
     """Run one steady-state step of `model` and return what it held at each segment's peak.
 
-    `granularity` rounds each storage like the CUDA caching allocator (512 bytes).
+    `granularity` rounds each storage like the CUDA caching allocator (512 bytes). The stack's knobs
+    (`ctx.loss`, checkpoint and activation offloading, the optimizer inside backward) run as
+    `trace_stack.py` writes them; precision and k-bit preparation are the model's (`trace_build.py`).
 
     Raises:
         BadInputError: the model has nothing to train.
+        UnsupportedError: a loss that reads the output layer's weight on an adapted or packed one.
     """
     import torch
 
@@ -354,26 +404,43 @@ def run_step(
     from peftplan.planner.trace_build import attribute_tensors, torch_dtype
     from peftplan.planner.trace_optim import build_optimizer, optimizer_tensors, warm_up
     from peftplan.planner.trace_quant import DecomposeGemm4bit
+    from peftplan.planner.trace_stack import stack_loss, step_in_backward
 
     trainable = _unique_trainable(model)
     if not trainable:
         raise BadInputError("the method left nothing to train")
-    optimizer = build_optimizer(ctx.optimizer, trainable)  # outside fake mode: bnb builds real code maps
+    # Outside fake mode: bnb builds real code maps. In backward, torchtune has one optimizer per parameter.
+    if ctx.optimizer_in_bwd:
+        per_param = {p: build_optimizer(ctx.optimizer, [p]) for p in trainable}
+        optimizers = list(per_param.values())
+    else:
+        optimizers = [build_optimizer(ctx.optimizer, trainable)]
     layers_path, layers = find_layers(model, depth)
     vocab = int(model.get_input_embeddings().num_embeddings)
-    autocast: Any = (
-        torch.autocast("cpu", dtype=torch_dtype(ctx.dtype)) if ctx.dtype != "fp32" else nullcontext()
-    )
+    batch = _batch_layout(model, ctx)
+    # transformers' own loss, inside the model, unless a stack's loss replaces it (trace_stack.stack_loss).
+    own_loss = ctx.loss == "full" and ctx.loss_fp32 and not ctx.legacy_loss
+    autocast: Any = torch.autocast("cpu", dtype=torch_dtype(ctx.dtype)) if ctx.autocast else nullcontext()
     with fake_mode if fake_mode is not None else nullcontext():
-        warm_up(optimizer, trainable)
+        if ctx.optimizer_in_bwd:
+            for p, optimizer in per_param.items():
+                warm_up(optimizer, [p])
+        else:
+            warm_up(optimizers[0], trainable)
         lb = LiveBytes(granularity=granularity, snapshot_peak=True)
-        lb.ignore(_host_tensors(optimizer))
+        lb.ignore(_host_tensors(optimizers))
         lb.track_module(model)
         lb.track(attribute_tensors(model))
-        lb.track(optimizer_tensors(optimizer))
+        lb.track(_quant_constant_tensors(model))  # bnb keeps them in QuantState objects, not as parameters
+        for optimizer in optimizers:
+            lb.track(optimizer_tensors(optimizer))
         instrument = _Instrument(model, lb, layers)
+        head_tag = _module_name(model, instrument.head)
         decompose = DecomposeGemm4bit() if decompose_bnb else None
         generator = torch.Generator().manual_seed(seed) if fake_mode is None else None
+        hooks: list[Any] = []
+        if ctx.optimizer_in_bwd:
+            hooks = step_in_backward(per_param, lambda p: lb.categorize([p.grad], "gradients"))
         try:
             with ExitStack() as stack:
                 if fake_mode is not None:
@@ -381,27 +448,40 @@ def run_step(
                 stack.enter_context(lb)
                 if decompose is not None:
                     stack.enter_context(decompose)
+                stack.enter_context(_stack_techniques(model, ctx, layers, lb))
                 lb.mark("forward:pre")
                 instrument.stage = "forward"
                 ids = torch.randint(vocab, (ctx.batch_size, ctx.seq_len), generator=generator)
-                labels = _labels(model, ids)
+                held: Any = None
                 with autocast:
-                    loss = model(input_ids=ids, labels=labels).loss
+                    if own_loss:
+                        labels = _labels(model, ids)
+                        outputs = model(input_ids=ids, labels=labels)
+                        loss = outputs.loss
+                        held = outputs.logits if ctx.keep_logits else None  # the loop's `logits`
+                        del outputs  # a trainer keeps only the loss
+                    else:
+                        labels = batch.labels(ids)
+                        loss, held = stack_loss(model, ids, labels, batch, ctx, lambda: lb.scope(head_tag))
                 instrument.stage = "backward"
                 lb.mark("backward:head")
                 loss.backward()
-                del loss, ids, labels
+                del loss, ids, labels, held
                 instrument.stage = "optimizer"
                 lb.mark("optimizer")
-                optimizer.step()
+                if not ctx.optimizer_in_bwd:
+                    optimizers[0].step()
                 # Categorise now: gradients are still alive, and every segment's peak is behind us.
-                persistent = _persistent_categories(model, optimizer)
+                persistent = _persistent_categories(model, optimizers)
                 segments = {
                     name: _segment_peak(records, persistent) for name, records in lb.phase_records.items()
                 }
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
         finally:
             instrument.remove()
+            for hook in hooks:
+                hook.remove()
     return StepTrace(
         depth=depth, peak=lb.peak, segments=segments, layers_path=_PEFT_PREFIX.sub("", layers_path)
     )

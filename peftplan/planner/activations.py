@@ -162,21 +162,28 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
                              backward=tokens(a.hidden, extra) * 4 + tile)
         block = tokens(a.hidden, extra) * (low + 4)  # one block of logits and its fp32 softmax
         return LossTerms(saved=hidden + per_token * 4, forward_extra=block, backward=hidden + block)
-    loss_size = 4 if (ctx.loss_fp32 or low == 4) else low
+    # Under autocast, cross-entropy is an fp32 op (CUDA and CPU alike): it upcasts low-precision logits
+    # itself, so the loss is fp32 whether or not the code calls `.float()` first.
+    loss_size = 4 if (ctx.loss_fp32 or low == 4 or ops.r.low is not None) else low
     upcast = low != loss_size
     if ctx.loss == "chunked":
+        if ctx.loss_recompute:
+            # TRL's `chunked_nll` (before 1.16): checkpointed chunks of `loss_chunk_tokens` tokens of the
+            # flattened batch. Each chunk's peak, in the forward and again when backward recomputes it, is
+            # `w.float()` and its autocast copy beside the chunk's logits; its log-softmax and exponent
+            # come after the weight copies are freed, and are far smaller.
+            chunk_logits = (Poly(c=ctx.loss_chunk_tokens * vocab * low) if ctx.loss_chunk_tokens
+                            else _split(tokens(vocab, extra) * low, ctx.loss_chunks))
+            weight_copies = Poly(c=vocab * a.hidden * ((4 if weight.itemsize != 4 else 0) + (low if ops.r.low else 0)))
+            chunk = weight_copies + chunk_logits
+            return LossTerms(saved=hidden + per_token * INDEX_BYTES, forward_extra=chunk, backward=chunk)
         if ctx.loss_chunk_tokens:
-            chunk_logits = Poly(c=ctx.loss_chunk_tokens * vocab * low)
-            chunk_rows = Poly(c=ctx.loss_chunk_tokens * vocab * loss_size)
+            # Chunks of `loss_chunk_tokens` positions of every sequence (litgpt's `x.split(..., dim=1)`).
+            chunk_logits = Poly(b=ctx.loss_chunk_tokens * vocab * low)
+            chunk_rows = Poly(b=ctx.loss_chunk_tokens * vocab * loss_size)
         else:
             chunk_logits = _split(tokens(vocab, extra) * low, ctx.loss_chunks)
             chunk_rows = _split(tokens(vocab, extra) * loss_size, ctx.loss_chunks)
-        if ctx.loss_recompute:
-            # TRL: w.float() (and its autocast copy back) per chunk, logits, log_softmax, its exp.
-            weight_copies = Poly(c=vocab * a.hidden * ((4 if weight.itemsize != 4 else 0) + (low if ops.r.low else 0)))
-            chunk = weight_copies + chunk_logits + chunk_rows * 2
-            return LossTerms(saved=hidden + per_token * INDEX_BYTES, forward_extra=chunk,
-                             backward=chunk + chunk_rows * 2)
         # The model's output layer runs per chunk and returns every chunk's logits; the loss upcasts
         # and log-softmaxes one chunk at a time. torchtune's recipe deletes the logits before
         # backward; litgpt's loop holds them (`keep_logits`).
@@ -185,7 +192,10 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         rows = tokens(vocab, extra) * loss_size
         copy = chunk_rows if upcast else ZERO
         held = logits_bytes if ctx.keep_logits else ZERO
-        return LossTerms(saved=rows, forward_extra=logits_bytes + copy,
+        # litgpt's model soft-caps each chunk (tanh saves its output); torchtune's Gemma-2 soft-caps the
+        # normed hidden state instead, not the logits.
+        softcap = logits_bytes if (a.final_softcap and ctx.keep_logits) else ZERO
+        return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + copy,
                          backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO))
     logits = ops.matmul(h, weight, vocab)
     logits_bytes = tokens(vocab, extra) * logits.itemsize
@@ -196,9 +206,11 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
     if ctx.legacy_loss:
         # transformers < 4.45: `logits.float()` is the model's output (the low-precision logits are
         # freed), `logits[..., :-1, :].contiguous()` a second fp32 copy; backward holds nll's and
-        # log-softmax's gradients and the zero-filled full gradient of the slice.
+        # log-softmax's gradients beside the saved output. The slice's zero-filled full gradient comes
+        # once log-softmax's backward has freed its saved output, so it never adds a third.
         fp32 = tokens(vocab, extra) * 4
-        return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 3 * fp32)
+        held = fp32 if ctx.keep_logits else ZERO  # the model's output is the fp32 logits
+        return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 2 * fp32)
     return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows)
 
 

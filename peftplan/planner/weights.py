@@ -65,6 +65,9 @@ def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> Weig
             d, c = quantized_linear_bytes(numel, lin.out_features, terms.quant)
             data, constants, packed_params = data + d, constants + c, packed_params + numel
         rest = spec.total_params - packed_params
+        if spec.tie_word_embeddings and any(lin.role == "output" for lin in quantized_linears(spec, ctx.kbit_prep)):
+            # A quantized output layer gets its own packed weight; the tied embedding it shared stays.
+            rest += spec.vocab_size * spec.hidden_size
         # peft's k-bit preparation upcasts what is not quantized to fp32; other stacks leave it as loaded.
         rest_size = 4 if ctx.kbit_prep == "peft" else dtype
         return WeightBytes(data + rest_size * rest, constants, adapter, packed_params)

@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from peftplan.errors import BadInputError, suggest
+from peftplan.methods.memory import MemoryTerms
+from peftplan.methods.memory import Quant as Quant  # re-exported: methods and the planner import it from here
 
 if TYPE_CHECKING:
     import optuna
     from torch import nn
 
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
 
 InferenceOverhead = Literal["none", "unmerged-matmul", "extra-tokens", "extra-layers"]
-Quant = Literal["none", "nf4", "fp4", "int8"]
 MANIFEST = "peftplan_method.json"
 
 
@@ -78,8 +78,6 @@ class Method(ABC):
         The default describes a frozen base plus `trainable_params` new fp32 parameters; methods that
         adapt Linears, train base parameters or change the sequence override it.
         """
-        from peftplan.methods.memory import MemoryTerms
-
         return MemoryTerms(adapter_params=self.trainable_params(spec, cfg))
 
     @abstractmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peftplan.methods.base import Quant
+Quant = Literal["none", "nf4", "fp4", "int8"]
 
 Shape = tuple[int, ...]
 AdapterKind = Literal["lora", "dora", "ia3_out", "ia3_in", "loha", "lokr", "vera"]

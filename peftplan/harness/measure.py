@@ -263,7 +263,16 @@ def directory_bytes(path: Any) -> int:
 
 
 # -- the planner's prediction ------------------------------------------------------------------------
-def planner_prediction(
+@dataclass(frozen=True)
+class Prediction:
+    """The planner's per-GPU MemoryBreakdown (bytes) and its engine, or why there is none."""
+
+    breakdown: dict[str, int] | None
+    engine: str | None
+    error: str | None = None  # `Type: message` of the planner's exception
+
+
+def predict_memory(
     model_id: str,
     model_config: dict[str, Any] | None,
     method: str,
@@ -277,26 +286,31 @@ def planner_prediction(
     device: str,
     gpus: int = 1,
     shard: str = "none",
-) -> tuple[dict[str, int] | None, str | None]:
-    """The planner's per-GPU MemoryBreakdown (bytes) for exactly the measured step, and which engine made it.
+) -> Prediction:
+    """The planner's prediction for exactly the measured step.
 
     `gpus` and `shard` ("none" for DDP, "fsdp") describe a multi-GPU trial: the prediction is one rank's.
-
-    Returns (None, None) when the planner is not importable or cannot plan this config: a missing
-    prediction never fails a trial.
+    A planner that fails never fails the trial, and is never silent either: its error is returned, and the
+    trial records it as `memory.prediction_error` (the report shows it).
     """
     try:
         from peftplan import plan
-    except ImportError:
-        return None, None
-    try:
+
         result = plan(
             model_id, methods=[method], method_config=method_config, model_config=model_config,
             seq_len=seq_len, batch_size=batch_size, grad_checkpointing=grad_checkpointing,
             optimizer=optimizer, dtype=dtype, device="cuda" if device.startswith("cuda") else "cpu",
             gpus=gpus, shard=shard, fit_search=False,
         )
-    except Exception:  # e.g. a setting the planner does not model yet: report no prediction
-        return None, None
-    (entry,) = result.methods
-    return {k: int(v) for k, v in entry.memory.to_dict().items()}, result.engine
+        (entry,) = result.methods
+        return Prediction({k: int(v) for k, v in entry.memory.to_dict().items()}, result.engine)
+    except Exception as exc:  # a setting the planner does not model, or a planner bug: recorded either way
+        return Prediction(None, None, f"{type(exc).__name__}: {exc}".strip()[:500])
+
+
+def planner_prediction(model_id: str, model_config: dict[str, Any] | None, method: str, method_config: dict[str, Any],
+                       **settings: Any) -> tuple[dict[str, int] | None, str | None]:
+    """(breakdown, engine) of `predict_memory`; (None, None) when the planner failed (its error is dropped: the
+    trial itself uses `predict_memory`)."""
+    found = predict_memory(model_id, model_config, method, method_config, **settings)
+    return found.breakdown, found.engine

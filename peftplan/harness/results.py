@@ -32,13 +32,18 @@ class _Strict(BaseModel):
 
 
 class Forgetting(_Strict):
-    """Held-out general-text loss, adapter disabled (base) against enabled (adapted)."""
+    """Held-out general-text loss, adapter disabled (base) against enabled (adapted).
 
-    probe: str = Field(description="Which text: e.g. 'wikitext2-valid' or 'self-sampled' when none was available.")
-    tokens: int
-    loss_base: float
-    loss_adapted: float
-    delta: float = Field(description="loss_adapted - loss_base; positive means forgetting.")
+    A value that was not measured is None, never 0: with only lm-eval probes (`probe: 'lm-eval'`) there is no
+    probe loss, and `delta` is None.
+    """
+
+    probe: str = Field(description="Which text: e.g. 'wikitext2-valid', 'self-sampled' when none was available, "
+                       "or 'lm-eval' when only lm-eval tasks were scored.")
+    tokens: int | None = None
+    loss_base: float | None = None
+    loss_adapted: float | None = None
+    delta: float | None = Field(None, description="loss_adapted - loss_base; positive means forgetting.")
     lm_eval: dict[str, float] = Field(default_factory=dict, description="Task -> metric delta against the base.")
     base_reference: str | None = Field(
         None, description="'adapter-disabled' (peft methods) or 'before-training' (methods without a switch)."
@@ -85,6 +90,8 @@ class MemoryMeasurement(_Strict):
         None, description="The planner's MemoryBreakdown (bytes), per GPU: sharded over the ranks for FSDP."
     )
     predicted_engine: str | None = None
+    prediction_error: str | None = Field(None, description="Why `predicted` is missing: the planner's exception "
+                                         "(`Type: message`), e.g. a setting it does not model, or a bug.")
     measured_batch: int | None = Field(None, description="Micro-batch size of the measured step (per rank).")
     measured_seq_len: int | None = Field(None, description="Padded sequence length of the measured step.")
     ranks: list[RankMemory] | None = Field(None, description="Several ranks: each rank's own peak, in rank order.")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from peftplan.harness.data import TaskInfo
-    from peftplan.harness.measure import MemoryPeak
+    from peftplan.harness.measure import MemoryPeak, Prediction
     from peftplan.harness.suite import LoadedSuite, Suite
     from peftplan.harness.tasks import Encoded, PromptFormatter
     from peftplan.harness.train import TrainStats
@@ -349,7 +349,7 @@ def _record_training(ctx: TrialContext, outcome: Outcome, ranks: Ranks, model: n
     rank's measured shape (each rank pads its batch to its own longest example). Throughput is all ranks' tokens
     over the slowest rank's time; the training loss is the ranks' mean, weighted by their tokens.
     """
-    from peftplan.harness.measure import rss_peak_bytes
+    from peftplan.harness.measure import Prediction, rss_peak_bytes
 
     mine = {"rank": ranks.rank, "source": outcome["memory"]["source"], "peak_allocated": peak.peak_allocated,
             "peak_reserved": peak.peak_reserved, "rss_peak": rss_peak_bytes(), "measured_batch": shape[0],
@@ -363,10 +363,11 @@ def _record_training(ctx: TrialContext, outcome: Outcome, ranks: Ranks, model: n
     reported = max(everyone, key=lambda r: (r["peak_allocated"] or 0, -r["rank"]))  # ties: the lowest rank
     predictions = _predictions(ctx, ranks, weight_dtype, {(r["measured_batch"], r["measured_seq_len"])
                                                           for r in everyone}) if ranks.is_main else {}
-    predicted, engine = predictions.get((reported["measured_batch"], reported["measured_seq_len"]), (None, None))
+    prediction = predictions.get((reported["measured_batch"], reported["measured_seq_len"]), Prediction(None, None))
     reserved = [r["peak_reserved"] for r in everyone if r["peak_reserved"] is not None]
     outcome["memory"].update(peak_allocated=reported["peak_allocated"], peak_reserved=max(reserved, default=None),
-                             predicted=predicted, predicted_engine=engine, measured_batch=reported["measured_batch"],
+                             predicted=prediction.breakdown, predicted_engine=prediction.engine,
+                             prediction_error=prediction.error, measured_batch=reported["measured_batch"],
                              measured_seq_len=reported["measured_seq_len"])
     tokens, slowest = sum(r["train_tokens"] for r in everyone), max(r["train_time_s"] for r in everyone)
     losses = [(r["train_loss"], r["train_tokens"]) for r in everyone if r["train_loss"] is not None]
@@ -381,7 +382,8 @@ def _record_training(ctx: TrialContext, outcome: Outcome, ranks: Ranks, model: n
                    "measured_seq_len")
     outcome["memory"]["ranks"] = [
         {**{k: r[k] for k in memory_keys}, "predicted_peak_allocated": (
-            predictions.get((r["measured_batch"], r["measured_seq_len"]), (None, None))[0] or {}).get("peak_allocated")}
+            predictions.get((r["measured_batch"], r["measured_seq_len"]), Prediction(None, None)).breakdown or {}
+        ).get("peak_allocated")}
         for r in everyone]
     outcome["distributed"] = {
         **(ranks.describe() or {}),
@@ -391,12 +393,12 @@ def _record_training(ctx: TrialContext, outcome: Outcome, ranks: Ranks, model: n
 
 
 def _predictions(ctx: TrialContext, ranks: Ranks, weight_dtype: str,
-                 shapes: set[tuple[int, int]]) -> dict[tuple[int, int], tuple[dict[str, int] | None, str | None]]:
+                 shapes: set[tuple[int, int]]) -> dict[tuple[int, int], Prediction]:
     """The planner's per-GPU prediction for each measured (batch, sequence) shape."""
-    from peftplan.harness.measure import planner_prediction
+    from peftplan.harness.measure import predict_memory
 
     training = ctx.suite.training
-    return {(batch, seq): planner_prediction(
+    return {(batch, seq): predict_memory(
         ctx.suite.model.display_id, _model_config(ctx.loaded), ctx.spec.method, ctx.spec.method_config,
         seq_len=max(seq, 1), batch_size=max(batch, 1), grad_checkpointing=training.grad_checkpointing,
         optimizer=training.optimizer, dtype=_planner_dtype(weight_dtype, ctx.autocast), device=ctx.device,
@@ -442,9 +444,9 @@ def _measure_trained(ctx: TrialContext, data: TrialData, model: nn.Module, base:
                 base.lm_eval = lm_eval_scores(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
         assert base.lm_eval is not None
         deltas = {k: adapted_scores[k] - base.lm_eval[k] for k in adapted_scores if k in base.lm_eval}
-        if outcome["forgetting"] is None:
-            outcome["forgetting"] = {"probe": "lm-eval", "tokens": 0, "loss_base": 0.0, "loss_adapted": 0.0,
-                                     "delta": 0.0, "lm_eval": {}}
+        if outcome["forgetting"] is None:  # no probe text was scored: its numbers are missing, not zero
+            outcome["forgetting"] = {"probe": "lm-eval", "tokens": None, "loss_base": None, "loss_adapted": None,
+                                     "delta": None, "lm_eval": {}}
         outcome["forgetting"]["lm_eval"] = deltas
     channel.send("phase", name="save")
     latency = base.latency

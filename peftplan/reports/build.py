@@ -44,7 +44,7 @@ def build_report(run: Run, *, with_studies: bool = True) -> Report:
     frame = trials_frame(run)
     summary = summarize(run, frame)
     comparison = method_comparison(frame)
-    notes = list(summary.notes)
+    notes = list(summary.notes) + planner_failures(frame)
     charts = []
     for chart in result_charts(frame, comparison, summary.metric_name, summary.higher_is_better):
         if chart.points:
@@ -57,3 +57,13 @@ def build_report(run: Run, *, with_studies: bool = True) -> Report:
         charts.extend(c for c in more if c.points)
         notes.extend(study_notes + view_notes)
     return Report(summary=summary, comparison=comparison, trials=frame, charts=charts, notes=notes)
+
+
+def planner_failures(frame: pd.DataFrame) -> list[str]:
+    """One note per distinct planner error, naming the trials it cost their prediction."""
+    failed: dict[str, list[str]] = {}
+    for row in frame.itertuples():
+        error = getattr(row, "pred_error", None)
+        if isinstance(error, str) and error:
+            failed.setdefault(error, []).append(f"{row.method} #{row.trial}")
+    return [f"planner prediction failed for {', '.join(trials)}: {error}" for error, trials in failed.items()]

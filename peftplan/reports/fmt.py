@@ -1,11 +1,12 @@
-"""Human formatting of report numbers: bytes, counts, rates, percentages. Missing values print as '-'."""
+"""Human formatting of report numbers: bytes, counts, rates, percentages. Missing values print as '—' (a value
+that was not measured is missing, never a zero)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-MISSING = "-"
+MISSING = "—"
 
 
 def is_missing(value: Any) -> bool:

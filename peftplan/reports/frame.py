@@ -50,6 +50,7 @@ def _row(result: TrialResult, origin: str) -> dict[str, Any]:
         "peak": peak, "predicted": predicted, "pred_err_pct": err, "mem_source": mem.source if mem else None,
         "rank_peaks": [r.peak_allocated for r in mem.ranks] if mem and mem.ranks else None,  # multi-GPU trials
         "engine": mem.predicted_engine if mem else None,
+        "pred_error": mem.prediction_error if mem else None,  # the planner failed: why there is no prediction
         "train_tps": m.train_tokens_per_s,
         "decode_base": lat.decode_base if lat else None, "decode_merged": lat.decode_merged if lat else None,
         "decode_unmerged": lat.decode_unmerged if lat else None,

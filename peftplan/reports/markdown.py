@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftplan.reports.chart import series_colors
-from peftplan.reports.fmt import fmt_num, fmt_params
+from peftplan.reports.fmt import MISSING, fmt_num, fmt_params
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,10 +38,10 @@ def _summary_rows(report: Report) -> list[tuple[str, str]]:
         ("task", ", ".join(s.tasks)),
         ("suite (hash)", ", ".join(f"{name} ({h})" for name, h in s.suites)),
         ("device", ", ".join(s.devices)),
-        ("started", s.started or "-"),
-        ("finished", s.finished or "-"),
+        ("started", s.started or MISSING),
+        ("finished", s.finished or MISSING),
         ("trials", f"{s.trials}: {counts}"),
-        ("forgetting probe", ", ".join(s.probes) or "-"),
+        ("forgetting probe", ", ".join(s.probes) or MISSING),
         ("run directories", ", ".join(s.run_dirs)),
     ]
     return rows

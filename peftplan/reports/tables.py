@@ -96,7 +96,8 @@ def method_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
     best = best_trials(frame).set_index("method")
-    columns = ["trial", "metric_name", "metric", "forgetting", "peak", "predicted", "pred_err_pct", "train_tps",
+    columns = ["trial", "metric_name", "metric", "forgetting", "peak", "predicted", "pred_err_pct", "pred_error",
+               "train_tps",
                "decode_base", "decode_merged", "decode_unmerged", "adapter_bytes", "trainable", "params"]
     rows = []
     for method, group in frame.groupby("method", sort=False):
@@ -127,8 +128,8 @@ def display_comparison(comp: pd.DataFrame, metric_name: str) -> pd.DataFrame:
     import pandas as pd
 
     def predicted(row: Any) -> str:
-        if row["predicted"] is None or row["predicted"] != row["predicted"]:
-            return MISSING
+        if is_missing(row["predicted"]):
+            return f"{MISSING} (planner failed)" if isinstance(row.get("pred_error"), str) else MISSING
         return f"{fmt_bytes(row['predicted'])} ({fmt_pct(row['pred_err_pct'])})"
 
     out = pd.DataFrame({
@@ -178,7 +179,8 @@ def display_trials(frame: pd.DataFrame, metric_name: str, *, with_run: bool = Fa
         "metric": frame["metric"].map(fmt_num),
         "forgetting": frame["forgetting"].map(lambda v: fmt_num(v, 2)),
         "peak": frame.apply(peak, axis=1),
-        "pred_err_pct": frame["pred_err_pct"].map(fmt_pct),
+        "pred_err_pct": frame.apply(lambda r: "planner failed" if is_missing(r["pred_err_pct"])
+                                    and isinstance(r["pred_error"], str) else fmt_pct(r["pred_err_pct"]), axis=1),
         "train_tps": frame["train_tps"].map(fmt_rate),
         "decode_unmerged": frame["decode_unmerged"].map(fmt_rate),
         "params": frame.apply(params, axis=1),

@@ -98,8 +98,8 @@ def test_trials_table_sorts_and_filters(chromium: Chromium, report_page: Path, a
     assert state["qlora"] == 3 and state["count"] == "3 of 13 trials"
     assert state["both"] == ["lora#1", "qlora#2"]
     assert state["pruned"] == 2
-    assert state["ascending"][:2] == ["0.712", "0.801"] and state["ascending"][-1] == "-"  # missing last
-    assert state["descending"][:2] == ["0.874", "0.868"] and state["descending"][-1] == "-"
+    assert state["ascending"][:2] == ["0.712", "0.801"] and state["ascending"][-1] == "—"  # missing last
+    assert state["descending"][:2] == ["0.874", "0.868"] and state["descending"][-1] == "—"
     assert state["sort"] == "descending"
 
 

@@ -106,12 +106,12 @@ def test_display_tables(report) -> None:
     trials = display_trials(report.trials, "accuracy")
     assert len(trials) == 13 and "run" not in trials.columns
     oom = trials[trials["status"] == "oom"].iloc[0]
-    assert "CUDA out of memory" in oom["params"] and oom["peak memory"] == "-"
+    assert "CUDA out of memory" in oom["params"] and oom["peak memory"] == "—"
     assert display_trials(report.trials, "accuracy", with_run=True).columns[0] == "run"
 
 
 def test_formatting() -> None:
-    assert fmt_bytes(912 * 2**20) == "912 MiB" and fmt_bytes(1.5 * 2**30) == "1.5 GiB" and fmt_bytes(None) == "-"
+    assert fmt_bytes(912 * 2**20) == "912 MiB" and fmt_bytes(1.5 * 2**30) == "1.5 GiB" and fmt_bytes(None) == "—"
     assert fmt_count(27_648) == "27,648" and fmt_count(1_843_200) == "1.84M" and fmt_count(8.03e9) == "8.03B"
-    assert fmt_num(0.874) == "0.874" and fmt_num(1e-4) == "1.00e-04" and fmt_num(float("nan")) == "-"
+    assert fmt_num(0.874) == "0.874" and fmt_num(1e-4) == "1.00e-04" and fmt_num(float("nan")) == "—"
     assert fmt_pct(-2.16) == "-2.2%" and fmt_pct(3.0) == "+3.0%"

@@ -172,12 +172,7 @@ def _trl(chosen: Chosen) -> str:
         f"    activation_offloading={ctx.offload_activations},",
         f"    model_init_kwargs={{{', '.join(init)}}},",
         ")",
-        "",
-        'if __name__ == "__main__":',
-        "    from datasets import load_dataset",
-        "",
-        '    dataset = load_dataset("json", data_files="train.jsonl", split="train")  # your data',
-        "    SFTTrainer(model=MODEL, args=training_args, train_dataset=dataset, peft_config=peft_config).train()",
+        *_sft_main("model=MODEL, args=training_args, train_dataset=dataset, peft_config=peft_config"),
     ]
     return "\n".join(lines) + "\n"
 
@@ -388,14 +383,16 @@ def _unsloth(chosen: Chosen) -> str:
         f"    bf16={ctx.dtype == 'bf16'}, fp16={ctx.dtype == 'fp16'},",
         f'    optim="{HF_OPTIM[ctx.optimizer]}",',
         ")",
-        "",
-        'if __name__ == "__main__":',
-        "    from datasets import load_dataset",
-        "",
-        '    dataset = load_dataset("json", data_files="train.jsonl", split="train")  # your data',
-        "    SFTTrainer(model=model, tokenizer=tokenizer, args=training_args, train_dataset=dataset).train()",
+        *_sft_main("model=model, tokenizer=tokenizer, args=training_args, train_dataset=dataset"),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _sft_main(trainer_args: str) -> list[str]:
+    """The script's entry point: the user's data into TRL's SFTTrainer."""
+    return ["", 'if __name__ == "__main__":', "    from datasets import load_dataset", "",
+            '    dataset = load_dataset("json", data_files="train.jsonl", split="train")  # your data',
+            f"    SFTTrainer({trainer_args}).train()"]
 
 
 _EMITTERS = {"peft": _peft, "trl": _trl, "axolotl": _axolotl, "llama-factory": _llama_factory,

@@ -58,6 +58,7 @@ def _choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
 
 
 def plan_command(
+    typer_ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Catalog id, local config path or Hub id.")],
     vram: Annotated[float | None, typer.Option(help="GPU memory budget per GPU, in GiB.")] = None,
     gpu: Annotated[str | None, typer.Option(help="A GPU profile (memory, speed, price), e.g. rtx-4090, h100.")] = None,
@@ -101,6 +102,10 @@ def plan_command(
     peft_config: PeftConfigOpt = None,
     tasks: Annotated[int, typer.Option(help="How many adapted tasks will be served.")] = 1,
     switching: Annotated[str, typer.Option(help="merge, hot-swap or multi-tenant.")] = "merge",
+    serve_gpu: Annotated[str | None, typer.Option("--serve-gpu", help="GPU profile serving the tasks (default: the training GPU).")] = None,
+    serve_vram: Annotated[float | None, typer.Option("--serve-vram", help="Serving GPU memory in GiB (default: the training budget).")] = None,
+    serve_context: Annotated[int | None, typer.Option("--serve-context", help="Tokens per served sequence (default: --seq-len).")] = None,
+    serve_concurrency: Annotated[int | None, typer.Option("--serve-concurrency", help="Sequences served at once (default: 1; multi-tenant: one per task, up to 32).")] = None,
     examples: Annotated[int | None, typer.Option(help="Training examples (for time, cost and rank advice).")] = None,
     train_tokens: Annotated[int | None, typer.Option("--train-tokens", help="Training tokens (for time and cost).")] = None,
     epochs: Annotated[float, typer.Option(help="Epochs over --examples.")] = 1.0,
@@ -117,6 +122,10 @@ def plan_command(
     Exits 0 when some method fits, 3 when none does, 2 on bad input.
     """
     check_format(fmt, (*FORMATS, "html"))
+    sources = {name: typer_ctx.get_parameter_source(name) for name in typer_ctx.params}
+    # What the user typed is pinned; the rest is the decision's to search.
+    passed = frozenset(name for name, source in sources.items()
+                       if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"))
     plan = make_plan(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
         cpu_offload=cpu_offload, stack=stack, lengths=lengths, tokenizer=tokenizer, lengths_field=lengths_field,
@@ -131,7 +140,8 @@ def plan_command(
         bottleneck=bottleneck, peft_config=peft_config, tasks=tasks,
         switching=_choice("switching mode", switching, SWITCHING), examples=examples, train_tokens=train_tokens,
         epochs=epochs, mfu=mfu, fit_search=fit_search, trust_remote_code=trust_remote_code,
-        engine=_choice("engine", engine, ENGINES),
+        engine=_choice("engine", engine, ENGINES), serve_gpu=serve_gpu, serve_vram=serve_vram,
+        serve_context=serve_context, serve_concurrency=serve_concurrency, given=passed,
     )
     if emit is not None:
         from peftplan.planner.emit import emit_plan
@@ -212,12 +222,15 @@ def make_plan(
     examples: int | None = None, train_tokens: int | None = None, epochs: float = 1.0, mfu: float = 0.40,
     fit_search: bool = True, trust_remote_code: bool = False, engine: str = "analytic",
     model_config: dict[str, Any] | None = None, method_config: dict[str, Any] | None = None,
-    require_budget: bool = True,
+    require_budget: bool = True, serve_gpu: str | None = None, serve_vram: float | None = None,
+    serve_context: int | None = None, serve_concurrency: int | None = None, given: frozenset[str] | None = None,
 ) -> Any:
     """Resolve inputs and build the Plan (shared by the CLI and `peftplan.plan`).
 
     `model_config` plans that config dict under the name `model`; `method_config` gives the single
     method's settings as a dict; without `require_budget`, a missing budget means no memory limit.
+    `given` names the parameters the user passed (the CLI's); without it, a parameter that is not None
+    and not its default counts as given. The decision keeps what was given and searches the rest.
     """
     from peftplan.budgets import parse_budget
     from peftplan.commands._options import method_configs
@@ -228,6 +241,21 @@ def make_plan(
     for name, value in (("--seq-len", seq_len), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInputError(f"{name} must be a positive integer, got {value!r}")
+    from peftplan.planner.decide import check_contradictions, pins
+    from peftplan.planner.serving import serving_needs
+
+    adapter_knobs = {"rank": rank, "alpha": alpha, "targets": targets, "virtual_tokens": virtual_tokens,
+                     "quant": quant, "bottleneck": bottleneck}
+    check_contradictions(methods=methods, quant=quant, peft_config=peft_config is not None, method_knobs=adapter_knobs,
+                         grad_ckpt=grad_ckpt, checkpointing=(knobs or {}).get("checkpointing"))
+    if given is None:  # Python callers: what differs from the defaults
+        given = frozenset([name for name, value in {**adapter_knobs, "methods": methods, "optimizer": optimizer,
+                                                    "grad_ckpt": grad_ckpt, "lengths": lengths}.items()
+                           if value is not None]
+                          + [name for name, value, default in (("seq_len", seq_len, 2048), ("batch_size", batch_size, 1),
+                                                               ("shard", shard, "none")) if value != default])
+    elif lengths is not None:
+        given = given | {"lengths"}
     notes: list[str] = []
     if vram is None and gpu is None and not require_budget:
         from peftplan.budgets import unlimited_budget
@@ -274,9 +302,13 @@ def make_plan(
     elif not ctx.packing and examples is not None:
         notes.append("unpacked data: --seq-len is a cap, planned as the length of every batch "
                      "(pass --lengths FILE to plan the longest batch and the mean, or --packing)")
+    needs = serving_needs(vram_bytes=budget.vram_bytes, gpu=budget.gpu, gpus=budget.gpus, tasks=tasks,
+                          switching=switching, serve_gpu=serve_gpu, serve_vram=serve_vram, context=serve_context,
+                          concurrency=serve_concurrency, profiles_file=gpu_profiles)
     plan = build_plan(spec, chosen, ctx, budget, tasks=tasks, switching=switching, examples=examples,
                       train_tokens=train_tokens, epochs=epochs, mfu=mfu, fit_search=fit_search,
-                      strict=bool(methods) or peft_config is not None, tokens_per_example=per_example)
+                      strict=bool(methods) or peft_config is not None, tokens_per_example=per_example,
+                      serving=needs, pinned=pins(given, peft_config=peft_config is not None, knobs=ctx.pinned))
     plan.notes[:0] = notes
     if lengths is not None:
         plan.lengths = stats.to_dict()

@@ -1,7 +1,14 @@
 """Fit search: the largest micro-batch, sequence length and rank that fit, searched on the model itself.
 
-Every probe prices the real memory model (no extrapolation): memory grows with batch, sequence and
-rank, so an exponential probe followed by bisection finds each limit in a few dozen evaluations.
+Every probe prices the real memory model (no extrapolation). Memory grows with batch, sequence and
+rank and is close to affine in each (quadratic in the sequence at most), so each search probes where
+the line through its two bracketing probes meets the budget and checks the neighbour: the exact
+boundary, usually in a handful of probes (`largest_secant`; `largest` is plain bisection).
+
+The largest rank means something only up to the adapted layers' own dimensions: a LoRA update B·A
+has rank at most min(in, out) of its layer, so the search stops at the smallest dimension of the
+targeted layers; LoKr's rank applies to its Kronecker factor w2, which is stored whole (the rank
+unused) from half its larger side up. `RANK_KNOBS` names what the rank is for each adapter kind.
 """
 
 from __future__ import annotations
@@ -10,25 +17,43 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from peftplan.methods.base import Method, MethodConfig
+from peftplan.methods.memory import MemoryTerms
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.context import TrainContext
-from peftplan.planner.memory import StepModel, step_model
+from peftplan.planner.memory import GIB, StepModel, step_model
 
 MAX_BATCH = 1 << 16
 MAX_RANK = 8192
+
+# What the `rank` knob is, per adapter kind (what the max-rank column means for each method).
+RANK_KNOBS: dict[str, str] = {
+    "lora": "rank r of B·A, at most the smallest dimension of the targeted layers",
+    "dora": "rank r of B·A, at most the smallest dimension of the targeted layers",
+    "loha": "rank of each of the two Hadamard factors, at most the smallest targeted dimension",
+    "lokr": "rank of the Kronecker factor w2, which is stored whole (rank unused) from half its larger side",
+    "vera": "rank of the shared frozen projections A and B, at most the smallest targeted dimension",
+}
 
 
 def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
     """The largest n in [low, high] with `fits(n)`, for a monotone `fits`; low - 1 if none fits."""
     if low > high or not fits(low):
         return low - 1
+    return _climb(fits, low, high)
+
+
+def _climb(fits: Callable[[int], bool], good: int, high: int) -> int:
+    """From a fitting `good`, the largest fitting n <= high (exponential probe, then bisection)."""
     step = 1
-    good = low
-    while good + step <= high and fits(good + step):  # exponential probe
+    while good + step <= high and fits(good + step):
         good += step
         step *= 2
     bad = min(good + step, high + 1)
-    while bad - good > 1:  # bisection between a fitting and a failing value
+    return _bisect(fits, good, bad)
+
+
+def _bisect(fits: Callable[[int], bool], good: int, bad: int) -> int:
+    while bad - good > 1:  # between a fitting and a failing value
         mid = (good + bad) // 2
         if fits(mid):
             good = mid
@@ -37,32 +62,86 @@ def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
     return good
 
 
+def largest_secant(total: Callable[[int], int], budget: int, low: int, high: int) -> int:
+    """The largest n in [low, high] with `total(n) <= budget`, for an increasing `total` that is close to
+    affine: each probe goes where the line through the bracketing probes crosses the budget, and its
+    neighbour is probed too, so a near-affine `total` ends in a handful of probes. low - 1 if none fits."""
+    if low > high or total(low) > budget:
+        return low - 1
+    if total(high) <= budget:
+        return high
+    good, bad = low, high  # total(good) fits, total(bad) does not
+    while bad - good > 1:
+        slope = (total(bad) - total(good)) / (bad - good)
+        guess = good + int((budget - total(good)) / slope) if slope > 0 else (good + bad) // 2
+        guess = min(max(guess, good + 1), bad - 1)
+        if total(guess) <= budget:
+            good = guess
+            if guess + 1 < bad and total(guess + 1) > budget:
+                bad = guess + 1
+        else:
+            bad = guess
+            if guess - 1 > good and total(guess - 1) <= budget:
+                good = guess - 1
+    return good
+
+
 def max_batch_size(model: StepModel, vram_bytes: int, seq: int) -> int:
     """The largest micro-batch that fits at sequence length `seq` (0 if even 1 does not)."""
-    return largest(lambda b: model.breakdown(b, seq).total <= vram_bytes, 1, MAX_BATCH)
+    return largest_secant(lambda b: model.breakdown(b, seq).total, vram_bytes, 1, MAX_BATCH)
 
 
 def max_seq_len(model: StepModel, vram_bytes: int, batch: int, limit: int) -> int:
     """The longest sequence (up to the model's `limit`) that fits at micro-batch `batch` (0 if none)."""
-    return largest(lambda s: model.breakdown(batch, s).total <= vram_bytes, 1, limit)
+    return largest_secant(lambda s: model.breakdown(batch, s).total, vram_bytes, 1, limit)
+
+
+def rank_kind(terms: MemoryTerms) -> str | None:
+    """The adapter kind whose rank the method's `rank` knob sets (None: no ranked adapter)."""
+    for adapter in terms.linear_adapters.values():
+        if adapter.kind in RANK_KNOBS:
+            return adapter.kind
+    return None
+
+
+def rank_cap(spec: ModelSpec, terms: MemoryTerms, cfg: MethodConfig) -> int:
+    """The largest rank that still means something on the targeted layers (see the module docstring)."""
+    linears = {lin.name: lin for lin in spec.linears}
+    targeted = [linears[name] for name in terms.linear_adapters if name in linears]
+    if not targeted:
+        return MAX_RANK
+    if rank_kind(terms) == "lokr":
+        from peftplan.methods.lokr import factorization
+
+        factor = int(getattr(cfg, "decompose_factor", -1))
+        sides = [max(factorization(lin.out_features, factor)[1], factorization(lin.in_features, factor)[1])
+                 for lin in targeted]
+        return max(1, max(-(-side // 2) - 1 for side in sides))
+    return max(1, min(min(lin.in_features, lin.out_features) for lin in targeted))
 
 
 def max_rank(
     spec: ModelSpec, method: Method, cfg: MethodConfig, ctx: TrainContext, vram_bytes: int
 ) -> int | None:
-    """The largest rank that fits at the context's batch and length; None for methods without a rank."""
+    """The largest rank that fits at the context's batch and length (0 if rank 1 does not), at most
+    `rank_cap`; None for methods without a rank."""
     if "rank" not in type(cfg).model_fields:
         return None
     field = type(cfg).model_fields["rank"]
     upper = MAX_RANK
     for meta in field.metadata:
         upper = min(upper, getattr(meta, "le", upper) or upper)
+    upper = min(upper, rank_cap(spec, method.memory_terms(spec, cfg), cfg))
+    totals: dict[int, int] = {}
 
-    def fits(rank: int) -> bool:
-        model = step_model(spec, method, replace_rank(cfg, rank), ctx)
-        return model.breakdown(ctx.batch_size, ctx.seq_len).total <= vram_bytes
+    def total(rank: int) -> int:
+        if rank not in totals:
+            model = step_model(spec, method, replace_rank(cfg, rank), ctx)
+            totals[rank] = model.breakdown(ctx.batch_size, ctx.seq_len).total
+        return totals[rank]
 
-    return largest(fits, 1, upper)
+    # Memory is close to affine in the rank: secant probes from the two ends find the exact boundary.
+    return largest_secant(total, vram_bytes, 1, upper)
 
 
 def replace_rank(cfg: MethodConfig, rank: int) -> MethodConfig:
@@ -81,3 +160,16 @@ def sequence_limit(spec: ModelSpec) -> int:
 
 def with_shape(ctx: TrainContext, batch: int, seq: int) -> TrainContext:
     return replace(ctx, batch_size=batch, seq_len=seq)
+
+
+def empty_fit_note(model: StepModel, vram_bytes: int, seq: int, seq_max: int) -> str:
+    """Why the largest micro-batch is 0: what one sequence needs, what is fixed, and what does fit."""
+    one = model.breakdown(1, seq)
+    fixed = model.breakdown(1, 1)
+    parts = (f"max batch 0: one sequence of {seq:,} tokens needs {one.total / GIB:.1f} GiB of "
+             f"{vram_bytes / GIB:.1f} GiB")
+    if fixed.total > vram_bytes:
+        return (parts + f"; even a 1-token step needs {fixed.total / GIB:.1f} GiB (weights "
+                f"{(fixed.weights + fixed.quant_constants) / GIB:.1f} GiB, optimizer states "
+                f"{fixed.optimizer / GIB:.1f} GiB), so no batch or sequence fits")
+    return parts + f"; at batch 1 the longest sequence that fits is {seq_max:,} tokens"

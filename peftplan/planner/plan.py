@@ -15,12 +15,21 @@ from peftplan.methods.base import Method, MethodConfig
 from peftplan.methods.targets import UnusableTargetError
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.arch import arch_of
-from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
-from peftplan.planner.fit import max_batch_size, max_rank, max_seq_len, sequence_limit
+from peftplan.planner.context import MemoryBreakdown, TrainContext
+from peftplan.planner.fit import (
+    RANK_KNOBS,
+    empty_fit_note,
+    max_batch_size,
+    max_rank,
+    max_seq_len,
+    rank_kind,
+    sequence_limit,
+)
 from peftplan.planner.memory import price, step_model_from_terms
-from peftplan.planner.recommend import Recommendation, recommend
+from peftplan.planner.recommend import Recommendation
+from peftplan.planner.serving import ServingNeeds, price_serving
 from peftplan.planner.stacks import check_method, get_stack
-from peftplan.planner.storage import adapter_file_bytes, task_switching
+from peftplan.planner.storage import adapter_file_bytes
 from peftplan.planner.throughput import DEFAULT_MFU, inference_overhead, throughput, training_flops_per_token
 
 SWITCHING = ("merge", "hot-swap", "multi-tenant")
@@ -51,6 +60,8 @@ class MethodPlan:
     notes: list[str] = field(default_factory=list)
     trace: dict[str, Any] | None = None
     context: TrainContext | None = None  # the context this method was priced in (stack rules applied)
+    serving: dict[str, Any] | None = None  # planner/serving.py's ServingPlan for the plan's serving needs
+    max_rank_knob: str | None = None  # what `max_rank` is the rank of (fit.RANK_KNOBS)
 
     @property
     def trainable_pct(self) -> float:
@@ -77,12 +88,14 @@ class MethodPlan:
             "max_batch_size": self.max_batch_size,
             "max_seq_len": self.max_seq_len,
             "max_rank": self.max_rank,
+            "max_rank_knob": self.max_rank_knob,
             "adapter_bytes": self.adapter_bytes,
             "mergeable": self.mergeable,
             "inference_overhead": self.inference_overhead,
             "inference": self.inference,
             "throughput": self.throughput,
             "task_switching": self.task_switching,
+            "serving": self.serving,
             "notes": self.notes,
         }
         if self.trace is not None:
@@ -179,9 +192,11 @@ def _trainable_context(method: Method, cfg: MethodConfig, ctx: TrainContext) -> 
 def plan_method(
     spec: ModelSpec, method: Method, cfg: MethodConfig, ctx: TrainContext, budget: Budget, *,
     tasks: int = 1, switching: str = "merge", train_tokens: int | None = None, mfu: float = DEFAULT_MFU,
-    fit_search: bool = True,
+    fit_search: bool = True, serving: ServingNeeds | None = None,
 ) -> MethodPlan:
-    """Plan one method (its memory, fit limits, file size, speed and task switching).
+    """Plan one method (its memory, fit limits, file size, speed, serving and task switching).
+
+    `serving` gives the serving needs (default: `tasks` by `switching` on the training GPU).
 
     Raises:
         BadInputError: the method cannot apply to this model or setting.
@@ -196,27 +211,24 @@ def plan_method(
     limit = max(1, sequence_limit(spec) - terms.extra_tokens - terms.prefix_tokens)
     batch_max = seq_max = 0
     rank_max: int | None = None
+    empty: list[str] = []
     if fit_search:
         batch_max = max_batch_size(model, vram, ctx.seq_len)
         seq_max = max_seq_len(model, vram, ctx.batch_size, limit)
         rank_max = max_rank(spec, method, cfg, ctx, vram)
+        if batch_max == 0:
+            empty.append(empty_fit_note(model, vram, ctx.seq_len, max_seq_len(model, vram, 1, limit)))
     adapter_bytes = adapter_file_bytes(spec, method, terms, dtype=ctx.dtype)
     a = arch_of(spec)
     flops = training_flops_per_token(spec, a, terms, ctx.seq_len, checkpointing=ctx.grad_checkpointing)
     speed = throughput(flops, tflops=budget.gpu.bf16_tflops, gpus=budget.gpus, mfu=mfu,
                        train_tokens=train_tokens, usd_per_hour=budget.gpu.usd_per_hour)
-    dtype = DTYPE_BYTES[ctx.dtype]
-    base_disk = spec.total_params * dtype
-    base_gpu = model.weights.weights + model.weights.quant_constants if terms.quant != "none" else base_disk
-    linears = {lin.name: lin for lin in spec.linears}
-    adapted = sum(linears[n].in_features * linears[n].out_features for n in terms.linear_adapters if n in linears)
-    switch = task_switching(
-        method=method, terms=terms, adapter_bytes=adapter_bytes, base_bytes=base_disk, base_gpu_bytes=base_gpu,
-        adapted_weight_bytes=adapted * dtype, tasks=tasks, mode=switching,
-        pcie_gbs=budget.gpu.pcie_gbs, mem_bw_gbs=budget.gpu.mem_bw_gbs,
-    )
+    needs = serving or ServingNeeds(vram_bytes=vram, gpu=budget.gpu, tasks=tasks, switching=switching,
+                                    gpus=budget.gpus)
+    served = price_serving(spec, method, terms, adapter_bytes=adapter_bytes, dtype=ctx.dtype, needs=needs,
+                           train_seq=ctx.seq_len)
     trainable = spec.total_params if terms.trainable_base == "all" else method.trainable_params(spec, cfg)
-    notes = list(switch.notes) + context_notes
+    notes = empty + list(served.notes) + context_notes
     if terms.quant != "none":
         notes.append("bitsandbytes dequantizes each weight per matmul; the FLOP-based speed does not include it")
     return MethodPlan(
@@ -243,16 +255,18 @@ def plan_method(
             "cost_usd": None if speed.cost_usd is None else round(speed.cost_usd, 2),
         },
         task_switching={
-            "tasks": switch.tasks,
-            "mode": switch.mode,
-            "storage_bytes": switch.storage_bytes,
-            "full_copies_bytes": switch.full_copies_bytes,
-            "swap_seconds": round(switch.swap_seconds, 4),
-            "merge_seconds": round(switch.merge_seconds, 4),
-            "serving_bytes": switch.serving_bytes,
+            "tasks": served.tasks,
+            "mode": served.mode,
+            "storage_bytes": served.storage_bytes,
+            "full_copies_bytes": served.full_copies_bytes,
+            "swap_seconds": round(served.swap_seconds, 4),
+            "merge_seconds": round(served.merge_seconds, 4),
+            "serving_bytes": served.weights_bytes + served.adapter_gpu_bytes,
         },
         notes=notes,
         context=ctx,
+        serving=served.to_dict(),
+        max_rank_knob=RANK_KNOBS.get(rank_kind(terms) or "") if "rank" in type(cfg).model_fields else None,
     )
 
 
@@ -271,8 +285,12 @@ def build_plan(
     fit_search: bool = True,
     strict: bool = False,
     tokens_per_example: float | None = None,
+    serving: ServingNeeds | None = None,
+    pinned: frozenset[str] = frozenset(),
 ) -> Plan:
-    """Plan every method in `chosen`; methods that cannot apply are listed as skipped.
+    """Plan every method in `chosen`; methods that cannot apply are listed as skipped. The
+    recommendation searches whole configurations (planner/decide.py): `pinned` names what the user
+    fixed (flag names without dashes, e.g. "rank", "seq_len"); `serving` the serving needs.
 
     Raises:
         BadInputError: bad knobs, a target no method can use on this model (e.g. a typo), or (with
@@ -304,25 +322,37 @@ def build_plan(
     if not budget.compute_from_profile and budget.vram_bytes < UNLIMITED:
         notes.append(f"time and cost assume {budget.gpu.name} compute (the nearest profile with this much memory); "
                      "pass --gpu for another")
+    needs = serving or ServingNeeds(vram_bytes=budget.vram_bytes, gpu=budget.gpu, tasks=tasks, switching=switching,
+                                    gpus=budget.gpus)
     entries: list[MethodPlan] = []
     skipped: list[dict[str, str]] = []
     for method, cfg in chosen:
         try:
             entries.append(plan_method(spec, method, cfg, ctx, budget, tasks=tasks, switching=switching,
-                                       train_tokens=tokens, mfu=mfu, fit_search=fit_search))
+                                       train_tokens=tokens, mfu=mfu, fit_search=fit_search, serving=needs))
         except BadInputError as exc:
             # A target no method can use (e.g. a typo) is bad input for all, never a skip of each.
             if strict or len(chosen) == 1 or isinstance(exc, UnusableTargetError):
                 raise
             skipped.append({"method": method.name, "reason": str(exc)})
-    rec = recommend(entries, tasks=tasks, switching=switching, examples=examples, vram_bytes=budget.vram_bytes)
+    from peftplan.planner.decide import Inputs, decide
+
+    planned = {e.method for e in entries}
+    rec = decide(Inputs(spec, [(m, c) for m, c in chosen if m.name in planned], ctx, budget, needs, pinned,
+                        examples=examples, train_tokens=train_tokens, epochs=epochs,
+                        tokens_per_example=tokens_per_example, mfu=mfu))
     return Plan(spec, budget, ctx, entries, rec, skipped, tasks, switching, tokens, notes, examples)
 
 
 def check_fits(plan: Plan) -> None:
-    """Raise NothingFitsError (exit 3) when no method fits."""
+    """Raise NothingFitsError (exit 3) when no configuration fits: the search found none that trains
+    within the budget and serves within the serving GPU."""
+    if plan.recommendation.method is not None:
+        return
     if not plan.any_fits:
         raise NothingFitsError(f"no method fits {plan.budget.vram_gib:.1f} GiB per GPU for {plan.spec.model_id}")
+    raise NothingFitsError(f"no configuration of {plan.spec.model_id} both trains in {plan.budget.vram_gib:.1f} GiB "
+                           "per GPU and fits the serving GPU (see the suggestions)")
 
 
 ENGINES = ("analytic", "trace", "both")
@@ -367,6 +397,4 @@ def attach_traces(plan: Plan, chosen: list[tuple[Method, MethodConfig]], engine:
             entry.headroom_bytes = plan.budget.vram_bytes - entry.memory.total
     if plan.ctx.shard == "fsdp" and plan.budget.gpus > 1:
         plan.notes.append("the trace runs one unsharded GPU; FSDP sharding is analytic only")
-    plan.engine = engine
-    plan.recommendation = recommend(plan.methods, tasks=plan.tasks, switching=plan.switching,
-                                    examples=plan.examples, vram_bytes=plan.budget.vram_bytes)
+    plan.engine = engine  # the recommendation stays the analytic search's (candidates are not traced)

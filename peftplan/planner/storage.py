@@ -1,4 +1,5 @@
-"""Adapter files on disk and what serving N tasks costs: storage, swap time, multi-tenant memory.
+"""Adapter files on disk: the exact size of what a save writes (serving and task switching are
+priced from it in `planner/serving.py`).
 
 The adapter size is computed as safetensors lays it out: an 8-byte length, a compact JSON header
 (one entry per tensor, data offsets in name order, padded with spaces to 8 bytes), then the data.
@@ -80,65 +81,3 @@ def adapter_file_bytes(spec: ModelSpec, method: Method, terms: MemoryTerms, *, d
 
     peft = isinstance(method, PeftMethod)
     return safetensors_bytes(adapter_entries(spec, terms, peft=peft, dtype=dtype), {"format": "pt"} if peft else None)
-
-
-@dataclass(frozen=True)
-class TaskSwitching:
-    """Serving `tasks` adapted tasks: storage, swap time and memory, against full copies."""
-
-    tasks: int
-    mode: str
-    adapter_bytes: int
-    storage_bytes: int  # base once plus one adapter per task (full fine-tuning: one model per task)
-    full_copies_bytes: int  # one full model per task
-    swap_seconds: float  # load one task's adapter from disk and copy it to the GPU
-    merge_seconds: float  # fold an adapter into (or out of) the base weights, memory-bound
-    serving_bytes: int  # GPU memory for the weights while serving (multi-tenant: base + N adapters)
-    notes: tuple[str, ...] = ()
-
-
-def task_switching(
-    *,
-    method: Method,
-    terms: MemoryTerms,
-    adapter_bytes: int,
-    base_bytes: int,
-    base_gpu_bytes: int,
-    adapted_weight_bytes: int,
-    tasks: int,
-    mode: str,
-    pcie_gbs: float,
-    mem_bw_gbs: float,
-) -> TaskSwitching:
-    """Storage, swap time and serving memory for `tasks` tasks switched by `mode`.
-
-    `adapted_weight_bytes` is the base weights the adapter touches (what a merge reads and writes).
-    """
-    full = terms.trainable_base == "all"
-    storage = tasks * base_bytes if full else base_bytes + tasks * adapter_bytes
-    swap = adapter_bytes / (DISK_GBS * 1e9) + adapter_bytes / (pcie_gbs * 1e9)
-    merge = 2 * adapted_weight_bytes / (mem_bw_gbs * 1e9) if method.mergeable and not full else 0.0
-    notes: list[str] = []
-    if mode == "multi-tenant" and not full:
-        serving = base_gpu_bytes + tasks * adapter_bytes
-    elif full:
-        serving = base_gpu_bytes * (tasks if mode == "multi-tenant" else 1)
-    else:
-        serving = base_gpu_bytes + adapter_bytes
-    if mode == "merge" and not method.mergeable:
-        notes.append(f"{method.name} cannot be merged; it runs unmerged")
-    if mode == "merge" and terms.quant != "none":
-        notes.append("merging into a 4/8-bit base needs a dequantize-merge-requantize pass")
-    if mode == "merge" and method.mergeable and not full:
-        swap += 2 * merge  # unmerge the previous task, merge the next one
-    return TaskSwitching(
-        tasks=tasks,
-        mode=mode,
-        adapter_bytes=adapter_bytes,
-        storage_bytes=storage,
-        full_copies_bytes=tasks * base_bytes,
-        swap_seconds=swap if not full else base_bytes / (DISK_GBS * 1e9) + base_bytes / (pcie_gbs * 1e9),
-        merge_seconds=merge,
-        serving_bytes=serving,
-        notes=tuple(notes),
-    )

@@ -132,7 +132,7 @@ def test_fit_search_limits_fit_and_one_more_does_not() -> None:
     cfg = lora.make_config()
     ctx = TrainContext(seq_len=1024, grad_checkpointing=True)
     model = step_model(spec, lora, cfg, ctx)
-    vram = 12 << 30
+    vram = 8 << 30  # below the rank cap: at 12 GiB the rank stops at k_proj's 512 outputs
     batch = max_batch_size(model, vram, 1024)
     assert batch >= 1
     assert model.breakdown(batch, 1024).total <= vram < model.breakdown(batch + 1, 1024).total
@@ -143,6 +143,7 @@ def test_fit_search_limits_fit_and_one_more_does_not() -> None:
     over = step_model(spec, lora, cfg.model_copy(update={"rank": rank + 1}), ctx)
     assert over.breakdown(1, 1024).total > vram
     assert max_rank(spec, get_method("ia3"), get_method("ia3").make_config(), ctx, vram) is None
+    assert max_rank(spec, lora, cfg, ctx, 12 << 30) == 512  # a rank above min(in, out) of k_proj means nothing
 
 
 def test_prompt_tuning_pays_for_its_virtual_tokens_and_prefix_for_its_keys() -> None:

@@ -63,6 +63,7 @@ class ActivationProfile:
     backward_temp: Poly = ZERO
     grad_stream: Poly = ZERO
     batch: Poly = ZERO
+    held_logits: Poly = ZERO  # logits the loop holds from the loss to the end of the step (litgpt)
     blocks_saved: Poly = ZERO  # what the blocks save (offloadable without checkpointing)
     ckpt_inputs: Poly = ZERO  # every block's checkpointed input (offloadable with checkpointing)
 
@@ -126,6 +127,7 @@ class LossTerms:
     saved: Poly
     forward_extra: Poly
     backward: Poly
+    held: Poly = ZERO  # the logits the loop keeps until the step is over (part of `backward` too)
 
 
 def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) -> LossTerms:
@@ -161,7 +163,9 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
             return LossTerms(saved=hidden + per_token * 8, forward_extra=tile,
                              backward=tokens(a.hidden, extra) * 4 + tile)
         block = tokens(a.hidden, extra) * (low + 4)  # one block of logits and its fp32 softmax
-        return LossTerms(saved=hidden + per_token * 4, forward_extra=block, backward=hidden + block)
+        # A trainable output layer's whole weight gradient is made in the forward and kept (Liger's grad_weight).
+        weight_grad = Poly(c=weight.numel * weight.itemsize) if weight.trainable else ZERO
+        return LossTerms(saved=hidden + per_token * 4 + weight_grad, forward_extra=block, backward=hidden + block)
     # Under autocast, cross-entropy is an fp32 op (CUDA and CPU alike): it upcasts low-precision logits
     # itself, so the loss is fp32 whether or not the code calls `.float()` first.
     loss_size = 4 if (ctx.loss_fp32 or low == 4 or ops.r.low is not None) else low
@@ -195,8 +199,12 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # litgpt's model soft-caps each chunk (tanh saves its output); torchtune's Gemma-2 soft-caps the
         # normed hidden state instead, not the logits.
         softcap = logits_bytes if (a.final_softcap and ctx.keep_logits) else ZERO
+        # A trainable output layer gets one weight gradient per chunk: autograd sums them into a buffer,
+        # so the buffer and the next chunk's gradient are alive while the other chunks' rows are saved.
+        weight_grads = Poly(c=2 * weight.numel * weight.itemsize) if weight.trainable else ZERO
         return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + copy,
-                         backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO))
+                         backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO) + weight_grads,
+                         held=held)
     logits = ops.matmul(h, weight, vocab)
     logits_bytes = tokens(vocab, extra) * logits.itemsize
     rows = tokens(vocab, extra) * loss_size  # log_softmax's output, saved for backward
@@ -210,8 +218,8 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # once log-softmax's backward has freed its saved output, so it never adds a third.
         fp32 = tokens(vocab, extra) * 4
         held = fp32 if ctx.keep_logits else ZERO  # the model's output is the fp32 logits
-        return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 2 * fp32)
-    return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows)
+        return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 2 * fp32, held=held)
+    return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows, held=held)
 
 
 def _with_unsloth_blocks(spec: ModelSpec, r: Replay, profile: ActivationProfile, fixed: Poly) -> ActivationProfile:
@@ -398,7 +406,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     if ctx.kernels == "unsloth":
         return _with_unsloth_blocks(
             spec, r, ActivationProfile(
-                saved=saved, logits_saved=loss.saved, loss_backward=loss.backward, forward_extra=forward_extra,
+                saved=saved, logits_saved=loss.saved, loss_backward=loss.backward, held_logits=loss.held,
+                forward_extra=forward_extra,
                 ckpt_saved=ckpt_saved, block_max=block_max, head_saved=head.total(), grad_stream=stream, batch=batch,
                 ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs),
             fixed)
@@ -406,6 +415,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         saved=saved,
         logits_saved=loss.saved,
         loss_backward=loss.backward,
+        held_logits=loss.held,
         forward_extra=forward_extra,
         ckpt_saved=ckpt_saved,
         moments=[m + fixed for m in moments],

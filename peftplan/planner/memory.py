@@ -150,6 +150,7 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
     in_bwd = ctx.optimizer_in_bwd
     head_grad = min(m.lm_head_grad, m.largest_gradient) if in_bwd else m.lm_head_grad
     later_grads = 0 if in_bwd else m.later_block_gradients
+    held = at(act.held_logits)  # litgpt's loop keeps `logits` through backward and the optimizer step
     if ctx.grad_checkpointing:
         saved = at(act.ckpt_saved)
         offloaded = at(act.ckpt_inputs) if (ctx.ckpt_offload or ctx.offload_activations) else 0
@@ -169,8 +170,8 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             last_block = in_blocks + recompute
             first_block = in_blocks - at(act.ckpt_later_inputs) + recompute
             forward = max((at(p) for p in act.ckpt_moments), default=0)
-        moments = [_Moment("recompute", last_block, 0, head_grad, 0),
-                   _Moment("recompute", first_block, 0, head_grad + later_grads, 0),
+        moments = [_Moment("recompute", last_block + held, 0, head_grad, 0),
+                   _Moment("recompute", first_block + held, 0, head_grad + later_grads, 0),
                    _Moment("forward", forward, 0, 0, 0)]
     else:
         saved = at(act.saved)
@@ -184,17 +185,19 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             forward = max((at(p) for p in act.moments), default=0)
             block_bwd = saved - at(act.head_saved)
         moments = [_Moment("forward", forward, 0, 0, 0),
-                   _Moment("block-bwd", block_bwd + at(act.backward_temp) + at(act.grad_stream), 0, head_grad, 0)]
+                   _Moment("block-bwd", block_bwd + at(act.backward_temp) + at(act.grad_stream) + held, 0, head_grad, 0)]
     forward_end = saved + at(act.forward_extra)
-    end_grads = m.largest_gradient if in_bwd else m.gradients + m.tied_spike
+    # A tied matrix's two gradients (output layer, then embedding) are summed by autograd before its
+    # post-accumulate hook steps it, so the spike stays with the optimizer in backward.
+    end_grads = (m.largest_gradient if in_bwd else m.gradients) + m.tied_spike
     moments += [
         _Moment("loss", forward_end, logits_saved, 0, 0),
         _Moment("loss-bwd", saved, logits_saved + loss_backward, 0, 0),
         _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad, 0),
-        _Moment("bwd-end", at(act.batch) + at(act.grad_stream), 0, end_grads, 0),
+        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held, 0, end_grads, 0),
     ]
     if not in_bwd:
-        moments.append(_Moment("optimizer", at(act.batch), 0, m.gradients, m.optimizer.step_temporary))
+        moments.append(_Moment("optimizer", at(act.batch) + held, 0, m.gradients, m.optimizer.step_temporary))
     return moments
 
 

@@ -466,11 +466,12 @@ def run_step(
                 instrument.stage = "backward"
                 lb.mark("backward:head")
                 loss.backward()
-                del loss, ids, labels, held
+                del loss, ids, labels
                 instrument.stage = "optimizer"
                 lb.mark("optimizer")
                 if not ctx.optimizer_in_bwd:
                     optimizers[0].step()
+                del held  # litgpt's loop variable `logits` lives until the step is over
                 # Categorise now: gradients are still alive, and every segment's peak is behind us.
                 persistent = _persistent_categories(model, optimizers)
                 segments = {

@@ -399,12 +399,29 @@ class Suite(Section):
     description: str = ""
     model: ModelSection = Field(default_factory=ModelSection)
     task: TaskSection
-    methods: list[MethodEntry] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(
+        min_length=1, description="The methods to benchmark, or 'auto': the plan's recommended shortlist."
+    )
     search: SearchSection = Field(default_factory=SearchSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
     storage: StorageSection = Field(default_factory=StorageSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_methods(cls, data: Any) -> Any:
+        """`methods: auto` becomes the plan's shortlist for this model, budget and training (harness/shortlist.py)."""
+        if not isinstance(data, dict) or data.get("methods") != "auto":
+            return data
+        try:
+            sections = [section.model_validate(data.get(key) or {}) for key, section in
+                        (("model", ModelSection), ("training", TrainingSection), ("budget", BudgetSection))]
+        except ValidationError:
+            return {**data, "methods": [{"name": "lora"}]}  # a placeholder: the section's own error is reported
+        from peftplan.harness.shortlist import auto_methods
+
+        return {**data, "methods": auto_methods(*sections)}  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _unique_labels(self) -> Suite:

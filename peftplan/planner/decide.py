@@ -697,7 +697,7 @@ def suggestions_for(inputs: Inputs, search: Search, ranked: list[Candidate], lim
         entry = {"flags": flags, "total": verified["total"], "fits": verified["fits"], "method": best.method.name,
                  "config": best.config_dict(), "training": best.training_dict(),
                  "serving_bytes": verified["serving_bytes"], "serving_fits": verified["serving_fits"]}
-        found.append(((not entry["fits"], _flag_count(flags), index), entry))
+        found.append(((not entry["fits"], index), entry))  # the order of `_relaxations`: smallest first
         if entry["fits"] and relax.ladder:
             done_ladders.add(relax.ladder)
         if sum(1 for _, e in found if e["fits"]) >= limit:
@@ -705,10 +705,6 @@ def suggestions_for(inputs: Inputs, search: Search, ranked: list[Candidate], lim
     found.sort(key=lambda item: item[0])
     fitting = [entry for _, entry in found if entry["fits"]]
     return fitting[:limit] if fitting else [entry for _, entry in found[:1]]
-
-
-def _flag_count(flags: list[str]) -> int:
-    return sum(1 for token in flags if token.startswith("--"))
 
 
 def _lifted_flags(inputs: Inputs, best: Candidate, free: tuple[str, ...]) -> list[str]:
@@ -886,7 +882,7 @@ def check_contradictions(*, methods: Sequence[str] | None, quant: str | None, pe
             method = get_method(name)
             if method.trains_whole_base:
                 raise BadInputError(f"--quant {quant} contradicts --method {method.name}: {method.name} trains every "
-                                    f"base weight, and a {quant} base is frozen (use --method qlora, or lora "
+                                    f"base weight, and a {quant}-quantized base is frozen (use --method qlora, or lora "
                                     f"--quant {quant})")
     if grad_ckpt is not None and checkpointing is not None and grad_ckpt != (checkpointing != "none"):
         flag = "--grad-ckpt" if grad_ckpt else "--no-grad-ckpt"

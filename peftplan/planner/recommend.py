@@ -38,12 +38,16 @@ class Recommendation:
 
 
 def _gib(n: float) -> str:
-    return f"{n / _GIB:.1f} GiB"
+    return f"{n / _GIB:.2f} GiB" if abs(n) < _GIB else f"{n / _GIB:.1f} GiB"
 
 
 def describe(cand: Candidate) -> str:
     """`lora r=16, alpha=32 on all-linear` (the method and its searched knobs)."""
-    config = cand.cfg.model_dump(mode="json")
+    return describe_config(cand.method.name, cand.cfg.model_dump(mode="json"))
+
+
+def describe_config(method: str, config: dict[str, Any]) -> str:
+    """`lora r=16, alpha=32 on all-linear (nf4 base)` from a method name and its config dict."""
     parts = []
     if "rank" in config:
         parts.append(f"r={config['rank']}")
@@ -53,7 +57,7 @@ def describe(cand: Candidate) -> str:
         parts.append(f"{config['virtual_tokens']} virtual tokens")
     if config.get("bottleneck") is not None:
         parts.append(f"bottleneck {config['bottleneck']}")
-    text = f"{cand.method.name} " + ", ".join(parts) if parts else cand.method.name
+    text = f"{method} " + ", ".join(parts) if parts else method
     if config.get("targets"):
         text += f" on {','.join(config['targets'])}"
     if config.get("quant", "none") != "none":
@@ -143,8 +147,10 @@ def serving_reason(cand: Candidate) -> str:
     if sv.max_loras is not None:
         waiting = sv.host_adapters - sv.resident_adapters
         host = f", the other {waiting} wait in host RAM ({_gib(sv.host_bytes)} for all)" if waiting > 0 else ""
+        cold = (f"a cold adapter moves in {sv.swap_seconds * 1000:,.1f} ms" if waiting > 0
+                else "every task keeps its slot")
         return (head + f"; vLLM keeps {sv.max_loras} adapter slot{'s' if sv.max_loras != 1 else ''} at rank "
-                f"{sv.max_lora_rank}{host}; a cold adapter moves in {sv.swap_seconds * 1000:,.1f} ms; unmerged "
+                f"{sv.max_lora_rank}{host}; {cold}; unmerged "
                 f"adapters add {sv.extra_flops_pct:.2g}% FLOPs per token; mixed-task batches: yes "
                 f"({sv.mixed_how}).")
     if sv.mode == "multi-tenant":

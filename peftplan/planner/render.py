@@ -156,6 +156,13 @@ def _memory_table(plan: Plan) -> TextTable:
         ("max batch, max seq, max rank", "the largest micro-batch, sequence length and LoRA-family rank that fit "
                                          "(0: none fits; -: no rank to search)"),
     ]
+    knobs: dict[str, list[str]] = {}
+    for e in plan.methods:  # what "rank" means for methods whose rank is not LoRA's
+        if e.max_rank_knob and not e.max_rank_knob.startswith("rank r of B·A"):
+            knobs.setdefault(e.max_rank_knob, []).append(e.method)
+    legend += [(f"max rank of {', '.join(names)}", knob) for knob, names in knobs.items()]
+    if any(note.startswith("max batch 0") for e in plan.methods for note in e.notes):
+        legend.append(("max batch 0", "nothing fits at this sequence even one at a time: the notes say why"))
     if "paged" in outside:
         legend.append(("paged", "paged optimizer states in unified memory: not in peak (max_memory_allocated "
                                 "never counts them); they spill to the host under pressure"))
@@ -286,11 +293,83 @@ def _mfu(plan: Plan) -> float:
     return float(plan.methods[0].throughput["mfu"]) if plan.methods else 0.0
 
 
+def _settings(config: dict[str, Any]) -> str:
+    """`r=16 alpha=32 all-linear nf4`: a candidate's searched knobs, short."""
+    parts = []
+    if "rank" in config:
+        parts += [f"r={config['rank']}", f"alpha={config.get('alpha', 0):g}"]
+    if config.get("targets"):
+        parts.append(",".join(config["targets"]))
+    if config.get("quant", "none") != "none":
+        parts.append(str(config["quant"]))
+    for key in ("virtual_tokens", "bottleneck"):
+        if config.get(key) is not None:
+            parts.append(f"{key.replace('_', ' ')} {config[key]}")
+    return " ".join(parts) or "-"
+
+
+def _candidates_table(plan: Plan) -> TextTable | None:
+    """The search's top configurations: settings, memory, shape, knobs, speed, serving."""
+    rec = plan.recommendation
+    if not rec.candidates:
+        return None
+    trainings = [c["training"] for c in rec.candidates]
+    sharded = any(t["gpus"] > 1 for t in trainings)
+    timed = all(c["throughput"].get("hours") is not None for c in rec.candidates)
+    unit, size = memory_unit([c["memory"]["total"] for c in rec.candidates]
+                             + [c["serving"]["gpu_bytes"] for c in rec.candidates])
+    columns = [Column("candidate", "left"), Column("settings", "left", wrap=True, min_wrap=12),
+               Column(f"train\n{unit}"), Column(f"serve\n{unit}"), Column("fits", "left"), Column("batch"),
+               Column("seq"), Column("ckpt", "left"), Column("optimizer", "left"),
+               *([Column("shard", "left")] if sharded else []), Column("tokens\n/s"),
+               *([Column("hours"), Column("cost\nUSD")] if timed else [Column("USD\n/Mtok")])]
+    rows = []
+    for index, (cand, t) in enumerate(zip(rec.candidates, trainings, strict=True), start=1):
+        speed, serving = cand["throughput"], cand["serving"]
+        fits = "✓" if cand["fits"] else ("✗ serve" if cand.get("fits_training") else "✗ train")
+        rows.append([
+            f"{index}. {cand['method']}", _settings(cand["config"]), f"{cand['memory']['total'] / size:.2f}",
+            f"{serving['gpu_bytes'] / size:.2f}", fits, f"{t['micro_batch']}x{t['grad_accum']}", str(t["seq_len"]),
+            t["checkpointing"], t["optimizer"], *([f"{t['gpus']} {t['shard']}"] if sharded else []),
+            f"{speed['tokens_per_second']:,.0f}",
+            *([f"{speed['hours']:,.2f}", f"{speed['cost_usd']:,.2f}"] if timed
+              else [f"{speed['usd_per_million_tokens']:,.2f}"]),
+        ])
+    legend = [
+        ("candidate", "the search's best configuration of each method, best first (quality prior, then training "
+                      "cost, then serving cost); 1 is the recommendation when it fits"),
+        ("train, serve", "the training step's device total per GPU, and what serving needs on one serving GPU"),
+        ("batch", "micro-batch x gradient accumulation (x GPUs = the effective batch)"),
+    ]
+    if not timed:
+        legend.append(("USD/Mtok", "training cost per million tokens at the GPU profile's price"))
+    mode = plan.recommendation.serving["mode"] if plan.recommendation.serving else plan.switching
+    title = ["Top configurations from the search", f"serving {plan.tasks} task{'s' if plan.tasks != 1 else ''} "
+             f"by {mode}"]
+    return TextTable("candidates", title, columns, rows, legend)
+
+
+def _suggestions_table(plan: Plan) -> TextTable | None:
+    """When nothing fits: the smallest changes that make something fit, each re-planned."""
+    suggestions = plan.recommendation.suggestions
+    if not suggestions:
+        return None
+    unit, size = memory_unit([s["total"] for s in suggestions])
+    columns = [Column("change", "left", wrap=True, min_wrap=14), Column("method", "left"), Column(f"train\n{unit}"),
+               Column(f"serve\n{unit}"), Column("fits", "left")]
+    rows = [[" ".join(s["flags"]), s["method"], f"{s['total'] / size:.2f}",
+             "-" if s.get("serving_bytes") is None else f"{s['serving_bytes'] / size:.2f}",
+             "✓" if s["fits"] else "✗"] for s in suggestions]
+    legend = [("change", "flags to add or change; each was searched again and re-planned (train, serve: its totals)")]
+    return TextTable("suggestions", ["Nothing fits: the smallest changes that do"], columns, rows, legend)
+
+
 def plan_tables(plan: Plan) -> list[TextTable]:
-    """The plan's tables: memory and fit, bytes per parameter, speed and cost, switching, and the trace."""
+    """The plan's tables: memory and fit, bytes per parameter, speed and cost, switching, the search's top
+    configurations (and, when nothing fits, the changes that would), and the trace."""
     tables = [_memory_table(plan), _bytes_table(plan), _speed_table(plan), _switching_table(plan)]
-    trace = _trace_table(plan)
-    return tables + ([trace] if trace else [])
+    tables += [t for t in (_candidates_table(plan), _suggestions_table(plan), _trace_table(plan)) if t is not None]
+    return tables
 
 
 # --- the text under the tables --------------------------------------------------------------------
@@ -303,12 +382,13 @@ def _fmt_knob(value: Any) -> str:
 
 
 def _recommendation_lines(plan: Plan) -> list[str]:
+    from peftplan.planner.recommend import describe_config
+
     rec = plan.recommendation
     lines = []
     if rec.method:
-        knobs = ", ".join(f"{k}={_fmt_knob(v)}" for k, v in rec.config.items()
-                          if k in ("rank", "alpha", "targets", "quant", "lr", "virtual_tokens", "bottleneck"))
-        lines.append(f"Recommendation: {rec.method}" + (f" ({knobs})" if knobs else ""))
+        lr = rec.config.get("lr")
+        lines.append(f"Recommendation: {describe_config(rec.method, rec.config)}" + (f", lr {lr:g}" if lr else ""))
     else:
         lines.append("Recommendation: none")
     lines += [f"- {reason}" for reason in rec.reasons]
@@ -366,7 +446,8 @@ def print_table(plan: Plan, console: Console | None = None) -> None:
     styles = ["dim" if not e.fits else None for e in plan.methods]
     tables = plan_tables(plan)
     for table in tables:
-        rows_styles = styles if table.key != "trace" else [None] * len(table.rows)
+        per_method = table.key in ("memory", "bytes", "speed", "switching")
+        rows_styles = styles if per_method else [None if "✗" not in " ".join(row) else "dim" for row in table.rows]
         console.print()
         print_rich_table(console, table.columns, table.rows, title=pack(table.title, console.width, sep="; "),
                          styles=rows_styles)

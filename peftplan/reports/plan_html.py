@@ -167,6 +167,66 @@ def _cost_rows(plan: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
+def _settings(config: dict[str, Any]) -> str:
+    from peftplan.planner.render import _settings as settings
+
+    return settings(config)
+
+
+def _candidate_rows(plan: dict[str, Any]) -> tuple[list[str], list[list[Any]], list[str]]:
+    """The search's top configurations: settings, training and serving memory, shape, knobs, speed."""
+    from peftplan.reports.html import Cell
+
+    header = ["candidate", "fits", "settings", "training total", "serving per GPU", "micro-batch x accumulation",
+              "seq len", "checkpointing", "optimizer", "GPUs", "tokens/s", "hours", "cost (USD)"]
+    rows, statuses = [], []
+    candidates = (plan.get("recommendation") or {}).get("candidates") or []
+    for index, cand in enumerate(candidates, start=1):
+        training, speed = cand.get("training") or {}, cand.get("throughput") or {}
+        serving, memory = cand.get("serving") or {}, cand.get("memory") or {}
+        fits = "yes" if cand.get("fits") else ("no: serving" if cand.get("fits_training") else "no: training")
+        gpus = training.get("gpus")
+        rows.append([
+            Cell(f"{index}. {cand.get('method', '?')}"), Cell(fits), Cell(_settings(cand.get("config") or {})),
+            _cell(memory.get("total"), fmt_bytes(memory.get("total"))),
+            _cell(serving.get("gpu_bytes"), fmt_bytes(serving.get("gpu_bytes"))),
+            Cell(f"{training.get('micro_batch', '-')} x {training.get('grad_accum', '-')}"),
+            _cell(training.get("seq_len"), _opt(training.get("seq_len"))),
+            Cell(str(training.get("checkpointing", "-"))), Cell(str(training.get("optimizer", "-"))),
+            Cell(f"{gpus} {training.get('shard')}" if gpus and gpus > 1 else _opt(gpus)),
+            _cell(speed.get("tokens_per_second"), fmt_rate(speed.get("tokens_per_second"))),
+            _cell(speed.get("hours"), _opt(speed.get("hours"), "{:,.2f}")),
+            _cell(speed.get("cost_usd"), _opt(speed.get("cost_usd"), "{:,.2f}")),
+        ])
+        statuses.append("success" if cand.get("fits") else "oom")
+    return header, rows, statuses
+
+
+def _serving(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """The chosen configuration's serving, briefly."""
+    serving = (plan.get("recommendation") or {}).get("serving")
+    if not isinstance(serving, dict):
+        return []
+    out = [("mode", f"{serving.get('mode', '-')} of {serving.get('tasks', '-')} task(s)"),
+           ("GPU memory", f"{fmt_bytes(serving.get('gpu_bytes'))} of {fmt_bytes(serving.get('budget_bytes'))} per GPU"
+                          + (f", tensor parallel {serving['tensor_parallel']}"
+                             if (serving.get("tensor_parallel") or 1) > 1 else "")),
+           ("KV cache", f"{fmt_bytes(serving.get('kv_cache_bytes'))} for {serving.get('concurrency', '-')} x "
+                        f"{serving.get('context', '-')} tokens"),
+           ("resident adapters", _opt(serving.get("resident_adapters"))),
+           ("task switch", "-" if is_missing(serving.get("swap_seconds")) else f"{serving['swap_seconds'] * 1000:,.1f} ms"),
+           ("mixed-task batches", ("yes: " if serving.get("mixed_batches") else "no: ") + str(serving.get("mixed_how", "")))]
+    if serving.get("flags"):
+        out.append(("serve flags", " ".join(serving["flags"])))
+    return out
+
+
+def _suggestions(plan: dict[str, Any]) -> list[str]:
+    suggestions = (plan.get("recommendation") or {}).get("suggestions") or []
+    return [f"{' '.join(s.get('flags') or [])}: {s.get('method', '?')} needs {fmt_bytes(s.get('total'))} to train "
+            f"({'fits' if s.get('fits') else 'still does not fit'}, re-planned)" for s in suggestions]
+
+
 def _legend(plan: dict[str, Any]) -> list[tuple[str, str]]:
     methods = plan["methods"]
     tasks = (plan.get("training") or {}).get("tasks") or 1
@@ -246,6 +306,7 @@ def render_plan_html(plan_json: dict[str, Any]) -> str:
     model = plan_json.get("model") or {}
     budget = plan_json.get("budget") or {}
     header, rows, statuses = _rows(plan_json)
+    candidate_header, candidate_rows, candidate_statuses = _candidate_rows(plan_json)
     cost_header, cost_rows = _cost_rows(plan_json)
     chart = memory_chart(plan_json)
     vram = budget.get("vram_bytes")
@@ -256,7 +317,8 @@ def render_plan_html(plan_json: dict[str, Any]) -> str:
         vram=fmt_bytes(vram) if vram else "-", training=plan_json.get("training") or {},
         recommendation=plan_json.get("recommendation") or {}, header=header, rows=rows, statuses=statuses,
         cost_header=cost_header, cost_rows=cost_rows, legend=_legend(plan_json), notes=_notes(plan_json),
-        compute=_compute(plan_json),
+        compute=_compute(plan_json), candidate_header=candidate_header, candidate_rows=candidate_rows,
+        candidate_statuses=candidate_statuses, serving=_serving(plan_json), suggestions=_suggestions(plan_json),
         fitting=sum(1 for m in plan_json["methods"] if m.get("fits")), n_methods=len(plan_json["methods"]),
         fmt_params=fmt_params,
     )

@@ -58,6 +58,10 @@ def plan(
     peft_config: str | Path | None = None,
     tasks: int = 1,
     switching: str = "merge",
+    serve_gpu: str | None = None,
+    serve_vram: float | None = None,
+    serve_context: int | None = None,
+    serve_concurrency: int | None = None,
     examples: int | None = None,
     train_tokens: int | None = None,
     epochs: float = 1.0,
@@ -74,7 +78,9 @@ def plan(
     `loss_chunks`, `kbit_prep`, `checkpointing` (none/recompute/offload), `offload_activations`,
     `optimizer_in_bwd`, `packing`, `precision`, `loss_fp32` and `keep_logits` override its knobs (None: the stack's; `grad_checkpointing` None
     is the stack's too). Without a budget, memory is not limited (fit is not judged): a pure prediction. `model_config`
-    plans a config dict under the name `model`; `method_config` is the settings of the one method in
+    plans a config dict under the name `model`; `serve_gpu`, `serve_vram`, `serve_context` and
+    `serve_concurrency` describe serving (default: the training GPU, `seq_len`, one sequence; one per
+    task up to 32 when multi-tenant); `method_config` is the settings of the one method in
     `methods` (e.g. {"rank": 8, "targets": ["q_proj", "v_proj"]}).
 
     Returns the Plan: one entry per method (memory breakdown, fits, limits, file size, speed, task
@@ -112,5 +118,6 @@ def plan(
         peft_config=Path(peft_config) if peft_config is not None else None, tasks=tasks,
         switching=_choice("switching mode", switching, SWITCHING), examples=examples, train_tokens=train_tokens,
         epochs=epochs, mfu=mfu, fit_search=fit_search, engine=_choice("engine", engine, ENGINES),
-        model_config=model_config, method_config=method_config, require_budget=False,
+        model_config=model_config, method_config=method_config, require_budget=False, serve_gpu=serve_gpu,
+        serve_vram=serve_vram, serve_context=serve_context, serve_concurrency=serve_concurrency,
     )

@@ -180,14 +180,21 @@ def probe_windows(tokenizer: Any, text: str, *, tokens: int, window: int) -> lis
     return [ids[i : i + window] for i in range(0, len(ids) - 1, window) if len(ids[i : i + window]) > 1]
 
 
-def probe_loss(model: nn.Module, windows: Sequence[list[int]], *, device: str, autocast: str | None) -> float:
-    """Mean per-token next-token loss over the probe windows."""
+def probe_window_losses(model: nn.Module, windows: Sequence[list[int]], *, device: str,
+                        autocast: str | None) -> list[tuple[float, int]]:
+    """(Summed next-token loss, tokens) of each probe window: the units a forgetting interval resamples."""
     from peftplan.harness.tasks import Encoded
-    from peftplan.harness.train import evaluate_loss
+    from peftplan.harness.train import item_loss_sums
 
     items = [Encoded(w, list(w)) for w in windows]
     # Padding is masked out of attention and loss, so its id does not matter.
-    return evaluate_loss(model, items, 0, batch_size=8, device=device, autocast=autocast)
+    return item_loss_sums(model, items, 0, batch_size=8, device=device, autocast=autocast)
+
+
+def probe_loss(model: nn.Module, windows: Sequence[list[int]], *, device: str, autocast: str | None) -> float:
+    """Mean per-token next-token loss over the probe windows."""
+    sums = probe_window_losses(model, windows, device=device, autocast=autocast)
+    return sum(total for total, _ in sums) / max(1, sum(count for _, count in sums))
 
 
 def self_sampled_text(model: nn.Module, tokenizer: Any, *, tokens: int, window: int, device: str, seed: int) -> str:
@@ -214,19 +221,33 @@ def self_sampled_text(model: nn.Module, tokenizer: Any, *, tokens: int, window: 
 
 
 # -- latency -----------------------------------------------------------------------------------------
+TARGET_HALF_WIDTH = 0.05  # repeat timings until each interval is within ±5% of its mean...
+MIN_REPEATS = 3  # ...after at least this many (and the suite's `eval.latency.repeats`)...
+MAX_REPEATS = 10  # ...but at most this many...
+TIME_CAP_S = 30.0  # ...or for this long per variant (base, unmerged, merged).
+
+
 @dataclass
 class Speed:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float | None  # None when background load made the difference meaningless
+    prefill_ci: list[float] | None = None  # 95% interval, tokens/s
+    decode_ci: list[float] | None = None
+    repeats: int = 0
 
 
-def measure_speed(model: nn.Module, prompt_ids: list[int], *, new_tokens: int, repeats: int, device: str) -> Speed:
-    """Prefill and greedy decode tokens/s at batch 1, best of `repeats`.
+def measure_speed(model: nn.Module, prompt_ids: list[int], *, new_tokens: int, repeats: int, device: str,
+                  max_repeats: int = MAX_REPEATS, time_cap_s: float = TIME_CAP_S) -> Speed:
+    """Prefill and greedy decode tokens/s at batch 1: tokens over the mean time of repeated timings.
 
-    Prefill is one forward over the prompt. Decode is the time `generate` takes for `new_tokens` more
-    tokens than a one-token generate (which holds the same prefill), so both paths are the model's own.
+    Prefill is one forward over the prompt. Decode is the time `generate` takes for `new_tokens` more tokens than
+    a one-token generate (which holds the same prefill), paired within each repeat, so both paths are the model's
+    own. Timings repeat (at least `max(repeats, MIN_REPEATS)` times) until the 95% interval of both means is
+    within ±5%, or `max_repeats` or `time_cap_s` is reached; the intervals are returned either way.
     """
     import torch
+
+    from peftplan.harness.stats import relative_half_width, t_interval
 
     ids = torch.tensor([prompt_ids], device=device)
     mask = torch.ones_like(ids)
@@ -238,15 +259,35 @@ def measure_speed(model: nn.Module, prompt_ids: list[int], *, new_tokens: int, r
         )
 
     model.eval()
-    prefill, short, long = [], [], []
+    prefill: list[float] = []
+    decode: list[float] = []  # long generate minus short generate, per repeat
+    least = max(repeats, MIN_REPEATS)
+    started = time.perf_counter()
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)  # warm-up
-        for _ in range(repeats):
+        generate(1)
+        while len(prefill) < max(least, max_repeats):
             prefill.append(timed(model, input_ids=ids, attention_mask=mask)[1])
-            short.append(timed(generate, 1)[1])
-            long.append(timed(generate, new_tokens + 1)[1])
-    decode_time = min(long) - min(short)
-    return Speed(len(prompt_ids) / min(prefill), new_tokens / decode_time if decode_time > 0 else None)
+            short = timed(generate, 1)[1]
+            decode.append(timed(generate, new_tokens + 1)[1] - short)
+            if len(prefill) < least:
+                continue
+            precise = max(relative_half_width(t_interval(prefill)), relative_half_width(t_interval(decode)))
+            if precise <= TARGET_HALF_WIDTH or time.perf_counter() - started >= time_cap_s:
+                break
+    tokens = len(prompt_ids)
+    prefill_mean = sum(prefill) / len(prefill)
+    decode_mean = sum(decode) / len(decode)
+    return Speed(tokens / prefill_mean, new_tokens / decode_mean if decode_mean > 0 else None,
+                 _rate_interval(tokens, t_interval(prefill)), _rate_interval(new_tokens, t_interval(decode)),
+                 len(prefill))
+
+
+def _rate_interval(tokens: int, seconds: tuple[float, float, float] | None) -> list[float] | None:
+    """A time interval as a tokens/s interval; None when it reaches zero time (then the rate is unbounded)."""
+    if seconds is None or seconds[1] <= 0:
+        return None
+    return [tokens / seconds[2], tokens / seconds[1]]
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:

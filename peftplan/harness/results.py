@@ -44,14 +44,22 @@ class Forgetting(_Strict):
     loss_base: float | None = None
     loss_adapted: float | None = None
     delta: float | None = Field(None, description="loss_adapted - loss_base; positive means forgetting.")
+    delta_ci: list[float] | None = Field(None, description="95% interval of delta: a paired bootstrap over the "
+                                         "probe's windows.")
     lm_eval: dict[str, float] = Field(default_factory=dict, description="Task -> metric delta against the base.")
+    lm_eval_ci: dict[str, list[float]] = Field(default_factory=dict, description="Task -> 95% interval of its "
+                                               "delta (paired bootstrap over lm-eval's documents).")
     base_reference: str | None = Field(
         None, description="'adapter-disabled' (peft methods) or 'before-training' (methods without a switch)."
     )
 
 
 class Latency(_Strict):
-    """Tokens per second; None where not measured (e.g. merged for an unmergeable method)."""
+    """Tokens per second; None where not measured (e.g. merged for an unmergeable method).
+
+    Each speed is tokens over the mean of repeated timings; `<field>_ci` is its 95% interval (Student's t over
+    the repeats), and `repeats` how many were needed to bring every interval of a variant within ±5% (or the cap).
+    """
 
     prefill_base: float | None = None
     prefill_unmerged: float | None = None
@@ -61,6 +69,14 @@ class Latency(_Strict):
     decode_merged: float | None = None
     adapter_load_s: float | None = None
     swap_s: float | None = None
+    prefill_base_ci: list[float] | None = None
+    prefill_unmerged_ci: list[float] | None = None
+    prefill_merged_ci: list[float] | None = None
+    decode_base_ci: list[float] | None = None
+    decode_unmerged_ci: list[float] | None = None
+    decode_merged_ci: list[float] | None = None
+    repeats: dict[str, int] = Field(default_factory=dict, description="Variant (base, unmerged, merged) -> "
+                                    "timing repeats taken.")
 
 
 class RankMemory(_Strict):
@@ -122,10 +138,13 @@ class Distributed(_Strict):
 
 class Metrics(_Strict):
     task_metric: float | None = None
+    task_metric_ci: list[float] | None = Field(None, description="95% bootstrap interval over the scored examples.")
     task_metric_name: str | None = None
     eval_loss: float | None = None
     train_loss: float | None = None
     train_tokens_per_s: float | None = None
+    train_tokens_per_s_ci: list[float] | None = Field(None, description="95% bootstrap interval over the training "
+                                                      "steps (single-process trials).")
     train_time_s: float | None = None
     wall_time_s: float | None = None
     steps: int | None = None
@@ -133,6 +152,8 @@ class Metrics(_Strict):
     total_params: int | None = None
     adapter_bytes: int | None = None
     task_metrics: dict[str, float] = Field(default_factory=dict, description="Every task metric, e.g. macro_f1.")
+    task_metrics_ci: dict[str, list[float]] = Field(default_factory=dict, description="Each task metric's 95% "
+                                                    "bootstrap interval.")
     train_tokens: int | None = None
     startup_s: float | None = Field(None, description="Trial process start and imports (per-trial overhead).")
     load_time_s: float | None = Field(None, description="Base model and tokenizer load (per-trial overhead).")

@@ -7,18 +7,22 @@ Scoring by kind:
 - classification: the label word with the highest log-likelihood after the prompt (accuracy, macro-F1);
 - multiple choice: the choice with the highest mean per-token log-likelihood (accuracy);
 - generation: greedy decoding, then exact match of the regex's group 1 (exact_match).
+
+Each metric comes with its 95% bootstrap interval over the scored examples (`harness/stats.py`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from peftplan.harness.data import Example, TaskInfo, extract_answer
+from peftplan.harness.stats import mean_ci
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -169,6 +173,12 @@ class TaskScore:
     value: float
     all: dict[str, float]
     examples: int
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> 95% bootstrap [low, high]
+
+    @property
+    def interval(self) -> list[float] | None:
+        """The headline metric's interval."""
+        return self.intervals.get(self.name)
 
 
 def score_task(
@@ -202,11 +212,39 @@ def score_task(
         per_choice = [total / max(count, 1) if info.kind == "multiple_choice" else total for total, count in group]
         predictions.append(max(range(len(per_choice)), key=per_choice.__getitem__))
         golds.append(int(example.answer))  # type: ignore[arg-type]
-    accuracy = sum(p == g for p, g in zip(predictions, golds, strict=True)) / len(golds)
+    correct = [int(p == g) for p, g in zip(predictions, golds, strict=True)]
+    accuracy = sum(correct) / len(golds)
     metrics = {"accuracy": accuracy}
+    intervals = _intervals({"accuracy": mean_ci(correct)})
     if info.kind == "classification":
-        metrics["macro_f1"] = macro_f1(predictions, golds, len(examples[0].choices or []))
-    return TaskScore("accuracy", accuracy, metrics, len(examples))
+        classes = len(examples[0].choices or [])
+        metrics["macro_f1"] = macro_f1(predictions, golds, classes)
+        intervals |= _intervals({"macro_f1": macro_f1_ci(predictions, golds, classes)})
+    return TaskScore("accuracy", accuracy, metrics, len(examples), intervals)
+
+
+def _intervals(found: dict[str, list[float] | None]) -> dict[str, list[float]]:
+    return {name: interval for name, interval in found.items() if interval is not None}
+
+
+def macro_f1_ci(predictions: Sequence[int], golds: Sequence[int], classes: int) -> list[float] | None:
+    """Bootstrap interval of macro-F1 over the examples (`stats.bootstrap`)."""
+    import numpy as np
+
+    from peftplan.harness.stats import bootstrap
+
+    pred, gold = np.asarray(predictions), np.asarray(golds)
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        p, g = pred[idx], gold[idx]
+        scores = []
+        for label in range(classes):
+            tp = ((p == label) & (g == label)).sum(axis=1)
+            wrong = ((p == label) != (g == label)).sum(axis=1)  # false positives + false negatives
+            scores.append(np.where(tp == 0, 0.0, 2 * tp / np.maximum(2 * tp + wrong, 1)))
+        return np.mean(scores, axis=0) if scores else np.zeros(len(idx))
+
+    return bootstrap(statistic, len(pred))
 
 
 def macro_f1(predictions: Sequence[int], golds: Sequence[int], classes: int) -> float:
@@ -231,7 +269,7 @@ def _score_generation(
     tokenizer = formatter.tokenizer
     regex = re.compile(info.answer_regex)
     pad = pad_id(tokenizer)
-    correct = 0
+    correct: list[int] = []
     for group in chunks(examples, batch_size):
         prompts = [formatter.prompt_ids(e.prompt)[-formatter.seq_len :] for e in group]
         batch = collate([Encoded(p, [IGNORE] * len(p)) for p in prompts], pad, left=True)
@@ -247,9 +285,10 @@ def _score_generation(
             text = tokenizer.decode(tokens, skip_special_tokens=True)
             first_line = text.strip().split("\n")[0]
             predicted = extract_answer(first_line, regex)
-            correct += int(predicted is not None and predicted == example.answer)
-    exact = correct / len(examples)
-    return TaskScore("exact_match", exact, {"exact_match": exact}, len(examples))
+            correct.append(int(predicted is not None and predicted == example.answer))
+    exact = sum(correct) / len(examples)
+    return TaskScore("exact_match", exact, {"exact_match": exact}, len(examples),
+                     _intervals({"exact_match": mean_ci(correct)}))
 
 
 def _returns_prompt(output: Any, batch: dict[str, Any]) -> bool:

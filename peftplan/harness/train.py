@@ -67,6 +67,15 @@ class TrainStats:
     eval_time_s: float = 0.0
     stopped_early: bool = False
     intermediate: list[tuple[int, float]] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)  # per optimizer step: for the throughput's interval
+    step_times: list[float] = field(default_factory=list)  # seconds, evaluations excluded
+
+    @property
+    def tokens_per_s_ci(self) -> list[float] | None:
+        """95% bootstrap interval of tokens/s over the steps."""
+        from peftplan.harness.stats import ratio_ci
+
+        return ratio_ci(self.step_tokens, self.step_times)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -176,6 +185,37 @@ def loss_sums(
     return total, count
 
 
+def item_loss_sums(
+    model: nn.Module, items: Sequence[Encoded], pad: int, *, batch_size: int, device: str, autocast: str | None
+) -> list[tuple[float, int]]:
+    """(Summed per-token loss, labelled tokens) of each item: what a bootstrap over items resamples.
+
+    The same next-token cross-entropy the model's own loss computes (fp32 logits, shifted labels), per row;
+    positions a prompt-tuning model prepends are dropped.
+    """
+    import torch
+
+    guard_quantized_eval(model)
+    was_training = model.training
+    model.eval()
+    out: list[tuple[float, int]] = []
+    try:
+        with torch.no_grad(), autocast_context(device, autocast):
+            for group in chunks(items, batch_size):
+                batch = {k: v.to(device) for k, v in collate(group, pad).items()}
+                width = batch["input_ids"].shape[1]
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = logits[:, -width:, :].float()
+                labels = batch["labels"][:, 1:]
+                losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels,
+                                                           ignore_index=-100, reduction="none")
+                out += [(float(total), int(count)) for total, count in
+                        zip(losses.sum(dim=1), (labels != -100).sum(dim=1), strict=True)]
+    finally:
+        model.train(was_training)
+    return out
+
+
 def train(
     model: nn.Module,
     train_items: Sequence[Encoded],
@@ -214,6 +254,7 @@ def train(
     trained.train()
     started = time.perf_counter()
     for step in range(settings.steps):
+        step_started, tokens_before = time.perf_counter(), stats.tokens
         with profiler.step(step) if profiler is not None else contextlib.nullcontext():
             step_loss = 0.0
             for _ in range(settings.grad_accum):
@@ -238,6 +279,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"training loss became {step_loss} at step {step + 1}")
+        stats.step_times.append(time.perf_counter() - step_started)
+        stats.step_tokens.append(stats.tokens - tokens_before)
         stats.steps = step + 1
         recent = (recent + [step_loss])[-10:]
         if observer is not None:

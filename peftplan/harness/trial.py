@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from peftplan.harness.data import TaskInfo
+    from peftplan.harness.lmeval import LmEvalRun
     from peftplan.harness.measure import MemoryPeak, Prediction
     from peftplan.harness.suite import LoadedSuite, Suite
     from peftplan.harness.tasks import Encoded, PromptFormatter
@@ -195,8 +196,8 @@ class BaseMeasurements:
     """What the base model measured, to set against the trained one."""
 
     probe: ProbeWindows | None = None
-    probe_loss: float | None = None  # methods without an adapter switch: measured before training
-    lm_eval: dict[str, float] | None = None  # likewise
+    probe_losses: list[tuple[float, int]] | None = None  # per window; methods without a switch: before training
+    lm_eval: LmEvalRun | None = None  # likewise
     latency: dict[str, Any] = field(default_factory=dict)
 
 
@@ -295,11 +296,11 @@ def _measure_base(ctx: TrialContext, data: TrialData, model: nn.Module, base: Ba
     if _has_adapter_switch(model):
         return model
     if base.probe is not None:
-        base.probe_loss = evaluate_loss_windows(model, base.probe, device, ctx.autocast)
+        base.probe_losses = window_losses(model, base.probe, device, ctx.autocast)
     if suite.eval.lm_eval is not None:
-        from peftplan.harness.lmeval import lm_eval_scores
+        from peftplan.harness.lmeval import lm_eval_run
 
-        base.lm_eval = lm_eval_scores(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
+        base.lm_eval = lm_eval_run(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
     return model
 
 
@@ -374,6 +375,7 @@ def _record_training(ctx: TrialContext, outcome: Outcome, ranks: Ranks, model: n
     outcome["metrics"].update(
         steps=stats.steps, eval_loss=stats.eval_loss, train_tokens=tokens, train_time_s=slowest,
         train_tokens_per_s=tokens / slowest if slowest > 0 else None,
+        train_tokens_per_s_ci=stats.tokens_per_s_ci if ranks.world_size == 1 else None,
         train_loss=sum(loss * n for loss, n in losses) / max(1, sum(n for _, n in losses)) if losses else None,
     )
     if ranks.world_size == 1:
@@ -419,35 +421,33 @@ def _measure_trained(ctx: TrialContext, data: TrialData, model: nn.Module, base:
     with torch.no_grad(), _autocast(device, ctx.autocast):
         score = score_task(model, data.formatter, data.scored, data.info, device=device,
                            batch_size=suite.training.batch_size, max_new_tokens=suite.eval.max_new_tokens)
-    metrics.update(task_metric=score.value, task_metric_name=score.name, task_metrics=score.all)
+    metrics.update(task_metric=score.value, task_metric_ci=score.interval, task_metric_name=score.name,
+                   task_metrics=score.all, task_metrics_ci=score.intervals)
     adapter_switch = _has_adapter_switch(model)
     if base.probe is not None:
         channel.send("phase", name="forgetting")
-        adapted = evaluate_loss_windows(model, base.probe, device, ctx.autocast)
+        adapted = window_losses(model, base.probe, device, ctx.autocast)
         if adapter_switch:
             with model.disable_adapter():  # type: ignore[operator]
-                base.probe_loss = evaluate_loss_windows(model, base.probe, device, ctx.autocast)
-        assert base.probe_loss is not None
+                base.probe_losses = window_losses(model, base.probe, device, ctx.autocast)
+        assert base.probe_losses is not None
         outcome["forgetting"] = {
-            "probe": base.probe.name, "tokens": base.probe.tokens, "loss_base": base.probe_loss,
-            "loss_adapted": adapted, "delta": adapted - base.probe_loss,
-            "base_reference": "adapter-disabled" if adapter_switch else "before-training",
-            "lm_eval": {},
+            **forgetting_numbers(adapted, base.probe_losses), "probe": base.probe.name, "tokens": base.probe.tokens,
+            "base_reference": "adapter-disabled" if adapter_switch else "before-training", "lm_eval": {},
         }
     if suite.eval.lm_eval is not None:
-        from peftplan.harness.lmeval import lm_eval_scores
+        from peftplan.harness.lmeval import lm_eval_run
 
         channel.send("phase", name="lm-eval")
-        adapted_scores = lm_eval_scores(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
+        adapted_run = lm_eval_run(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
         if adapter_switch:
             with model.disable_adapter():  # type: ignore[operator]
-                base.lm_eval = lm_eval_scores(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
+                base.lm_eval = lm_eval_run(model, ctx.tokenizer, suite.eval.lm_eval, ctx.loaded, device)
         assert base.lm_eval is not None
-        deltas = {k: adapted_scores[k] - base.lm_eval[k] for k in adapted_scores if k in base.lm_eval}
         if outcome["forgetting"] is None:  # no probe text was scored: its numbers are missing, not zero
             outcome["forgetting"] = {"probe": "lm-eval", "tokens": None, "loss_base": None, "loss_adapted": None,
                                      "delta": None, "lm_eval": {}}
-        outcome["forgetting"]["lm_eval"] = deltas
+        outcome["forgetting"].update(lm_eval_deltas(adapted_run, base.lm_eval))
     channel.send("phase", name="save")
     latency = base.latency
     _adapter_measurements(model, ctx.method, ctx.cfg, metrics, latency, ctx.spec, ctx.run_dir,
@@ -467,10 +467,38 @@ class ProbeWindows:
         self.tokens = sum(len(w) for w in windows)
 
 
-def evaluate_loss_windows(model: nn.Module, probe: ProbeWindows, device: str, autocast: str | None) -> float:
-    from peftplan.harness.measure import probe_loss
+def window_losses(model: nn.Module, probe: ProbeWindows, device: str, autocast: str | None) -> list[tuple[float, int]]:
+    """(Summed loss, tokens) of each probe window."""
+    from peftplan.harness.measure import probe_window_losses
 
-    return probe_loss(model, probe.windows, device=device, autocast=autocast)
+    return probe_window_losses(model, probe.windows, device=device, autocast=autocast)
+
+
+def forgetting_numbers(adapted: list[tuple[float, int]], base: list[tuple[float, int]]) -> dict[str, Any]:
+    """Per-token probe loss with and without the adapter, their difference, and its paired bootstrap interval."""
+    from peftplan.harness.stats import paired_ratio_delta_ci
+
+    tokens = sum(count for _, count in base)
+    loss_base = sum(total for total, _ in base) / max(tokens, 1)
+    loss_adapted = sum(total for total, _ in adapted) / max(tokens, 1)
+    interval = paired_ratio_delta_ci([t for t, _ in adapted], [t for t, _ in base], [c for _, c in base])
+    return {"loss_base": loss_base, "loss_adapted": loss_adapted, "delta": loss_adapted - loss_base,
+            "delta_ci": interval}
+
+
+def lm_eval_deltas(adapted: LmEvalRun, base: LmEvalRun) -> dict[str, Any]:
+    """lm-eval scores adapted minus base, with a paired bootstrap interval over the documents both scored."""
+    from peftplan.harness.stats import paired_mean_delta_ci
+
+    deltas = {k: adapted.scores[k] - base.scores[k] for k in adapted.scores if k in base.scores}
+    intervals = {}
+    for key in deltas:
+        mine, theirs = adapted.per_doc.get(key, {}), base.per_doc.get(key, {})
+        docs = sorted(set(mine) & set(theirs))
+        interval = paired_mean_delta_ci([mine[d] for d in docs], [theirs[d] for d in docs])
+        if interval is not None:
+            intervals[key] = interval
+    return {"lm_eval": deltas, "lm_eval_ci": intervals}
 
 
 def _probe_windows(model: nn.Module, tokenizer: Any, loaded: LoadedSuite, run_dir: Path, device: str) -> ProbeWindows | None:
@@ -531,6 +559,9 @@ def _measure_speed_into(latency: dict[str, Any], variant: str, model: nn.Module,
     speed = measure_speed(model, ids, new_tokens=section.new_tokens, repeats=section.repeats, device=device)
     latency[f"prefill_{variant}"] = speed.prefill_tokens_per_s
     latency[f"decode_{variant}"] = speed.decode_tokens_per_s
+    latency[f"prefill_{variant}_ci"] = speed.prefill_ci
+    latency[f"decode_{variant}_ci"] = speed.decode_ci
+    latency.setdefault("repeats", {})[variant] = speed.repeats
 
 
 def _has_adapter_switch(model: nn.Module) -> bool:

@@ -23,6 +23,7 @@ class Report:
     trials: pd.DataFrame  # raw numbers, one row per trial
     charts: list[Chart]  # only charts with data
     notes: list[str] = field(default_factory=list)  # skipped inputs and charts left out, with the reason
+    caveats: list[str] = field(default_factory=list)  # read the comparison with these: warnings, unclaimed gaps
 
     @property
     def multi_run(self) -> bool:
@@ -56,7 +57,16 @@ def build_report(run: Run, *, with_studies: bool = True) -> Report:
         more, view_notes = study_charts(views)
         charts.extend(c for c in more if c.points)
         notes.extend(study_notes + view_notes)
-    return Report(summary=summary, comparison=comparison, trials=frame, charts=charts, notes=notes)
+    return Report(summary=summary, comparison=comparison, trials=frame, charts=charts, notes=notes,
+                  caveats=caveats(comparison, summary.higher_is_better))
+
+
+def caveats(comparison: pd.DataFrame, higher_is_better: bool) -> list[str]:
+    """Warnings on the comparison (decode parity), then the differences its intervals do not support."""
+    from peftplan.reports.advice import parity_mismatches, unclaimed
+
+    found = [f"{method}: {text}" for method, text in parity_mismatches(comparison).items()]
+    return found + unclaimed(comparison, higher_is_better=higher_is_better)
 
 
 def planner_failures(frame: pd.DataFrame) -> list[str]:

@@ -77,3 +77,26 @@ def fmt_value(value: Any) -> str:
 def fmt_params(params: dict[str, Any]) -> str:
     """`rank=16 lr=0.0001 targets=attn`."""
     return " ".join(f"{k}={fmt_value(v)}" for k, v in params.items()) or MISSING
+
+
+def _interval_of(interval: Any) -> tuple[float, float] | None:
+    if isinstance(interval, list | tuple) and len(interval) == 2 and not any(is_missing(v) for v in interval):
+        return float(interval[0]), float(interval[1])
+    return None
+
+
+def fmt_interval(value: Any, interval: Any, fmt: Any = fmt_num) -> str:
+    """A score with its 95% interval: `0.874 [0.81, 0.93]` (the value alone when there is none)."""
+    found = _interval_of(interval)
+    if is_missing(value) or found is None:
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(found[0])}, {fmt(found[1])}]"
+
+
+def fmt_rate_interval(value: Any, interval: Any) -> str:
+    """A rate with its 95% interval as ± percent of the value: `39.6 ±4%`."""
+    found = _interval_of(interval)
+    if is_missing(value) or found is None or float(value) <= 0:
+        return fmt_rate(value)
+    half = (found[1] - found[0]) / 2 / float(value) * 100
+    return f"{fmt_rate(value)} ±{half:.0f}%" if half >= 1 else f"{fmt_rate(value)} ±{half:.1f}%"

@@ -42,18 +42,24 @@ def _row(result: TrialResult, origin: str) -> dict[str, Any]:
     err = 100.0 * (predicted - peak) / peak if peak and predicted is not None else None
     flat = flatten(result.config)
     rank = next((v for k, v in flat.items() if k.rsplit(".", 1)[-1] in RANK_KEYS and isinstance(v, int | float)), None)
+    quant = next((v for k, v in flat.items() if k.rsplit(".", 1)[-1] == "quant"), None)
     return {
         "run": origin, "study": result.study_name, "method": method_key(result), "base_method": result.method,
         "trial": result.trial_number, "sampled": dict(result.params),
         "status": result.status.value, "metric_name": m.task_metric_name, "metric": m.task_metric,
+        "metric_ci": m.task_metric_ci,
         "eval_loss": m.eval_loss, "forgetting": fg.delta if fg else None, "probe": fg.probe if fg else None,
+        "forgetting_ci": fg.delta_ci if fg else None,
+        "quantized": quant not in (None, "none"),  # a merged adapter then dequantizes: no decode parity with the base
         "peak": peak, "predicted": predicted, "pred_err_pct": err, "mem_source": mem.source if mem else None,
         "rank_peaks": [r.peak_allocated for r in mem.ranks] if mem and mem.ranks else None,  # multi-GPU trials
         "engine": mem.predicted_engine if mem else None,
         "pred_error": mem.prediction_error if mem else None,  # the planner failed: why there is no prediction
-        "train_tps": m.train_tokens_per_s,
+        "train_tps": m.train_tokens_per_s, "train_tps_ci": m.train_tokens_per_s_ci,
         "decode_base": lat.decode_base if lat else None, "decode_merged": lat.decode_merged if lat else None,
         "decode_unmerged": lat.decode_unmerged if lat else None,
+        "decode_base_ci": lat.decode_base_ci if lat else None, "decode_merged_ci": lat.decode_merged_ci if lat else None,
+        "decode_unmerged_ci": lat.decode_unmerged_ci if lat else None,
         "adapter_bytes": m.adapter_bytes, "trainable": m.trainable_params, "total_params": m.total_params,
         "wall_s": m.wall_time_s, "rank": rank, "config": flat, "config_hash": result.config_hash,
         "error": result.error, "started": result.provenance.started_at, "finished": result.provenance.finished_at,

@@ -110,6 +110,7 @@ def _best_configs(report: Report) -> list[dict[str, Any]]:
 
 def render_report_html(report: Report) -> str:
     """The whole bench report as one HTML document (str)."""
+    from peftplan.reports.markdown import INTERVALS_LINE
     from peftplan.reports.tables import display_comparison, display_trials
 
     s = report.summary
@@ -134,4 +135,6 @@ def render_report_html(report: Report) -> str:
         trial_statuses=list(report.trials["status"]),
         statuses=[k for k, v in s.status_counts.items() if v],
         notes=report.notes,
+        caveats=report.caveats,
+        intervals_line=INTERVALS_LINE,
     )

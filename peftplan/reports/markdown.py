@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from peftplan.reports.build import Report
 
 FIGURES = "figures"
+INTERVALS_LINE = ("Brackets and ± are 95% intervals (bootstrap over the eval examples; timings: repeated until ±5% "
+                  "or a cap). A method is called best at something only when its interval clears every other's.")
 _SPECIAL = re.compile(r"[&<>|\[\]`\\*_]")
 
 
@@ -67,6 +69,9 @@ def render_markdown(report: Report, figure_paths: dict[str, str]) -> str:
         })
         lines += [md_table(table), ""]
     lines += ["## Method comparison", "", md_table(display_comparison(report.comparison, s.metric_name)), ""]
+    lines += [INTERVALS_LINE, ""]
+    if report.caveats:
+        lines += ["### Read with care", ""] + [f"- {md_escape(c)}" for c in report.caveats] + [""]
     for group, heading in (("results", "## Plots"), ("optuna", "## Optuna studies")):
         charts = [c for c in report.charts if c.group == group and c.key in figure_paths]
         if not charts:

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
     from peftplan.harness.results import TrialResult
 
-MIN_TRIALS_FOR_IMPORTANCE = 2
+# fANOVA fits a random forest to (params -> objective) over the completed trials. With a handful of trials
+# one lucky trial decides which parameter "matters", so below this the chart is left out and Notes say why.
+MIN_TRIALS_FOR_IMPORTANCE = 10
 
 
 @dataclass
@@ -45,14 +47,16 @@ def _method_trials(trials: list[FrozenTrial], method: str, numbers: set[int], sh
     return [t for t in trials if t.number in numbers]
 
 
-def _importances(trials: list[FrozenTrial], maximize: bool) -> tuple[dict[str, float], str]:
+def _importances(trials: list[FrozenTrial], maximize: bool,
+                 min_trials: int = MIN_TRIALS_FOR_IMPORTANCE) -> tuple[dict[str, float], str]:
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     from optuna.trial import TrialState
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
-        return {}, f"parameter importances need {MIN_TRIALS_FOR_IMPORTANCE} completed trials, this has {len(complete)}"
+    if len(complete) < min_trials:
+        return {}, (f"parameter importances left out: {len(complete)} completed trials, and fANOVA needs at least "
+                    f"{min_trials} (with fewer, its forest ranks the parameters by a lucky trial or two)")
     # A throw-away in-memory copy, so importances see exactly this method's trials.
     study = optuna.create_study(direction="maximize" if maximize else "minimize")
     study.add_trials(complete)

@@ -10,10 +10,12 @@ from peftplan.reports.fmt import (
     MISSING,
     fmt_bytes,
     fmt_count,
+    fmt_interval,
     fmt_num,
     fmt_params,
     fmt_pct,
     fmt_rate,
+    fmt_rate_interval,
     is_missing,
 )
 from peftplan.reports.frame import STATUS_ORDER, best_trials, higher_is_better
@@ -96,9 +98,10 @@ def method_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
     best = best_trials(frame).set_index("method")
-    columns = ["trial", "metric_name", "metric", "forgetting", "peak", "predicted", "pred_err_pct", "pred_error",
-               "train_tps",
-               "decode_base", "decode_merged", "decode_unmerged", "adapter_bytes", "trainable", "params"]
+    columns = ["trial", "metric_name", "metric", "metric_ci", "forgetting", "forgetting_ci", "peak", "predicted",
+               "pred_err_pct", "pred_error", "train_tps", "train_tps_ci", "decode_base", "decode_base_ci",
+               "decode_merged", "decode_merged_ci", "decode_unmerged", "decode_unmerged_ci", "quantized",
+               "adapter_bytes", "trainable", "params"]
     rows = []
     for method, group in frame.groupby("method", sort=False):
         row: dict[str, Any] = {"method": method, "trials": _status_line(group["status"])}
@@ -132,15 +135,21 @@ def display_comparison(comp: pd.DataFrame, metric_name: str) -> pd.DataFrame:
             return f"{MISSING} (planner failed)" if isinstance(row.get("pred_error"), str) else MISSING
         return f"{fmt_bytes(row['predicted'])} ({fmt_pct(row['pred_err_pct'])})"
 
+    def ci(column: str, shown: Any) -> Any:
+        """The value with its interval: [low, high] for scores, ±% for rates."""
+        def cell(row: Any) -> str:
+            return shown(row[column], row[f"{column}_ci"] if f"{column}_ci" in row else None)
+        return comp.apply(cell, axis=1) if len(comp) else comp[column]
+
     out = pd.DataFrame({
         "method": comp["method"],
-        "metric": comp["metric"].map(fmt_num),
-        "forgetting": comp["forgetting"].map(lambda v: fmt_num(v, 2)),
+        "metric": ci("metric", lambda v, i: fmt_interval(v, i, fmt_num)),
+        "forgetting": ci("forgetting", lambda v, i: fmt_interval(v, i, lambda x: fmt_num(x, 2))),
         "peak": comp["peak"].map(fmt_bytes),
-        "predicted": comp.apply(predicted, axis=1),
-        "train_tps": comp["train_tps"].map(fmt_rate),
-        "decode_merged": comp["decode_merged"].map(fmt_rate),
-        "decode_unmerged": comp["decode_unmerged"].map(fmt_rate),
+        "predicted": comp.apply(predicted, axis=1) if len(comp) else comp["predicted"],
+        "train_tps": ci("train_tps", fmt_rate_interval),
+        "decode_merged": ci("decode_merged", fmt_rate_interval),
+        "decode_unmerged": ci("decode_unmerged", fmt_rate_interval),
         "adapter_bytes": comp["adapter_bytes"].map(fmt_bytes),
         "trainable": comp["trainable"].map(fmt_count),
         "trials": comp["trials"],

@@ -64,6 +64,9 @@ def test_forgetting_with_only_lm_eval_probes_is_null_not_zero(tmp_path: Path) ->
     assert forgetting["delta"] is None and forgetting["loss_base"] is None and forgetting["loss_adapted"] is None
     assert forgetting["tokens"] is None
     assert set(forgetting["lm_eval"]) == {"tiny_probe/acc"}
+    # Its interval: a paired bootstrap over the documents both runs scored.
+    low, high = forgetting["lm_eval_ci"]["tiny_probe/acc"]
+    assert low - 1e-9 <= forgetting["lm_eval"]["tiny_probe/acc"] <= high + 1e-9
 
 
 def test_a_failing_planner_is_recorded_as_prediction_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,7 @@ def test_every_method_runs_a_whole_trial(prepared_run: tuple, name: str) -> None
     latency = data["latency"]
     assert latency["prefill_base"] > 0 and latency["prefill_unmerged"] > 0 and latency["adapter_load_s"] >= 0
     # Decode is a difference of two timings; under heavy background load it may be withheld (None).
-    assert all(v is None or v > 0 for k, v in latency.items() if k.startswith("decode_"))
+    assert all(v is None or v > 0 for k, v in latency.items() if k.startswith("decode_") and not k.endswith("_ci"))
     merged_expected = method.mergeable and method.inference_overhead != "none"
     assert (latency.get("prefill_merged") is not None) == merged_expected
     # The outcome fits the result file schema.

@@ -12,7 +12,7 @@ from tests.reports.fixtures import expected_results
 
 MiB = 2.0**20
 EXPECTED_CHARTS = {"pareto", "forgetting", "latency", "memory", "rank", "history-lora", "history-qlora",
-                   "history-ia3", "history-prompt", "importance-lora", "importance-qlora", "importance-ia3"}
+                   "history-ia3", "history-prompt"}  # importances need 10 trials (test_intervals_report.py)
 
 
 def _chart(report, key: str) -> Chart:
@@ -27,8 +27,8 @@ def _points(chart: Chart) -> set[tuple[str, float, float]]:
 def test_every_chart_is_there_and_has_data(report) -> None:
     assert {c.key for c in report.charts} == EXPECTED_CHARTS
     assert all(c.points > 0 for c in report.charts)
-    # prompt has one completed trial: no importances, and the report says why.
-    assert any("prompt: parameter importances need 2 completed trials" in n for n in report.notes)
+    # lora has three completed trials: no importances, and the report says why.
+    assert any("lora: parameter importances left out: 3 completed trials" in n for n in report.notes)
 
 
 def test_pareto_points_are_every_measured_trial(report, run_dir: Path) -> None:
@@ -78,9 +78,6 @@ def test_optuna_history_and_importances_come_from_the_study(report, run_dir: Pat
     objective, best = history.series
     assert objective.x == [t.number for t in complete] and objective.y == [t.value for t in complete]
     assert best.y == [0.861, 0.874, 0.874]  # best so far, maximised
-    importance = _chart(report, "importance-lora").series[0]
-    assert set(importance.y) == {"rank", "alpha", "lr", "targets"}
-    assert sum(importance.x) == pytest.approx(1.0) and importance.x == sorted(importance.x, reverse=True)
 
 
 def test_plotly_figures_are_valid(report) -> None:
@@ -126,4 +123,4 @@ def test_one_study_shared_by_several_methods(run_dir: Path, tmp_path: Path) -> N
     assert set(by_method) == {"lora", "ia3"} and notes == []
     assert [v for _, v in by_method["lora"].history] == [0.861, 0.874, 0.868]
     assert [v for _, v in by_method["ia3"].history] == [0.801, 0.823]
-    assert set(by_method["ia3"].importances) == {"lr", "targets"}
+    assert by_method["ia3"].importances == {} and "fANOVA needs at least 10" in by_method["ia3"].note

@@ -9,7 +9,8 @@ Two checks add warnings instead of reasons:
 - decode parity: a merged adapter is the base model's own architecture, so merged and base decode speeds must
   agree; when they do not (separated intervals, or more than 10% apart without intervals), the timing was
   disturbed and the method earns no decoding claim;
-- forgetting: see `forgetting_warnings`.
+- forgetting: a method's best trial that forgets far more than the other methods' best trials is flagged
+  (`forgetting_warnings`; the threshold is documented in docs/harness.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 
 MAX_REASONS = 3
 PARITY_TOLERANCE = 0.10  # merged vs base decode, relative, when no intervals were recorded
+# A best trial's forgetting is "large next to the others" when even the low end of its interval (its value
+# without one) exceeds FORGETTING_RATIO times the median of the other methods' best trials and exceeds it by
+# FORGETTING_MIN_DELTA nats per token (so that 0.003 against 0.001 is no alarm).
+FORGETTING_RATIO = 3.0
+FORGETTING_MIN_DELTA = 0.1
 _GiB = 1024**3
 # Memory lines people budget against: binary steps (…, 512 MiB, 768 MiB, 1 GiB, 1.5 GiB, …) and GPU sizes.
 _THRESHOLDS = sorted(
@@ -157,8 +163,47 @@ def when_to_pick(comparison: pd.DataFrame, *, higher_is_better: bool = True) -> 
                               else "no clear advantage in this run")
         else:
             reasons[m].append("no clear advantage in this run")
-    warned = {m: ["⚠ merged/base decode mismatch"] for m in disturbed}
+    warned: dict[str, list[str]] = {m: ["⚠ merged/base decode mismatch"] for m in disturbed}
+    for m, (delta, reference) in large_forgetting(comparison).items():
+        warned.setdefault(m, []).append(f"⚠ forgets far more than the others (Δ {fmt_num(delta, 2)} against "
+                                        f"{fmt_num(reference, 2)})")
     return {m: "; ".join(r[:MAX_REASONS] + warned.get(m, [])) for m, r in reasons.items()}
+
+
+def large_forgetting(comparison: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Methods whose best trial forgets far more than the other methods' best trials: method -> (its Δ loss, the
+    median Δ of the others). See FORGETTING_RATIO and FORGETTING_MIN_DELTA."""
+    import statistics
+
+    if "forgetting" not in comparison:
+        return {}
+    rows = comparison.set_index("method")
+    deltas = {m: float(v) for m, v in rows["forgetting"].to_dict().items() if not is_missing(v)}
+    intervals = rows["forgetting_ci"].to_dict() if "forgetting_ci" in rows else {}
+    out = {}
+    for method, delta in deltas.items():
+        others = [v for m, v in deltas.items() if m != method]
+        if not others:
+            continue
+        reference = statistics.median(others)
+        found = _interval(intervals.get(method))
+        low = found[0] if found is not None else delta
+        if low > FORGETTING_RATIO * max(reference, 0.0) and low - reference >= FORGETTING_MIN_DELTA:
+            out[str(method)] = (delta, reference)
+    return out
+
+
+def forgetting_warnings(comparison: pd.DataFrame) -> list[str]:
+    """The caveat for each method `large_forgetting` flags, with the numbers."""
+    rows = comparison.set_index("method")
+    out = []
+    for method, (delta, reference) in large_forgetting(comparison).items():
+        interval = rows.at[method, "forgetting_ci"] if "forgetting_ci" in rows else None
+        out.append(f"{method}: its best trial forgets far more than the other methods' best trials: Δ loss "
+                   f"{_with_interval(delta, interval)} against their median {fmt_num(reference, 2)} (flagged above "
+                   f"{FORGETTING_RATIO:g}× the median and +{FORGETTING_MIN_DELTA:g}); weigh its "
+                   f"{rows.at[method, 'metric_name'] if 'metric_name' in rows else 'task metric'} against that")
+    return out
 
 
 def _clearly_apart(a: Any, a_ci: Any, b: Any, b_ci: Any) -> bool:

@@ -62,10 +62,11 @@ def build_report(run: Run, *, with_studies: bool = True) -> Report:
 
 
 def caveats(comparison: pd.DataFrame, higher_is_better: bool) -> list[str]:
-    """Warnings on the comparison (decode parity), then the differences its intervals do not support."""
-    from peftplan.reports.advice import parity_mismatches, unclaimed
+    """Warnings on the comparison (forgetting, decode parity), then the differences its intervals do not support."""
+    from peftplan.reports.advice import forgetting_warnings, parity_mismatches, unclaimed
 
-    found = [f"{method}: {text}" for method, text in parity_mismatches(comparison).items()]
+    found = forgetting_warnings(comparison)
+    found += [f"{method}: {text}" for method, text in parity_mismatches(comparison).items()]
     return found + unclaimed(comparison, higher_is_better=higher_is_better)
 
 

@@ -64,6 +64,7 @@ class ActivationProfile:
     grad_stream: Poly = ZERO
     batch: Poly = ZERO
     held_logits: Poly = ZERO  # logits the loop holds from the loss to the end of the step (litgpt)
+    head_backward: Poly = ZERO  # the loss's moment at a 4-bit output layer's backward (`LossTerms`)
     blocks_saved: Poly = ZERO  # what the blocks save (offloadable without checkpointing)
     ckpt_inputs: Poly = ZERO  # every block's checkpointed input (offloadable with checkpointing)
 
@@ -128,6 +129,7 @@ class LossTerms:
     forward_extra: Poly
     backward: Poly
     held: Poly = ZERO  # the logits the loop keeps until the step is over (part of `backward` too)
+    head_backward: Poly = ZERO  # alive at the output layer's backward once the rows are freed (a 4-bit head)
 
 
 def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) -> LossTerms:
@@ -193,6 +195,10 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # backward; litgpt's loop holds them (`keep_logits`).
         logits = ops.matmul(h, weight, vocab)
         logits_bytes = tokens(vocab, extra) * logits.itemsize
+        if ctx.compile_loss:
+            # Inductor saves each chunk's logits themselves (so deleting the list frees nothing) and two
+            # fp32 values per token; its backward writes one chunk's gradient in the logits' dtype.
+            return LossTerms(saved=logits_bytes + per_token * 8, forward_extra=ZERO, backward=chunk_logits)
         rows = tokens(vocab, extra) * loss_size
         copy = chunk_rows if upcast else ZERO
         held = logits_bytes if ctx.keep_logits else ZERO
@@ -202,11 +208,19 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # A trainable output layer gets one weight gradient per chunk: autograd sums them into a buffer,
         # so the buffer and the next chunk's gradient are alive while the other chunks' rows are saved.
         weight_grads = Poly(c=2 * weight.numel * weight.itemsize) if weight.trainable else ZERO
+        # A 4-bit output layer (litgpt's `all-linear`) is dequantized whole for each chunk's matmul. Backward
+        # runs every chunk's loss first, so that copy sits beside every chunk's logits gradient (the
+        # saved rows are freed by then), the held logits and the soft-capping's saved outputs.
+        head_backward = ZERO
+        if ops.r.quantizes(weight.key, "output"):
+            head_backward = held + softcap + logits_bytes + Poly(c=weight.numel * ops.r.compute_itemsize)
         return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + copy,
                          backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO) + weight_grads,
-                         held=held)
+                         held=held, head_backward=head_backward)
     logits = ops.matmul(h, weight, vocab)
     logits_bytes = tokens(vocab, extra) * logits.itemsize
+    if ctx.compile_loss:  # inductor: the logits and two fp32 values per token; one gradient of the logits
+        return LossTerms(saved=logits_bytes + per_token * 8, forward_extra=ZERO, backward=logits_bytes)
     rows = tokens(vocab, extra) * loss_size  # log_softmax's output, saved for backward
     as_float = logits_bytes if logits.itemsize != loss_size else ZERO  # as calibrated against the trace
     softcap = logits_bytes if a.final_softcap else ZERO  # tanh(logits / cap) * cap saves tanh's output
@@ -407,6 +421,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         return _with_unsloth_blocks(
             spec, r, ActivationProfile(
                 saved=saved, logits_saved=loss.saved, loss_backward=loss.backward, held_logits=loss.held,
+                head_backward=loss.head_backward,
                 forward_extra=forward_extra,
                 ckpt_saved=ckpt_saved, block_max=block_max, head_saved=head.total(), grad_stream=stream, batch=batch,
                 ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs),
@@ -416,6 +431,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         logits_saved=loss.saved,
         loss_backward=loss.backward,
         held_logits=loss.held,
+        head_backward=loss.head_backward,
         forward_extra=forward_extra,
         ckpt_saved=ckpt_saved,
         moments=[m + fixed for m in moments],

@@ -195,6 +195,7 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         _Moment("loss-bwd", saved, logits_saved + loss_backward, 0, 0),
         _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad, 0),
         _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held, 0, end_grads, 0),
+        _Moment("head-bwd", saved, at(act.head_backward), head_grad, 0),  # a 4-bit output layer's backward
     ]
     if not in_bwd:
         moments.append(_Moment("optimizer", at(act.batch) + held, 0, m.gradients, m.optimizer.step_temporary))

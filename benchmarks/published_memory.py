@@ -136,10 +136,12 @@ _UNSLOTH = Recipe(
 # on; GiB (torchtune logs GiB since #1348, 2024-08-15).
 _TT_README = Recipe(
     source="torchtune README", model="meta-llama/Llama-3.1-8B", method="lora", stack="torchtune", seq_len=2048,
-    batch_size=2, compare="peak_allocated", unit="GiB", grad_checkpointing=True, knobs={"packing": True},
+    batch_size=2, compare="peak_allocated", unit="GiB", grad_checkpointing=True,
+    knobs={"packing": True, "compile_loss": True},
     seq_note="packed to 2048",
 )
-_COUNTER = "counter unnamed: the same README's flags table reports peak active; compile on (not modelled)"
+_COUNTER = ("counter unnamed: the same README's flags table reports peak active; compile on (the loss's "
+            "priced, the blocks' not)")
 # --- torchtune README "Optimization flags" (1814feb1, 2024-11-18): Llama 3.2 3B, bs 2, max seq 4096,
 # A100, peak memory active (GiB); techniques cumulative.
 _TT_FLAGS = replace(_TT_README, model="meta-llama/Llama-3.2-3B", method="full", seq_len=4096,
@@ -148,7 +150,7 @@ _TT_FLAGS = replace(_TT_README, model="meta-llama/Llama-3.2-3B", method="full", 
 _TT_TUTORIAL = Recipe(
     source="torchtune tutorials", model="meta-llama/Llama-2-7b-hf", method="lora", stack="torchtune",
     seq_len=1304, batch_size=2, compare="reserved", unit="GB", grad_checkpointing=True,
-    config={"rank": 8, "alpha": 16, "dropout": 0.05, "targets": QV}, knobs={"loss": "full"},
+    config={"rank": 8, "alpha": 16, "dropout": 0.05, "targets": QV}, knobs={"loss": "full", "loss_fp32": False},
     seq_note="alpaca_cleaned unpacked, max_seq_len null: the longest sample; proxy 1304 (litgpt's "
              "longest Alpaca sample, Llama 2 tokenizer)",
 )
@@ -222,7 +224,7 @@ RECIPES: dict[int, Recipe] = {
     192: replace(_UNSLOTH, model="meta-llama/Llama-3.1-70B", seq_len=89389, vram=80,
                  note="Llama 3.3 70B (Llama 3.1 70B shapes) on an A100 80GB; optimizer not stated: adamw_8bit"),
     194: replace(_TT_README, method="full", optimizer="paged-adamw8bit",
-                 knobs={"packing": True, "optimizer_in_bwd": True},
+                 knobs={"packing": True, "optimizer_in_bwd": True, "compile_loss": True},
                  note="8B_full_single_device: PagedAdamW8bit stepped in backward, AC, chunked CE; " + _COUNTER),
     196: replace(_TT_README, config={"rank": 8, "alpha": 16, "targets": QV},
                  note="8B_lora_single_device at the README's commit: q,v only (q,v,output_proj+MLP is the "
@@ -230,22 +232,25 @@ RECIPES: dict[int, Recipe] = {
     198: replace(_TT_README, method="qlora", config={"rank": 8, "alpha": 16, "targets": QKVO_MLP},
                  note="8B_qlora_single_device at the README's commit: q,k,v,output_proj + MLP; " + _COUNTER),
     201: replace(_TT_README, model="meta-llama/Llama-3.1-405B", method="qlora", gpus=8, shard="fsdp",
-                 config={"rank": 16, "alpha": 32, "targets": QKVO_MLP}, knobs={"packing": True, "loss": "full"},
+                 config={"rank": 16, "alpha": 32, "targets": QKVO_MLP},
+                 knobs={"packing": True, "loss": "full", "loss_fp32": False, "compile_loss": True},
                  note="405B_qlora: FSDP on 8 A100 80GB, nn.CrossEntropyLoss, q,k,v,output_proj + MLP; README "
                       "bs 2 (config 1); table says GB, torchtune logs GiB; " + _COUNTER),
-    202: replace(_TT_FLAGS, seq_len=1304, grad_checkpointing=False, knobs={"loss": "full"},
+    202: replace(_TT_FLAGS, seq_len=1304, grad_checkpointing=False, knobs={"loss": "full", "loss_fp32": False},
                  seq_note="alpaca unpacked (max seq 4096 is a cap): the longest sample; proxy 1304 (litgpt's "
                           "longest Alpaca sample, Llama 2 tokenizer; Llama 3's gives fewer)",
                  note="Baseline: full_finetune_single_device, AdamW, nn.CrossEntropyLoss, no AC, no compile"),
-    204: replace(_TT_FLAGS, grad_checkpointing=False, knobs={"packing": True, "loss": "full"},
-                 note="+ packed + compile (compile not modelled); AdamW, nn.CrossEntropyLoss, no AC"),
-    206: replace(_TT_FLAGS, knobs={"packing": True, "loss": "chunked"},
+    204: replace(_TT_FLAGS, grad_checkpointing=False,
+                 knobs={"packing": True, "loss": "full", "loss_fp32": False, "compile_loss": True},
+                 note="+ packed + compile (the loss's priced, the blocks' not); AdamW, nn.CrossEntropyLoss on bf16 "
+                      "logits, no AC"),
+    206: replace(_TT_FLAGS, knobs={"packing": True, "loss": "chunked", "compile_loss": True},
                  note="+ chunked CE + activation checkpointing; AdamW; compile on"),
     208: replace(_TT_FLAGS, knobs={"packing": True, "loss": "chunked", "optimizer_in_bwd": True,
-                                   "offload_activations": True},
+                                   "offload_activations": True, "compile_loss": True},
                  note="+ optimizer step in backward + activation offloading; AdamW; compile on"),
     210: replace(_TT_FLAGS, method="lora", config={"rank": 64, "alpha": 128, "targets": QVO_MLP},
-                 knobs={"packing": True, "loss": "chunked", "offload_activations": True},
+                 knobs={"packing": True, "loss": "chunked", "offload_activations": True, "compile_loss": True},
                  note="3B_lora_single_device r64 q,v,output_proj + MLP; packed, compile, chunked CE, AC, "
                       "activation offloading, AdamW (no step in backward)"),
     212: replace(_TT_TUTORIAL,

@@ -39,6 +39,7 @@ class TrainContext:
     loss_recompute: bool = False  # each loss chunk is checkpointed (TRL)
     loss_fp32: bool = True  # the loss upcasts logits to fp32
     legacy_loss: bool = False  # transformers < 4.45: fp32 logits in the model and a shifted copy
+    compile_loss: bool = False  # inductor saves the chunk's logits and two fp32 values per token
     keep_logits: bool = False  # the loop holds the logits through backward
     precision: str = "mixed"  # mixed (autocast) | pure (all in dtype, no autocast)
     adapter_dtype: str = "fp32"  # fp32 (peft) | dtype

@@ -18,6 +18,11 @@ Knobs:
 - `legacy_loss`: transformers before 4.45 (LlamaForCausalLM and its peers): the model upcasts every
   logit to fp32 in its forward (`logits = logits.float()`) and the loss takes a contiguous shifted
   copy; the slice's backward builds a full fp32 gradient. Runs published in 2023-2024 ran this.
+- `compile_loss`: the loss runs under `torch.compile` (torchtune's `compile: True`, axolotl's chunked
+  cross-entropy): inductor saves the (chunk's) low-precision logits and two fp32 values per token (max
+  and log-sum-exp) instead of the fp32 log-softmax output (checked on a real compiled step).
+  torchtune's recipes hand bf16 logits to `nn.CrossEntropyLoss` when the loss is not chunked: plan
+  that with `--loss full --no-loss-fp32`.
 - `keep_logits`: the training loop holds the logits until backward is done (litgpt's `logits` variable);
   transformers' Trainer and torchtune (`del logits`) free them before backward.
 - `precision`: `mixed` (weights in --dtype, adapters in fp32, autocast: transformers + peft) or `pure`
@@ -73,6 +78,7 @@ class Knobs:
     loss_recompute: bool = False
     loss_fp32: bool = True
     legacy_loss: bool = False
+    compile_loss: bool = False
     keep_logits: bool = False
     precision: Precision = "mixed"
     adapter_dtype: AdapterDtype = "fp32"

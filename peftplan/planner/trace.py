@@ -200,6 +200,9 @@ def check_stack_knobs(ctx: TrainContext, spec: ModelSpec | None = None) -> None:
     if ctx.loss == "fused" and ctx.loss_chunk_tokens:
         raise UnsupportedError("TRL's fused LM head (--loss fused with --loss-chunk-tokens) runs a Triton tile kernel "
                                "the trace does not reproduce; it traces Liger's fused loss (--loss-chunk-tokens 0)")
+    if ctx.compile_loss:
+        raise UnsupportedError("the trace runs on fake tensors, which torch.compile's inductor does not take; "
+                               "--compile-loss is checked against a real compiled step (tests/planner/test_compile_loss.py)")
     if ctx.ckpt_offload and not ctx.grad_checkpointing:
         raise BadInputError("offloaded checkpoints need checkpointing: use --checkpointing offload")
     stack_loss = ctx.loss != "full" or not ctx.loss_fp32 or ctx.legacy_loss

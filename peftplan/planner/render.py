@@ -220,35 +220,46 @@ def _switching_table(plan: Plan) -> TextTable:
     tasks = plan.tasks
     noun = "task" if tasks == 1 else "tasks"
     columns = [Column("method", "left"), Column("adapter\nfile"), Column("swap\nms"),
-               Column(f"storage\n{tasks} {noun}"), Column("serving\nweights"), Column("inference", "left", wrap=True)]
+               Column(f"storage\n{tasks} {noun}"), Column("serving\nweights"), Column("serve\nGPU"),
+               Column("inference", "left", wrap=True)]
     rows = []
     for e in plan.methods:
-        switch, inference = e.task_switching, e.inference
+        switch, inference, serving = e.task_switching, e.inference, e.serving or {}
         overhead = "none" if inference.get("kind") == "none" else f"+{inference.get('extra_flops_pct', 0):.2g}%"
         if e.mergeable and inference.get("kind") == "unmerged-matmul":
             overhead += ", 0 if merged"
+        gpu = serving.get("gpu_bytes")
         rows.append([
             e.method,
             human_bytes(e.adapter_bytes),
             f"{switch['swap_seconds'] * 1000:,.0f}",
             human_bytes(switch["storage_bytes"]),
             human_bytes(switch["serving_bytes"]),
+            "-" if gpu is None else human_bytes(gpu) + ("" if serving.get("fits", True) else " ✗"),
             overhead,
         ])
-    swap = "load its adapter from disk and copy it to the GPU"
-    if plan.switching == "merge":
-        swap += ", then unmerge the previous adapter and merge the next"
+    mode = plan.switching
+    swap, storage = {
+        "merge": ("load the task's merged copy from disk and copy it to the GPU (a method that cannot merge: its "
+                  "adapter)", "one merged copy per task (a method that cannot merge: the base once plus one adapter "
+                  "per task)"),
+        "hot-swap": ("load its adapter from disk and copy it to the GPU, then unmerge the previous adapter and merge "
+                     "the next", "the base model once plus one adapter per task (full fine-tuning: one model per task)"),
+    }.get(mode, ("copy a cold adapter from host RAM into a free GPU slot (vLLM; 0 while every tenant has a slot)",
+                 "the base model once plus one adapter per task (full fine-tuning: one model per task)"))
     legend = [
         ("adapter file", "size of the saved adapter weights (full fine-tuning: the whole model)"),
         ("swap ms", f"milliseconds to switch to another task: {swap}"),
-        (f"storage {tasks} {noun}", f"disk for the --tasks {tasks}: the base model once plus one adapter per task "
-                                    "(full fine-tuning: one model per task)"),
-        ("serving weights", "GPU memory for the weights while serving"
-                            + (f" (multi-tenant: base + {tasks} adapters)" if plan.switching == "multi-tenant" else "")),
+        (f"storage {tasks} {noun}", f"disk for the --tasks {tasks}: {storage}"),
+        ("serving weights", "GPU memory for the weights and resident adapters while serving"
+                            + (" (multi-tenant: vLLM's adapter slots, or every tenant's adapter)"
+                               if mode == "multi-tenant" else "")),
+        ("serve GPU", "what one serving GPU holds: weights, adapters, the KV cache, activations and the CUDA context "
+                      "(✗: more than the serving GPU)"),
         ("inference", "extra FLOPs per token at inference while the adapter runs unmerged; "
                       "'0 if merged': none once merged into the base weights"),
     ]
-    title = [f"Serving {tasks} {noun} by {plan.switching}", "adapter files, task switching, inference overhead"]
+    title = [f"Serving {tasks} {noun} by {mode}", "adapter files, task switching, serving memory, inference overhead"]
     return TextTable("switching", title, columns, rows, legend)
 
 

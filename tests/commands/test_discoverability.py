@@ -52,10 +52,10 @@ def test_bare_peftplan_prints_the_help(capsys) -> None:
 
 
 def test_the_legend_explains_every_short_header(capsys) -> None:
-    plan = peftplan.plan("llama-3.1-8b", vram=24, methods="lora,ia3,prefix", tasks=3, switching="merge")
+    plan = peftplan.plan("llama-3.1-8b", vram=24, methods="lora,ia3,prefix", tasks=3, switching="hot-swap")
     text = legend(table_text(plan))
     assert "swap ms: milliseconds to switch to another task" in text
-    assert "unmerge the previous adapter and merge the next" in text  # --switching merge
+    assert "unmerge the previous adapter and merge the next" in text  # --switching hot-swap
     assert "storage 3 tasks: disk for the --tasks 3: the base model once plus one adapter per task" in text
     assert "'0 if merged': none once merged into the base weights" in text
     for term in ("peak:", "total:", "fit:", "max batch, max seq, max rank:", "quant consts, optim states:",

@@ -193,6 +193,10 @@ class Candidate:
         serving = (round(self.serving.gpu_bytes / (GIB / 4)), self.serving.extra_flops_pct, self.serving.swap_seconds)
         return (False, -self.quality.score, cost, serving, -self.speed.tokens_per_second, len(self.changes), self.order)
 
+    def knob_changes(self) -> int:
+        """How many of the stack's knobs (checkpointing, optimizer, sharding) the search changed."""
+        return sum(1 for flag, _, _ in self.changes if flag in ("--checkpointing", "--optimizer", "--shard"))
+
     def config_dict(self) -> dict[str, Any]:
         config = self.cfg.model_dump(mode="json")
         if "rank" in config:
@@ -401,6 +405,7 @@ class Search:
             cached = [(v, self.step(inputs.spec, method, cfg, terms, v)) for v in self._variants(inputs, ctx_m, method)]
             self._memo[key] = cached
             self._memo[("notes", method.name, cfg.model_dump_json(), inputs.ctx)] = notes
+            self._memo[("trained", method.name, cfg.model_dump_json(), inputs.ctx)] = ctx_m
         return list(cached)
 
     def _serving(self, inputs: Inputs, method: Method, cfg: MethodConfig, terms: MemoryTerms, *,
@@ -519,7 +524,9 @@ class Search:
                 fitting.append(self._candidate(inputs, method, cfg, terms, replace(variant, batch_size=batch, seq_len=seq),
                                                model, accum, serving, halvings, order, notes))
         if fitting:
-            return min(fitting, key=Candidate.rank_key)
+            # The stack's own checkpointing, optimizer and sharding are kept whenever they fit: they are the
+            # user's training code; the search changes them only to make a configuration fit.
+            return min(fitting, key=lambda c: (c.knob_changes(), c.rank_key()))
         assert closest is not None
         _, variant, model = closest
         return self._candidate(inputs, method, cfg, terms, replace(variant, batch_size=pinned_batch, seq_len=seq),
@@ -559,7 +566,9 @@ class Search:
             budget_bytes=budget.vram_bytes, serving=serving,
             quality=quality(spec, terms, cfg, examples=inputs.examples, seq_halvings=halvings),
             speed=speed, gpu_name=gpu.name, usd_per_million=per_million,
-            changes=_changes(inputs, method, cfg, ctx), order=order, notes=list(notes),
+            changes=_changes(inputs, method, cfg, ctx,
+                             self._memo.get(("trained", method.name, cfg.model_dump_json(), inputs.ctx), inputs.ctx)),
+            order=order, notes=list(notes),
         )
 
 
@@ -588,8 +597,10 @@ def _unique(values: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _changes(inputs: Inputs, method: Method, cfg: MethodConfig, ctx: TrainContext) -> list[tuple[str, str, str]]:
-    """What differs from the plan the user asked for (their flags or the defaults)."""
+def _changes(inputs: Inputs, method: Method, cfg: MethodConfig, ctx: TrainContext,
+             trained: TrainContext) -> list[tuple[str, str, str]]:
+    """What differs from the plan the user asked for (their flags or the defaults); the knobs against the
+    context the stack trains this method in (`trained`: its rules for quantized bases and full fine-tuning)."""
     user = inputs.ctx
     out: list[tuple[str, str, str]] = []
     given = dict(inputs.chosen)
@@ -602,12 +613,10 @@ def _changes(inputs: Inputs, method: Method, cfg: MethodConfig, ctx: TrainContex
         out.append(("--seq-len", str(user.seq_len), str(ctx.seq_len)))
     if ctx.batch_size != user.batch_size:
         out.append(("--batch-size", str(user.batch_size), str(ctx.batch_size)))
-    if ctx.checkpointing != user.checkpointing and "checkpointing" not in ctx.pinned:
-        out.append(("--checkpointing", user.checkpointing, ctx.checkpointing))
-    if ctx.optimizer != user.optimizer:
-        out.append(("--optimizer", user.optimizer, ctx.optimizer))
-    if ctx.shard != user.shard:
-        out.append(("--shard", user.shard, ctx.shard))
+    for flag, was, now in (("--checkpointing", trained.checkpointing, ctx.checkpointing),
+                           ("--optimizer", trained.optimizer, ctx.optimizer), ("--shard", trained.shard, ctx.shard)):
+        if was != now:
+            out.append((flag, str(was), str(now)))
     return out
 
 

@@ -52,6 +52,11 @@ def emit_plan(plan: Plan, fmt: str) -> str:
 
     if fmt not in FORMATS:
         raise UnknownNameError("emit format", fmt, FORMATS)
+    rec = plan.recommendation
+    if rec.method is not None and rec.context is not None:  # the decision's configuration, as searched
+        method = get_method(rec.method)
+        config = method.make_config(**{k: v for k, v in rec.config.items() if k != "lr"})
+        return emit(fmt, Chosen(plan.spec, method, config, rec.context))
     if len(plan.methods) == 1:
         entry = plan.methods[0]
     else:

@@ -142,7 +142,8 @@ class RichProgress:
 
     def trial_finished(self, key: str, number: int, status: str, metric: float | None, best: float | None) -> None:
         self.best[key] = best
-        self.bars.advance(self.method_tasks[key])
+        if key in self.method_tasks:  # confirmation runs (<label>+confirm) have no bar of their own
+            self.bars.advance(self.method_tasks[key])
         self.console.print(f"{key}-{number}: {status}, metric {_metric_text(metric)}")
         self.live.update(self._render())
 

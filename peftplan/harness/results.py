@@ -158,6 +158,8 @@ class Metrics(_Strict):
     startup_s: float | None = Field(None, description="Trial process start and imports (per-trial overhead).")
     load_time_s: float | None = Field(None, description="Base model and tokenizer load (per-trial overhead).")
     threads: int | None = Field(None, description="torch CPU threads the trial trained with.")
+    seed: int | None = Field(None, description="The seed of the method's initial weights and the batch order "
+                             "(training.seed + trial number; a confirmation run's own seed).")
 
 
 class Provenance(_Strict):
@@ -194,6 +196,8 @@ class TrialResult(_Strict):
     label: str | None = Field(None, description="The suite's label for this method entry (names the file).")
     params: dict[str, Any] = Field(default_factory=dict, description="The Optuna params sampled for this trial.")
     retry_of: int | None = Field(None, description="The trial number this one re-runs (its runner died).")
+    confirm_of: int | None = Field(None, description="A confirmation run (`search.confirm`): the number of the "
+                                   "search trial whose configuration it re-runs with another seed.")
     status: TrialStatus
     error: str | None = None
     metrics: Metrics = Field(default_factory=Metrics)

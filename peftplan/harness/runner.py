@@ -10,6 +10,11 @@ finished trial without a result file gets it rebuilt from its outcome.
 Ctrl-C ends a trial the way a dead runner's does, only at once: the trial is failed, a result file says
 `canceled`, and it is queued again with the same params and `retry_of` naming it (Optuna's stale-trial retry).
 A second Ctrl-C while that bookkeeping (or a result being recorded) runs is held until it is done.
+
+Confirmation runs (`search.confirm: {top: k, seeds: n}`): once a method's search has all its trials, its k best
+configurations are queued again, n times each with a new seed, in a study of their own (`<suite>/<label>+confirm`,
+result files `<label>+confirm-<n>.json` with `confirm_of` naming the search trial). They run like any trial (never
+pruned), resume the same way, and the report ranks methods on their mean.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ CONFIG_ATTR = "peftplan_config"
 RECIPE_ATTR = "peftplan_recipe"
 RECOVERED_ATTR = "peftplan_recovered_from"
 OWNER_ATTR = "peftplan_owner"  # host:run-dir of the runner that ran the trial (it writes the result file)
+CONFIRM_SUFFIX = "+confirm"  # a method entry's confirmation study and result files: <label>+confirm (no label has +)
+CONFIRM_OF_ATTR = "peftplan_confirm_of"  # the search trial a confirmation run re-runs
+CONFIRM_SEED_ATTR = "peftplan_confirm_seed"  # its seed
+CONFIRM_SEED_STRIDE = 100_000  # confirmation seeds: training.seed + stride * (1..n) + the search trial's number
 FINISHED = ("success", "pruned", "oom", "failed")  # an outcome.json status that ends a trial
 
 
@@ -94,6 +103,7 @@ class BenchRunner:
         self.owner = f"{socket.gethostname()}:{run.path}"
         self.entries = {entry.key: entry for entry in self.suite.methods if only is None or entry.key in only}
         self.studies: dict[str, optuna.Study] = {}
+        self.confirm_studies: dict[str, optuna.Study] = {}  # by method entry key
         self.weights: WeightsSource | None = None
         self.task: TaskInfo | None = None
 
@@ -143,8 +153,18 @@ class BenchRunner:
                 counted, running, queued = self._tally(study)
                 target = self.suite.trials_for(entry)
                 if counted >= target:
-                    continue
-                if queued == 0 and (running > 0 or not self._top_up(study, target)):
+                    if self.suite.search.confirm is None:
+                        continue
+                    if running > 0:  # the search's last trials decide which configurations are confirmed
+                        waiting_on_others = True
+                        continue
+                    study = self._confirm_study(key, study)
+                    key = confirm_key(key)
+                    _, running, queued = self._tally(study)
+                    if queued == 0:
+                        waiting_on_others = waiting_on_others or running > 0
+                        continue
+                elif queued == 0 and (running > 0 or not self._top_up(study, target)):
                     waiting_on_others = True  # another runner (or a dead one, until its heartbeat expires)
                     continue
                 if deadline is not None and time.monotonic() >= deadline:
@@ -159,8 +179,36 @@ class BenchRunner:
             if not waiting_on_others:
                 return self._finish(summary)
             time.sleep(self.suite.storage.heartbeat_interval)
-            for study in self.studies.values():
+            for study in [*self.studies.values(), *self.confirm_studies.values()]:
                 search.fail_stale_trials(study)
+
+    def _confirm_study(self, key: str, search_study: optuna.Study) -> optuna.Study:
+        """The method's confirmation study, created and filled once (under its lock) from the finished search."""
+        if key in self.confirm_studies:
+            return self.confirm_studies[key]
+        name = study_name(self.suite.name, confirm_key(key))
+        seed = self.suite.search.seed + [e.key for e in self.suite.methods].index(key)
+        with study_lock(self.storage_url, name):
+            study = search.open_study(self.storage, name, self.suite, seed)
+            queue = self._confirm_queue(search_study)
+            workqueue.fill_once(study, len(queue), queue, self.owner)
+        self.confirm_studies[key] = study
+        self._rebuild_missing_results(confirm_key(key), study)
+        return study
+
+    def _confirm_queue(self, search_study: optuna.Study) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The top configurations of a finished search, each with its confirmation seeds."""
+        from optuna.trial import TrialState
+
+        confirm = self.suite.search.confirm
+        assert confirm is not None
+        maximize = search.directions(self.suite)[0] == "maximize"
+        done = [t for t in search_study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values
+                and t.user_attrs.get(search.STATUS_ATTR) == "success"]
+        done.sort(key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
+        return [(dict(t.params), {CONFIRM_OF_ATTR: t.number,
+                                  CONFIRM_SEED_ATTR: self.suite.training.seed + CONFIRM_SEED_STRIDE * s + t.number})
+                for t in done[: confirm.top] for s in range(1, confirm.seeds + 1)]
 
     def _top_up(self, study: optuna.Study, target: int) -> int:
         """Queue what a study lacks, under its lock, so that two runners finding it short add the trials once."""
@@ -202,6 +250,7 @@ class BenchRunner:
                 self._record(key, entry, study, trial, None, "failed", None, str(exc), 0.0)
             return
         config = self._resolved_config(entry, sampled)
+        pruning = search.pruning_enabled(self.suite) and not is_confirm_key(key)  # a confirmation runs to the end
         trial.set_user_attr(KEY_ATTR, key)
         trial.set_user_attr(CONFIG_ATTR, config)
         self.progress.trial_started(key, trial.number, trial.params, self.suite.training.steps)
@@ -214,12 +263,13 @@ class BenchRunner:
             method_config=sampled.config.model_dump(mode="json"),
             lr=sampled.lr,
             trial_number=trial.number,
-            pruning=search.pruning_enabled(self.suite),
+            pruning=pruning,
             weights=vars(self.weights) if self.weights is not None else {},
             threads=self._threads(),
+            seed=trial.user_attrs.get(CONFIRM_SEED_ATTR),
         )
         maximize = search.directions(self.suite)[0] == "maximize"
-        listener = _Listener(trial, key, search.pruning_enabled(self.suite), maximize, self.progress)
+        listener = _Listener(trial, key, pruning, maximize, self.progress)
         with search.Heartbeat(self.storage, trial._trial_id, self.suite.storage.heartbeat_interval):
             launched = launch_trial(spec, self.run_dir.work_dir(key, trial.number),
                                     timeout=self.suite.budget.trial_timeout, listener=listener,
@@ -248,7 +298,7 @@ class BenchRunner:
         RetryHeartbeatStaleTrialCallback(max_retry=None)(study, self.storage.get_trial(trial._trial_id))
         self._write(key, entry, trial.number, config, frozen.params, "canceled", None,
                     "interrupted (Ctrl-C); queued again with the same params", 0.0,
-                    frozen.system_attrs.get("failed_trial"))
+                    frozen.system_attrs.get("failed_trial"), frozen.user_attrs.get(CONFIRM_OF_ATTR))
 
     def _record(self, key: str, entry: MethodEntry, study: optuna.Study, trial: optuna.Trial,
                 config: dict[str, Any] | None, status: str, outcome: dict[str, Any] | None, error: str | None,
@@ -258,7 +308,8 @@ class BenchRunner:
 
         config = config or {"method": entry.name, "params": trial.params}
         retry_of = self.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-        result = self._result(key, entry, trial.number, config, trial.params, status, outcome, error, wall, retry_of)
+        result = self._result(key, entry, trial.number, config, trial.params, status, outcome, error, wall, retry_of,
+                              trial.user_attrs.get(CONFIRM_OF_ATTR))
         trial.set_user_attr(search.STATUS_ATTR, status)
         peak = _peak_bytes(result)
         if self.suite.budget.vram is not None and peak is not None:
@@ -286,7 +337,7 @@ class BenchRunner:
 
     def _result(self, key: str, entry: MethodEntry, number: int, config: dict[str, Any], params: dict[str, Any],
                 status: str, outcome: dict[str, Any] | None, error: str | None, wall: float,
-                retry_of: int | None) -> TrialResult:
+                retry_of: int | None, confirm_of: int | None = None) -> TrialResult:
         from peftplan.harness.provenance import now_iso, provenance
 
         outcome = outcome or {}
@@ -301,12 +352,13 @@ class BenchRunner:
             model=self.suite.model.display_id,
             task=self.task.name if self.task else "",
             method=entry.name,
-            label=key,
+            label=entry.key,
             trial_number=number,
             config=config,
             config_hash=config_hash(config),
             params=dict(params),
             retry_of=retry_of,
+            confirm_of=confirm_of,
             status=TrialStatus(status),
             error=error,
             metrics=metrics,
@@ -320,8 +372,8 @@ class BenchRunner:
 
     def _write(self, key: str, entry: MethodEntry, number: int, config: dict[str, Any], params: dict[str, Any],
                status: str, outcome: dict[str, Any] | None, error: str | None, wall: float,
-               retry_of: int | None) -> None:
-        result = self._result(key, entry, number, config, params, status, outcome, error, wall, retry_of)
+               retry_of: int | None, confirm_of: int | None = None) -> None:
+        result = self._result(key, entry, number, config, params, status, outcome, error, wall, retry_of, confirm_of)
         write_result(result, self.run_dir.trial_path(key, number))
         write_tables(self.run_dir)
 
@@ -336,7 +388,7 @@ class BenchRunner:
 
     def _rebuild_missing_results(self, key: str, study: optuna.Study) -> None:
         """A runner killed between telling Optuna and writing the file: rebuild the file from the outcome."""
-        entry = self.entries[key]
+        entry = self.entries[base_key(key)]
         for trial in study.get_trials(deepcopy=False):
             status = trial.user_attrs.get(search.STATUS_ATTR)
             if status is None or not trial.state.is_finished() or self.run_dir.trial_path(key, trial.number).exists():
@@ -348,7 +400,8 @@ class BenchRunner:
             config = trial.user_attrs.get(CONFIG_ATTR) or {"method": entry.name, "params": trial.params}
             wall = float(((outcome or {}).get("metrics") or {}).get("wall_time_s") or 0.0)
             self._write(key, entry, trial.number, config, trial.params, status, outcome,
-                        (outcome or {}).get("error"), wall, trial.system_attrs.get("failed_trial"))
+                        (outcome or {}).get("error"), wall, trial.system_attrs.get("failed_trial"),
+                        trial.user_attrs.get(CONFIRM_OF_ATTR))
 
     def _on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """A trial whose runner died: keep its outcome if it had finished, else queue it again."""
@@ -356,7 +409,7 @@ class BenchRunner:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         key = trial.user_attrs.get(KEY_ATTR) or study.study_name.rsplit("/", 1)[-1]
-        entry = self.entries.get(key)
+        entry = self.entries.get(base_key(key))
         if entry is None:
             return
         mine = trial.user_attrs.get(OWNER_ATTR, self.owner) == self.owner
@@ -365,7 +418,7 @@ class BenchRunner:
         if outcome is not None and outcome.get("status") in ("success", "pruned", "oom", "failed"):
             status = outcome["status"]
             result = self._result(key, entry, trial.number, config, trial.params, status, outcome,
-                                  outcome.get("error"), 0.0, None)
+                                  outcome.get("error"), 0.0, None, trial.user_attrs.get(CONFIRM_OF_ATTR))
             value = _objective_value(result, self.suite.search.objective)
             finished = status == "success" and value is not None
             peak = float(_peak_bytes(result) or 0)
@@ -382,7 +435,7 @@ class BenchRunner:
         RetryHeartbeatStaleTrialCallback(max_retry=self.suite.storage.max_retry)(study, trial)
         self._write(key, entry, trial.number, config, trial.params, "canceled", None,
                     "its runner stopped (heartbeat expired); queued again with the same params", 0.0,
-                    trial.system_attrs.get("failed_trial"))
+                    trial.system_attrs.get("failed_trial"), trial.user_attrs.get(CONFIRM_OF_ATTR))
 
     # -- helpers --------------------------------------------------------------------------------------
     def _trial_env(self) -> dict[str, str]:
@@ -410,13 +463,27 @@ class BenchRunner:
             summary.counts[result.status.value] = summary.counts.get(result.status.value, 0) + 1
             key = result.label or result.method
             value = result.metrics.task_metric
-            if result.status == TrialStatus.SUCCESS and value is not None:
+            if result.status == TrialStatus.SUCCESS and value is not None and result.confirm_of is None:
                 if key not in summary.best or value > summary.best[key]["task_metric"]:
                     summary.best[key] = {"trial": result.trial_number, "task_metric": value,
                                          "metric": result.metrics.task_metric_name, "params": result.params}
         write_tables(self.run_dir)
         self.progress.close()
         return summary
+
+
+def confirm_key(key: str) -> str:
+    """The key (study and result files) of a method entry's confirmation runs."""
+    return f"{key}{CONFIRM_SUFFIX}"
+
+
+def is_confirm_key(key: str) -> bool:
+    return key.endswith(CONFIRM_SUFFIX)
+
+
+def base_key(key: str) -> str:
+    """The method entry a study key belongs to."""
+    return key.removesuffix(CONFIRM_SUFFIX)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -276,6 +277,13 @@ class PrunerSection(Section):
     percentile: float = Field(25.0, gt=0, lt=100)
 
 
+class ConfirmSection(Section):
+    """Confirmation runs: after a method's search, its `top` configurations again with `seeds` new seeds each."""
+
+    top: int = Field(1, ge=1, le=100, description="How many of each method's best configurations to re-run.")
+    seeds: int = Field(3, ge=1, le=100, description="Seeds per configuration (mean and sd over them).")
+
+
 class SearchSection(Section):
     trials: int = Field(3, ge=1, le=100_000, description="Trials per method.")
     sampler: Literal["tpe", "random", "nsga2", "qmc"] = "tpe"
@@ -284,6 +292,18 @@ class SearchSection(Section):
     multi_objective: bool = Field(False, description="(objective, peak memory); Optuna cannot prune these.")
     recipe: bool = Field(True, description="Enqueue the literature recipe (r=16, alpha=32, all-linear, lr 1e-4) first.")
     seed: int = 0
+    confirm: ConfirmSection | None = Field(
+        None, description="Re-run each method's top configurations with new seeds: {top: k, seeds: n}."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_additions(self, handler: Any) -> dict[str, Any]:
+        """Settings added after runs were made are left out while unset, so that those runs' suite hash (and
+        resuming them) stays valid."""
+        data: dict[str, Any] = handler(self)
+        if data.get("confirm") is None:
+            data.pop("confirm", None)
+        return data
 
 
 class TrainingSection(Section):

@@ -66,6 +66,7 @@ class TrialSpec(BaseModel):
     pruning: bool
     weights: dict[str, Any]
     threads: int | None = None  # torch CPU threads; None: torch's default
+    seed: int | None = None  # the method's initial weights and the batch order; None: training.seed + trial_number
 
     @property
     def quant(self) -> str:
@@ -159,12 +160,17 @@ class TrialContext:
     def run_dir(self) -> Path:
         return Path(self.spec.run_dir)
 
+    @property
+    def seed(self) -> int:
+        """The trial's seed: the suite's seed plus the trial number, unless the spec gives one (confirmation runs)."""
+        return self.spec.seed if self.spec.seed is not None else self.suite.training.seed + self.spec.trial_number
+
     def apply(self, base: nn.Module) -> nn.Module:
-        """The method on `base`, its random initial weights fixed by the suite's seed and the trial number
-        (so every rank, and every rebuild, starts equal)."""
+        """The method on `base`, its random initial weights fixed by the trial's seed (so every rank, and every
+        rebuild, starts equal)."""
         import torch
 
-        torch.manual_seed(self.suite.training.seed + self.spec.trial_number)
+        torch.manual_seed(self.seed)
         adapted: nn.Module = self.method.apply(base, self.cfg)
         return adapted
 
@@ -233,6 +239,7 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
     method = get_method(spec.method)
     ctx = TrialContext(spec, loaded, device, autocast_dtype(suite.training.precision, device), channel, tokenizer,
                        method, method.make_config(**spec.method_config))
+    metrics["seed"] = ctx.seed
     data = _read_data(ctx, ranks)
 
     # 2. The base measurements, then the method, as the registry builds it (peft, bitsandbytes, or a hand-written
@@ -325,7 +332,7 @@ def _train(ctx: TrialContext, data: TrialData, model: nn.Module, ranks: Ranks,
         device=ctx.device,
         autocast=ctx.autocast,
         grad_checkpointing=training.grad_checkpointing,
-        seed=training.seed + ctx.spec.trial_number,
+        seed=ctx.seed,
     )
     outcome["memory"] = {"source": "cuda" if ctx.device.startswith("cuda") else "cpu-livebytes"}
     memory = StepMemoryProbe(model, ctx.device, cap=suite.budget.memory_cap, steps=steps,

@@ -116,8 +116,12 @@ def when_to_pick(comparison: pd.DataFrame, *, higher_is_better: bool = True) -> 
         return rows[name].to_dict() if name in rows else {}
 
     metric_name = next((n for n in col("metric_name").values() if isinstance(n, str)), "task metric")
-    for m in _best(col("metric"), highest=higher_is_better, intervals=col("metric_ci")):
-        reasons[m].append(f"best {metric_name}")
+    if _confirmed_methods(col("confirmed_mean")) >= 2:  # confirmation runs: judged on the mean over seeds
+        for m in _best(col("confirmed_mean"), highest=higher_is_better, intervals=col("confirmed_ci")):
+            reasons[m].append(f"best {metric_name} (confirmed over seeds)")
+    else:
+        for m in _best(col("metric"), highest=higher_is_better, intervals=col("metric_ci")):
+            reasons[m].append(f"best {metric_name}")
     only = _only_under(col("peak"))
     if only:
         reasons[only[0]].append(only[1])
@@ -206,6 +210,10 @@ def forgetting_warnings(comparison: pd.DataFrame) -> list[str]:
     return out
 
 
+def _confirmed_methods(means: dict[str, Any]) -> int:
+    return sum(1 for v in means.values() if not is_missing(v))
+
+
 def _clearly_apart(a: Any, a_ci: Any, b: Any, b_ci: Any) -> bool:
     """Two values differ beyond their intervals (or, without intervals, at all)."""
     a_iv, b_iv = _interval(a_ci), _interval(b_ci)
@@ -218,8 +226,11 @@ def unclaimed(comparison: pd.DataFrame, *, higher_is_better: bool = True) -> lis
     """Notes on differences the point estimates show but the intervals do not support."""
     rows = comparison.set_index("method")
     notes = []
-    checks = [("metric", "metric_ci", higher_is_better, "best {metric}"), ("forgetting", "forgetting_ci", False,
-              "lowest forgetting"), ("train_tps", "train_tps_ci", True, "fastest training")]
+    confirmed = "confirmed_mean" in rows and _confirmed_methods(rows["confirmed_mean"].to_dict()) >= 2
+    checks = [("confirmed_mean", "confirmed_ci", higher_is_better, "best {metric} (confirmed over seeds)")
+              if confirmed else ("metric", "metric_ci", higher_is_better, "best {metric}"),
+              ("forgetting", "forgetting_ci", False, "lowest forgetting"),
+              ("train_tps", "train_tps_ci", True, "fastest training")]
     names = list(rows["metric_name"]) if "metric_name" in rows else []
     metric_name = next((n for n in names if isinstance(n, str)), "task metric")
     for column, ci, highest, claim in checks:

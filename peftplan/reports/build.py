@@ -38,7 +38,7 @@ def build_report(run: Run, *, with_studies: bool = True) -> Report:
         with_studies: Read the Optuna studies for history and importance charts.
     """
     from peftplan.reports.charts import result_charts
-    from peftplan.reports.frame import trials_frame
+    from peftplan.reports.frame import search_trials, trials_frame
     from peftplan.reports.studies import load_study_views, study_charts
     from peftplan.reports.tables import method_comparison, summarize
 
@@ -47,13 +47,15 @@ def build_report(run: Run, *, with_studies: bool = True) -> Report:
     comparison = method_comparison(frame)
     notes = list(summary.notes) + planner_failures(frame)
     charts = []
-    for chart in result_charts(frame, comparison, summary.metric_name, summary.higher_is_better):
+    searched = search_trials(frame)  # confirmation runs repeat configurations: the charts show the search
+    for chart in result_charts(searched, comparison, summary.metric_name, summary.higher_is_better):
         if chart.points:
             charts.append(chart)
         else:
             notes.append(f"chart '{chart.title}' left out: no trial has the data it needs")
     if with_studies:
-        views, study_notes = load_study_views(run.storages, run.results, objective=summary.metric_name)
+        views, study_notes = load_study_views(run.storages, [r for r in run.results if r.confirm_of is None],
+                                              objective=summary.metric_name)
         more, view_notes = study_charts(views)
         charts.extend(c for c in more if c.points)
         notes.extend(study_notes + view_notes)

@@ -46,6 +46,7 @@ def _row(result: TrialResult, origin: str) -> dict[str, Any]:
     return {
         "run": origin, "study": result.study_name, "method": method_key(result), "base_method": result.method,
         "trial": result.trial_number, "sampled": dict(result.params),
+        "confirm_of": result.confirm_of, "seed": m.seed,  # a confirmation run: the search trial it re-runs
         "status": result.status.value, "metric_name": m.task_metric_name, "metric": m.task_metric,
         "metric_ci": m.task_metric_ci,
         "eval_loss": m.eval_loss, "forgetting": fg.delta if fg else None, "probe": fg.probe if fg else None,
@@ -109,11 +110,45 @@ def trials_frame(run: Run) -> pd.DataFrame:
     return frame
 
 
+def search_trials(frame: pd.DataFrame) -> pd.DataFrame:
+    """The search's own trials: confirmation runs (`search.confirm`) left out."""
+    return frame[frame["confirm_of"].isna()] if "confirm_of" in frame else frame
+
+
 def best_trials(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per method, its best successful trial by task metric (methods without one are left out)."""
+    """Per method, its best successful search trial by task metric (methods without one are left out)."""
+    frame = search_trials(frame)
     ok = frame[(frame["status"] == TrialStatus.SUCCESS.value) & frame["metric"].notna()]
     picks = []
     for _method, group in ok.groupby("method", sort=False):
         ascending = not higher_is_better(group["metric_name"].iloc[0])
         picks.append(group.sort_values(["metric", "trial"], ascending=[ascending, True]).index[0])
     return ok.loc[picks]
+
+
+def confirmed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per method, its best confirmed configuration: the mean, sd and 95% t-interval of the task metric over the
+    confirmation runs' seeds, for the search trial whose mean is best (`search.confirm` re-runs the top k)."""
+    import statistics
+
+    import pandas as pd
+
+    from peftplan.harness.stats import t_interval
+
+    columns = ["method", "confirmed_mean", "confirmed_sd", "confirmed_n", "confirmed_trial", "confirmed_ci"]
+    if "confirm_of" not in frame:
+        return pd.DataFrame(columns=columns)
+    runs = frame[frame["confirm_of"].notna() & (frame["status"] == TrialStatus.SUCCESS.value) & frame["metric"].notna()]
+    rows = []
+    for method, group in runs.groupby("method", sort=False):
+        sign = 1.0 if higher_is_better(group["metric_name"].iloc[0]) else -1.0
+        configs = []
+        for trial, seeds in group.groupby("confirm_of", sort=True):
+            values = [float(v) for v in seeds["metric"]]
+            found = t_interval(values)
+            configs.append({"method": method, "confirmed_mean": statistics.fmean(values),
+                            "confirmed_sd": statistics.stdev(values) if len(values) > 1 else None,
+                            "confirmed_n": len(values), "confirmed_trial": int(trial),
+                            "confirmed_ci": [found[1], found[2]] if found else None})
+        rows.append(max(configs, key=lambda c: (sign * c["confirmed_mean"], -c["confirmed_trial"])))
+    return pd.DataFrame(rows, columns=columns)

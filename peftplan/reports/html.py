@@ -97,7 +97,9 @@ def table_rows(display: pd.DataFrame, raw: pd.DataFrame, numeric: dict[str, str]
 
 
 def _best_configs(report: Report) -> list[dict[str, Any]]:
-    frame = report.trials
+    from peftplan.reports.frame import search_trials
+
+    frame = search_trials(report.trials)  # a confirmation run may share a search trial's number
     out = []
     for row in report.comparison.itertuples():
         if is_missing(row.metric):
@@ -116,7 +118,8 @@ def render_report_html(report: Report) -> str:
     s = report.summary
     comparison = display_comparison(report.comparison, s.metric_name)
     trials = display_trials(report.trials, s.metric_name, with_run=report.multi_run)
-    numeric_comp = {s.metric_name: "metric", "forgetting (Δ loss)": "forgetting", "peak memory": "peak",
+    numeric_comp = {s.metric_name: "metric", f"{s.metric_name} confirmed (mean ± sd)": "confirmed_mean",
+                    "forgetting (Δ loss)": "forgetting", "peak memory": "peak",
                     "planner (error)": "predicted", "train tok/s": "train_tps",
                     "decode tok/s merged": "decode_merged", "decode tok/s unmerged": "decode_unmerged",
                     "adapter size": "adapter_bytes", "trainable params": "trainable"}

@@ -652,7 +652,11 @@ def _own_default(cand: Candidate) -> bool:
 
 def decide(inputs: Inputs, *, suggest: bool = True, search: Search | None = None) -> Recommendation:
     """Search, rank, and say why; when nothing fits, the smallest verified changes that make it fit."""
+    from peftplan.budgets.budget import UNLIMITED
+
     search = search or Search()
+    if inputs.budget.vram_bytes >= UNLIMITED:  # a pure prediction: no fit to size the micro-batch against
+        inputs = replace(inputs, pinned=inputs.pinned | {"batch_size"})
     ranked = search.run(inputs)
     top = ranked[:TOP]
     chosen = top[0] if top and top[0].fits else None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from peftplan.budgets.budget import UNLIMITED as _UNLIMITED  # no budget given
+
 if TYPE_CHECKING:
     from peftplan.planner.decide import Candidate, Inputs
 
@@ -35,6 +37,10 @@ class Recommendation:
         return {"method": self.method, "config": self.config, "reasons": list(self.reasons),
                 "training": self.training, "candidates": self.candidates, "serving": self.serving,
                 "suggestions": self.suggestions}
+
+
+def _of(budget: int) -> str:
+    return "" if budget >= _UNLIMITED else f" of {_gib(budget)}"
 
 
 def _gib(n: float) -> str:
@@ -70,8 +76,10 @@ def _training_reason(cand: Candidate) -> str:
     gpus = f" x {ctx.gpus} GPUs" if ctx.gpus > 1 else ""
     shard = f", {ctx.shard}" if ctx.gpus > 1 and ctx.shard != "none" else (", ddp" if ctx.gpus > 1 else "")
     effective = ctx.batch_size * cand.accum * ctx.gpus
-    head = f"{describe(cand)} trains in {_gib(memory.total)} of {_gib(cand.budget_bytes)} per GPU"
-    if cand.fits_training:
+    head = f"{describe(cand)} trains in {_gib(memory.total)}{_of(cand.budget_bytes)} per GPU"
+    if cand.budget_bytes >= _UNLIMITED:
+        head += " (no budget given)"
+    elif cand.fits_training:
         head += f" ({_gib(cand.budget_bytes - memory.total)} to spare)"
     else:
         head += " (does not fit)"
@@ -137,8 +145,8 @@ def serving_reason(cand: Candidate) -> str:
     sv = cand.serving
     tp = f", tensor parallel {sv.tensor_parallel}" if sv.tensor_parallel > 1 else ""
     how = {"merge": "Merged", "hot-swap": "Hot-swap", "multi-tenant": "Multi-tenant"}.get(sv.mode, sv.mode)
-    head = (f"{how} serving of {sv.tasks} task{'s' if sv.tasks != 1 else ''}{tp}: {_gib(sv.gpu_bytes)} of "
-            f"{_gib(sv.budget_bytes)} per GPU{'' if sv.fits else ' (does not fit)'} (weights "
+    head = (f"{how} serving of {sv.tasks} task{'s' if sv.tasks != 1 else ''}{tp}: {_gib(sv.gpu_bytes)}"
+            f"{_of(sv.budget_bytes)} per GPU{'' if sv.fits else ' (does not fit)'} (weights "
             f"{_gib(sv.weights_bytes)}, adapters {sv.adapter_gpu_bytes / _GIB:.2f} GiB, KV cache "
             f"{_gib(sv.kv_cache_bytes)} for {sv.concurrency} x {sv.context:,} tokens)")
     if sv.mode == "merge" and sv.resident_adapters == 1 and sv.adapter_gpu_bytes == 0:

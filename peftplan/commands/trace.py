@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, get_args
 
 import typer
@@ -142,8 +143,13 @@ def trace_command(
     for m, cfg in chosen:
         try:
             check_method(ctx.stack, m.name)
-            # What the stack changes for this method (quantized base, full fine-tuning), as plan does.
+            # What the stack changes for this method (quantized base, full fine-tuning), as plan does; a
+            # checkpointing the user asked for is kept, and refused by the trace if the method cannot.
             method_ctx, method_notes = _trainable_context(m, cfg, ctx)
+            if "checkpointing" in ctx.pinned and method_ctx.checkpointing != ctx.checkpointing:
+                method_ctx = replace(method_ctx, grad_checkpointing=ctx.grad_checkpointing,
+                                     ckpt_offload=ctx.ckpt_offload)
+                method_notes = [n for n in method_notes if "checkpointing" not in n]
             result = trace_memory(spec, m, cfg, method_ctx, extrapolate=not full_depth, top=top)
         except BadInputError as exc:
             if len(chosen) == 1 or isinstance(exc, UnusableTargetError):  # bad input for all, not a skip

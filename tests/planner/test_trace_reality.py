@@ -5,7 +5,9 @@ for quantized bases), runs the identical steady-state step under the live-bytes 
 every segment's peak and its split by category, byte for byte. The model is a 2-block Llama with
 SmolLM2-135M widths (hidden 576, 9 heads, 3 kv heads, vocab 49,152; the settings matrix uses a
 4,096 vocabulary to keep the real runs quick), plus small GPT-2, BERT and Mixtral shapes for Conv1D
-layers, an encoder and mixture-of-experts blocks.
+layers, an encoder and mixture-of-experts blocks. `test_stack_technique` runs each training-stack
+technique of planner/trace_stack.py once (its losses, offloading, the optimizer in backward, k-bit
+preparations and pure precision), host copies kept out of the count on both sides.
 """
 
 from __future__ import annotations
@@ -115,3 +117,61 @@ TINY_MIXTRAL = {
 )
 def test_other_architectures(config: dict, method_name: str) -> None:
     assert_same_step(config, method_name, TrainContext(seq_len=32, batch_size=2, grad_checkpointing=True))
+
+
+TINY_GEMMA2 = {
+    **catalog_config_dict("google/gemma-2-2b"),
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "query_pre_attn_scalar": 16,
+    "vocab_size": 512,
+}
+PURE = {"precision": "pure", "adapter_dtype": "dtype"}
+
+
+@pytest.mark.parametrize(
+    ("config", "method_name", "knobs"),
+    [
+        (SMOL_SMALL_VOCAB, "lora", {"loss": "chunked"}),  # torchtune 0.6.1
+        (SMOL_SMALL_VOCAB, "lora", {"loss": "chunked", "keep_logits": True, "loss_chunk_tokens": 8,
+                                    "loss_fp32": False, **PURE}),  # litgpt
+        (SMOL_SMALL_VOCAB, "lora", {"loss": "chunked", "loss_recompute": True, "loss_chunk_tokens": 16}),  # TRL
+        (SMOL_SMALL_VOCAB, "lora", {"loss": "full", "loss_fp32": False, "keep_logits": True}),
+        (SMOL_SMALL_VOCAB, "lora", {"loss": "full", "legacy_loss": True}),
+        (SMOL_SMALL_VOCAB, "lora", {"loss": "fused"}),  # Liger's semantics
+        (TINY_GEMMA2, "full", {"loss": "fused"}),  # soft-capping, a trainable tied head
+        (SMOL_SMALL_VOCAB, "lora", {"grad_checkpointing": True, "ckpt_offload": True}),  # Unsloth
+        (SMOL_SMALL_VOCAB, "lora", {"offload_activations": True}),  # save_on_cpu
+        (SMOL_SMALL_VOCAB, "lora", {"grad_checkpointing": True, "offload_activations": True}),
+        (SMOL_SMALL_VOCAB, "full", {"optimizer_in_bwd": True}),  # torchtune
+        (SMOL_SMALL_VOCAB, "lora", {"optimizer_in_bwd": True, "grad_checkpointing": True}),
+        (SMOL_SMALL_VOCAB, "qlora", {"kbit_prep": "none"}),
+        (SMOL_SMALL_VOCAB, "qlora", {"kbit_prep": "torchtune", **PURE, "loss": "chunked"}),
+        (SMOL_SMALL_VOCAB, "qlora", {"kbit_prep": "all-linear", "loss": "chunked", "keep_logits": True,
+                                     "loss_chunk_tokens": 8, "optimizer": "paged-adamw"}),
+        (SMOL_SMALL_VOCAB, "full", {"precision": "pure"}),
+    ],
+    ids=[
+        "torchtune-chunked",
+        "litgpt-chunked-held",
+        "trl-chunked-recompute",
+        "full-no-upcast-held",
+        "legacy-loss",
+        "fused-liger",
+        "gemma2-full-fused",
+        "unsloth-offloaded-checkpoint",
+        "save-on-cpu",
+        "save-on-cpu-checkpointed",
+        "full-optimizer-in-backward",
+        "lora-optimizer-in-backward",
+        "qlora-kbit-none",
+        "qlora-kbit-torchtune-pure",
+        "qlora-all-linear-litgpt",
+        "full-pure",
+    ],
+)
+def test_stack_technique(config: dict, method_name: str, knobs: dict) -> None:
+    assert assert_same_step(config, method_name, TrainContext(seq_len=32, batch_size=2, **knobs)) > 0

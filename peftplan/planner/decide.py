@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from peftplan.errors import BadInputError
-from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
+from peftplan.planner.context import MemoryBreakdown, TrainContext
 from peftplan.planner.fit import rank_cap, rank_kind
 from peftplan.planner.memory import GIB, StepModel, price, step_model_from_terms, trainable_tensors
 from peftplan.planner.optimizers import optimizer_bytes
@@ -287,8 +287,9 @@ class Search:
     def step(self, spec: ModelSpec, method: Method, cfg: MethodConfig, terms: MemoryTerms,
              ctx: TrainContext) -> StepModel:
         """The StepModel of (method, cfg) under `ctx`, built once per activation-relevant context."""
-        neutral = replace(ctx, grad_checkpointing=False, ckpt_offload=False, gpus=1, shard="none", cpu_offload=False,
-                          optimizer="adamw-fp32" if ctx.optimizer == "adamw-fp32" else "adamw", batch_size=1,
+        master = ctx.optimizer == "adamw-fp32"
+        neutral = replace(ctx, seq_len=1, batch_size=1, grad_checkpointing=False, ckpt_offload=False, gpus=1,
+                          shard="none", cpu_offload=False, optimizer="adamw-fp32" if master else "adamw",
                           optimizer_in_bwd=False, offload_activations=False, pinned=frozenset())
         key = (method.name, cfg.model_dump_json(), neutral)
         base = self._steps.get(key)
@@ -302,7 +303,8 @@ class Search:
             return step_model_from_terms(model.spec, model.terms, ctx)
         key = (id(model), ctx.optimizer)
         if key not in self._optim:
-            self._optim[key] = optimizer_bytes(ctx.optimizer, trainable_tensors(model.spec, model.terms, ctx))  # type: ignore[arg-type]
+            tensors = trainable_tensors(model.spec, model.terms, ctx)
+            self._optim[key] = optimizer_bytes(ctx.optimizer, tensors)  # type: ignore[arg-type]
         return replace(model, ctx=ctx, optimizer=self._optim[key])
 
     # -- one search --
@@ -422,7 +424,8 @@ class Search:
             self._memo[key] = cached
         return cached  # type: ignore[no-any-return]
 
-    def _groups(self, inputs: Inputs, method: Method, cfg: MethodConfig) -> list[list[tuple[MethodConfig, MemoryTerms, float]]]:
+    def _groups(self, inputs: Inputs, method: Method,
+                cfg: MethodConfig) -> list[list[tuple[MethodConfig, MemoryTerms, float]]]:
         """The method's settings by group (target preset x base quantization), each a ladder of ranks from
         the one the data needs down to 1: [(config, terms, prior)], the largest rank first."""
         spec, pinned = inputs.spec, inputs.pinned
@@ -521,8 +524,9 @@ class Search:
                 closest = (total, variant, model)
             if total <= vram:
                 batch, accum = self._batch(inputs, model, seq, vram)
-                fitting.append(self._candidate(inputs, method, cfg, terms, replace(variant, batch_size=batch, seq_len=seq),
-                                               model, accum, serving, halvings, order, notes))
+                shaped = replace(variant, batch_size=batch, seq_len=seq)
+                fitting.append(self._candidate(inputs, method, cfg, terms, shaped, model, accum, serving, halvings,
+                                               order, notes))
         if fitting:
             # The stack's own checkpointing, optimizer and sharding are kept whenever they fit: they are the
             # user's training code; the search changes them only to make a configuration fit.
@@ -809,8 +813,8 @@ def _relaxations(inputs: Inputs, ranked: list[Candidate]) -> list[Relaxation]:
                                   replace(near, needs=replace(needs, concurrency=concurrency)), ladder="concurrency"))
         while context > 256:
             context //= 2
-            out.append(Relaxation(("--serve-context", str(context)), replace(near, needs=replace(needs, context=context)),
-                                  ladder="context"))
+            out.append(Relaxation(("--serve-context", str(context)),
+                                  replace(near, needs=replace(needs, context=context)), ladder="context"))
         for bigger in _bigger_gpus(needs.vram_bytes):
             out.append(Relaxation(("--serve-gpu", bigger.key),
                                   replace(near, needs=replace(needs, gpu=bigger, vram_bytes=bigger.vram_bytes)),
@@ -847,10 +851,6 @@ def _verify(inputs: Inputs, best: Candidate) -> dict[str, Any]:
     serving = entry.serving or {}
     return {"total": entry.memory.total, "fits": entry.fits and bool(serving.get("fits", True)),
             "serving_bytes": serving.get("gpu_bytes"), "serving_fits": serving.get("fits")}
-
-
-def dtype_bytes(dtype: str) -> int:
-    return DTYPE_BYTES[dtype]
 
 
 # --- pins: what the user fixed ----------------------------------------------------------------------

@@ -91,20 +91,11 @@ def plan(
     Raises:
         BadInputError: unknown model, method, target or GPU; an invalid knob (exit code 2 in the CLI).
     """
-    from peftplan.commands.plan import (
-        ATTENTION,
-        DEVICES,
-        DTYPES,
-        ENGINES,
-        SHARDS,
-        SWITCHING,
-        _choice,
-        make_plan,
-    )
+    from peftplan import api
 
     names = [methods] if isinstance(methods, str) else methods
-    return make_plan(  # type: ignore[no-any-return]
-        model=model, vram=vram, gpu=gpu, gpus=gpus, shard=_choice("shard mode", shard, SHARDS),
+    return api.plan(api.PlanRequest(
+        model=model, vram=vram, gpu=gpu, gpus=gpus, shard=shard,
         cpu_offload=cpu_offload, stack=stack, lengths=Path(lengths) if lengths is not None else None,
         tokenizer=tokenizer,
         knobs={"loss": loss, "loss_chunks": loss_chunks, "loss_chunk_tokens": loss_chunk_tokens,
@@ -114,12 +105,12 @@ def plan(
                "compile_loss": compile_loss},
         gpu_profiles=Path(gpu_profiles) if gpu_profiles is not None else None, seq_len=seq_len,
         batch_size=batch_size, grad_ckpt=grad_checkpointing, optimizer=optimizer,
-        dtype=_choice("dtype", dtype, DTYPES), attn=_choice("attention kernel", attention, ATTENTION),
-        device=_choice("device", device, DEVICES), methods=names, rank=rank, alpha=alpha, targets=targets,
+        dtype=dtype, attn=attention,
+        device=device, methods=names, rank=rank, alpha=alpha, targets=targets,
         virtual_tokens=virtual_tokens, quant=quant, bottleneck=bottleneck,
         peft_config=Path(peft_config) if peft_config is not None else None, tasks=tasks,
-        switching=_choice("switching mode", switching, SWITCHING), examples=examples, train_tokens=train_tokens,
-        epochs=epochs, mfu=mfu, fit_search=fit_search, engine=_choice("engine", engine, ENGINES),
-        model_config=model_config, method_config=method_config, require_budget=False, serve_gpu=serve_gpu,
+        switching=switching, examples=examples, train_tokens=train_tokens,
+        epochs=epochs, mfu=mfu, fit_search=fit_search, engine=engine,
+        model_config_dict=model_config, method_config=method_config, require_budget=False, serve_gpu=serve_gpu,
         serve_vram=serve_vram, serve_context=serve_context, serve_concurrency=serve_concurrency,
-    )
+    ))

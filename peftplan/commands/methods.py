@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from peftplan.api import method_configs
 from peftplan.commands._options import (
     AlphaOpt,
     BottleneckOpt,
@@ -16,7 +17,6 @@ from peftplan.commands._options import (
     TargetsOpt,
     VirtualTokensOpt,
     check_format,
-    method_configs,
     print_json,
 )
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, get_args
 
 import typer
 
+from peftplan.api import method_configs
 from peftplan.commands._options import (
     AdapterDtypeOpt,
     AlphaOpt,
@@ -36,7 +37,6 @@ from peftplan.commands._options import (
     VirtualTokensOpt,
     check_format,
     knob_overrides,
-    method_configs,
     print_json,
 )
 from peftplan.errors import BadInputError, UnknownNameError
@@ -109,7 +109,7 @@ def trace_command(
     refused with the reason.
     """
     check_format(fmt)
-    from peftplan.commands.plan import train_context
+    from peftplan.api import train_context
     from peftplan.planner.context import Attention, Dtype
 
     for name, value in (("seq-len", seq_len), ("batch-size", batch_size), ("top", top)):

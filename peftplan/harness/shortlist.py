@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from peftplan.harness.suite import BudgetSection, ModelSection, TrainingSection
 
-# make_plan's parameters a suite's training section fixes (the decision keeps them as given).
+# PlanRequest's fields a suite's training section fixes (the decision keeps them as given).
 _PINNED = frozenset({"seq_len", "batch_size", "grad_ckpt", "optimizer", "shard", "gpus"})
 
 
@@ -24,21 +24,22 @@ def auto_methods(model: ModelSection, training: TrainingSection, budget: BudgetS
     Raises:
         ValueError: the model cannot be planned, or no configuration fits the budget.
     """
-    from peftplan.commands.plan import make_plan
+    from peftplan.api import PlanRequest
+    from peftplan.api import plan as make_plan
     from peftplan.errors import PeftplanError
     from peftplan.harness.embedded import EMBEDDED_ID, is_embedded
 
     model_id = EMBEDDED_ID if is_embedded(model.id) and model.config is None else model.id
     limit = budget.vram or budget.memory_cap
     try:
-        plan = make_plan(
-            model=model.display_id if model.config is not None else model_id, model_config=model.config,
+        plan = make_plan(PlanRequest(
+            model=model.display_id if model.config is not None else model_id, model_config_dict=model.config,
             vram=None if limit is None else limit / (1 << 30), gpus=training.gpus,
             shard="fsdp" if training.parallel == "fsdp" else "none", seq_len=training.seq_len,
             batch_size=training.batch_size, grad_ckpt=training.grad_checkpointing, optimizer=training.optimizer,
             dtype=training.precision if training.precision in ("bf16", "fp16", "fp32") else "bf16",
             require_budget=False, fit_search=False, trust_remote_code=model.trust_remote_code, given=_PINNED,
-        )
+        ))
     except PeftplanError as exc:
         raise ValueError(f"methods: auto could not plan {model.display_id}: {exc}") from None
     entries = []

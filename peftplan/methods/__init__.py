@@ -33,7 +33,15 @@ REGISTRY: dict[str, str] = {
     "vera": "peftplan.methods.vera:METHOD",
 }
 
-__all__ = ["REGISTRY", "all_methods", "get_method", "method_names"]
+__all__ = ["REGISTRY", "all_methods", "get_method", "method_names", "split_names"]
+
+
+def split_names(values: list[str] | None) -> list[str]:
+    """`--method lora,dora --method ia3` -> ["lora", "dora", "ia3"]."""
+    names: list[str] = []
+    for value in values or []:
+        names.extend(part.strip() for part in value.split(",") if part.strip())
+    return names
 
 
 def method_names() -> list[str]:

@@ -855,7 +855,7 @@ def _verify(inputs: Inputs, best: Candidate) -> dict[str, Any]:
 
 # --- pins: what the user fixed ----------------------------------------------------------------------
 
-# make_plan's parameter -> the pin it sets (the decision's names; --grad-ckpt and --lengths pin knobs).
+# PlanRequest's field -> the pin it sets (the decision's names; --grad-ckpt and --lengths pin knobs).
 PIN_OF = {"methods": "method", "rank": "rank", "alpha": "alpha", "targets": "targets", "quant": "quant",
           "virtual_tokens": "virtual_tokens", "bottleneck": "bottleneck", "seq_len": "seq_len",
           "lengths": "seq_len", "batch_size": "batch_size", "grad_ckpt": "checkpointing",
@@ -881,8 +881,7 @@ def check_contradictions(*, methods: Sequence[str] | None, quant: str | None, pe
         BadInputError: e.g. `--method full --quant nf4`, `--peft-config` with `--rank`, `--no-grad-ckpt`
             with `--checkpointing recompute`.
     """
-    from peftplan.commands._options import split_names
-    from peftplan.methods import get_method
+    from peftplan.methods import get_method, split_names
 
     if peft_config:
         given = [name for name, value in method_knobs.items() if value is not None]

@@ -111,7 +111,7 @@ def test_knob_within_tolerance_of_trace(model_id: str, method: str, ckpt: bool, 
 
 def stack_context(stack: str, method: str, model_id: str, **overrides: Any) -> TrainContext:
     """The context `plan --stack` trains `method` in (its defaults, then its method rules)."""
-    from peftplan.commands.plan import train_context
+    from peftplan.api import train_context
     from peftplan.methods import get_method
     from peftplan.planner.plan import _trainable_context
     from peftplan.planner.stacks import KNOB_NAMES

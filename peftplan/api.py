@@ -1,0 +1,292 @@
+"""The library API under the CLI: a `PlanRequest` in, a `Plan` out.
+
+`peftplan plan`, `peftplan.plan(...)`, the harness (`methods: auto`) and Python users all build a
+`PlanRequest` and call `plan(request)`; the CLI only parses and prints. The choices each field accepts
+have one home each: the `Literal`s of `planner/context.py` and the stack table of `planner/stacks.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from peftplan.errors import BadInputError, UnknownNameError
+from peftplan.planner.context import Attention, Device, Dtype, Optimizer, Shard
+
+if TYPE_CHECKING:
+    from peftplan.methods.base import Method, MethodConfig
+    from peftplan.planner.plan import Plan
+
+__all__ = ["PlanRequest", "choice", "method_configs", "plan", "train_context"]
+
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+ATTENTION: tuple[str, ...] = get_args(Attention)
+SHARDS: tuple[str, ...] = get_args(Shard)
+DEVICES: tuple[str, ...] = get_args(Device)
+SWITCHING: tuple[str, ...] = ("merge", "hot-swap", "multi-tenant")
+ENGINES: tuple[str, ...] = ("analytic", "trace", "both")
+
+
+def choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    """`value` if it is one of `allowed`.
+
+    Raises:
+        UnknownNameError: with a did-you-mean and the allowed values.
+    """
+    if value not in allowed:
+        raise UnknownNameError(kind, value, allowed, hint=f"Use one of: {', '.join(allowed)}.")
+    return value
+
+
+class PlanRequest(BaseModel):
+    """Everything a plan is built from (the CLI's options; `knobs` are the stack knob overrides).
+
+    `given` names the fields the user set (the CLI's); without it, a field that is not None and not its
+    default counts as given. The decision keeps what was given and searches the rest.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str
+    vram: float | None = None
+    gpu: str | None = None
+    gpus: int = 1
+    shard: str = "none"
+    cpu_offload: bool = False
+    stack: str = "hf"
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    lengths: Path | None = None
+    tokenizer: str | None = None
+    lengths_field: str | None = None
+    gpu_profiles: Path | None = None
+    seq_len: int = 2048
+    batch_size: int = 1
+    grad_ckpt: bool | None = None
+    optimizer: str | None = None
+    dtype: str = "bf16"
+    attn: str = "sdpa"
+    device: str = "cuda"
+    methods: list[str] | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    targets: str | None = None
+    virtual_tokens: int | None = None
+    quant: str | None = None
+    bottleneck: int | None = None
+    peft_config: Path | None = None
+    tasks: int = 1
+    switching: str = "merge"
+    examples: int | None = None
+    train_tokens: int | None = None
+    epochs: float = 1.0
+    mfu: float = 0.40
+    fit_search: bool = True
+    trust_remote_code: bool = False
+    engine: str = "analytic"
+    model_config_dict: dict[str, Any] | None = None  # plan this config dict under the name `model`
+    method_config: dict[str, Any] | None = None
+    require_budget: bool = True
+    serve_gpu: str | None = None
+    serve_vram: float | None = None
+    serve_context: int | None = None
+    serve_concurrency: int | None = None
+    given: frozenset[str] | None = None
+
+
+def plan(request: PlanRequest) -> Plan:
+    """Resolve the request's inputs and build the Plan (see `PlanRequest`).
+
+    Raises:
+        BadInputError: an unknown model, method, target, stack, knob or GPU; a bad value (exit 2).
+    """
+    fields = request.model_dump(exclude={"model_config_dict"})
+    choice("shard mode", fields["shard"], SHARDS)
+    choice("dtype", fields["dtype"], DTYPES)
+    choice("attention kernel", fields["attn"], ATTENTION)
+    choice("device", fields["device"], DEVICES)
+    choice("switching mode", fields["switching"], SWITCHING)
+    choice("engine", fields["engine"], ENGINES)
+    return _plan(**fields, model_config=request.model_config_dict)  # type: ignore[no-any-return]
+
+
+def method_configs(
+    methods: list[str] | None,
+    *,
+    rank: int | None = None,
+    alpha: float | None = None,
+    targets: str | None = None,
+    virtual_tokens: int | None = None,
+    quant: str | None = None,
+    bottleneck: int | None = None,
+    peft_config: Path | None = None,
+) -> list[tuple[Method, MethodConfig]]:
+    """The methods to plan with their configs; a knob applies to every method whose config has it.
+
+    Raises:
+        BadInputError: unknown method, invalid knob value, or a bad peft config file.
+    """
+    from peftplan.methods import all_methods, get_method, split_names
+
+    if peft_config is not None:
+        from peftplan.methods.peft_config import read_peft_config
+
+        if methods:
+            raise BadInputError("--peft-config implies its own method; do not combine it with --method")
+        return [read_peft_config(peft_config)]
+    chosen = [get_method(name) for name in split_names(methods)] or all_methods()
+    knobs: dict[str, Any] = {
+        "rank": rank,
+        "alpha": alpha,
+        "targets": targets,
+        "virtual_tokens": virtual_tokens,
+        "quant": quant,
+        "bottleneck": bottleneck,
+    }
+    given = {k: v for k, v in knobs.items() if v is not None}
+    result = []
+    for method in chosen:
+        fields = method.config_cls.model_fields
+        result.append((method, method.make_config(**{k: v for k, v in given.items() if k in fields})))
+    if methods and given:
+        unused = [k for k in given if not any(k in m.config_cls.model_fields for m, _ in result)]
+        if unused:
+            names = ", ".join(m.name for m, _ in result)
+            raise BadInputError(f"--{unused[0].replace('_', '-')} does not apply to {names}")
+    return result
+
+
+def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, seq_len: int, batch_size: int,
+                  optimizer: str | None, dtype: str, attn: str, gpus: int, shard: str, cpu_offload: bool,
+                  device: str) -> Any:
+    """The TrainContext of a stack with the user's knob overrides (None: the stack's default)."""
+    from peftplan.planner.context import TrainContext
+    from peftplan.planner.stacks import KNOB_NAMES, get_stack, resolve_knobs
+
+    overrides = dict(knobs)
+    if grad_ckpt is not None and overrides.get("checkpointing") is None:
+        default = get_stack(stack).knobs.checkpointing
+        overrides["checkpointing"] = "none" if not grad_ckpt else (default if default != "none" else "recompute")
+    resolved = resolve_knobs(stack, **overrides)
+    if cpu_offload and shard == "none":
+        raise BadInputError("--cpu-offload needs --shard fsdp, zero2 or zero3")
+    pinned = {name for name, value in overrides.items() if value is not None}
+    if optimizer is not None:
+        pinned.add("optimizer")
+    values = {name: getattr(resolved, name) for name in KNOB_NAMES if name != "checkpointing"}
+    return TrainContext(
+        seq_len=seq_len, batch_size=batch_size, grad_checkpointing=resolved.checkpointing != "none",
+        ckpt_offload=resolved.checkpointing == "offload",
+        optimizer=choice("optimizer", optimizer or get_stack(stack).optimizer, OPTIMIZERS),  # type: ignore[arg-type]
+        dtype=dtype, attention=attn, gpus=gpus, shard=shard, device=device,  # type: ignore[arg-type]
+        stack=stack, cpu_offload=cpu_offload, pinned=frozenset(pinned), **values)
+
+
+def _plan(
+    *, model: str, vram: float | None = None, gpu: str | None = None, gpus: int = 1, shard: str = "none",
+    cpu_offload: bool = False, stack: str = "hf", knobs: dict[str, Any] | None = None,
+    lengths: Path | None = None, tokenizer: str | None = None, lengths_field: str | None = None,
+    gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool | None = None,
+    optimizer: str | None = None, dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
+    methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
+    targets: str | None = None, virtual_tokens: int | None = None, quant: str | None = None,
+    bottleneck: int | None = None, peft_config: Path | None = None, tasks: int = 1, switching: str = "merge",
+    examples: int | None = None, train_tokens: int | None = None, epochs: float = 1.0, mfu: float = 0.40,
+    fit_search: bool = True, trust_remote_code: bool = False, engine: str = "analytic",
+    model_config: dict[str, Any] | None = None, method_config: dict[str, Any] | None = None,
+    require_budget: bool = True, serve_gpu: str | None = None, serve_vram: float | None = None,
+    serve_context: int | None = None, serve_concurrency: int | None = None, given: frozenset[str] | None = None,
+) -> Any:
+    """Resolve inputs and build the Plan (shared by the CLI and `peftplan.plan`).
+
+    `model_config` plans that config dict under the name `model`; `method_config` gives the single
+    method's settings as a dict; without `require_budget`, a missing budget means no memory limit.
+    `given` names the parameters the user passed (the CLI's); without it, a parameter that is not None
+    and not its default counts as given. The decision keeps what was given and searches the rest.
+    """
+    from peftplan.budgets import parse_budget
+    from peftplan.errors import BadInputError
+    from peftplan.models import get_spec
+    from peftplan.planner.plan import build_plan
+
+    for name, value in (("--seq-len", seq_len), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(f"{name} must be a positive integer, got {value!r}")
+    from peftplan.planner.decide import check_contradictions, pins
+    from peftplan.planner.serving import serving_needs
+
+    adapter_knobs = {"rank": rank, "alpha": alpha, "targets": targets, "virtual_tokens": virtual_tokens,
+                     "quant": quant, "bottleneck": bottleneck}
+    check_contradictions(methods=methods, quant=quant, peft_config=peft_config is not None, method_knobs=adapter_knobs,
+                         grad_ckpt=grad_ckpt, checkpointing=(knobs or {}).get("checkpointing"))
+    if given is None:  # Python callers: what differs from the defaults
+        given = frozenset([name for name, value in {**adapter_knobs, "methods": methods, "optimizer": optimizer,
+                                                    "grad_ckpt": grad_ckpt, "lengths": lengths}.items()
+                           if value is not None]
+                          + [name for name, value, default in (("seq_len", seq_len, 2048), ("batch_size", batch_size, 1),
+                                                               ("shard", shard, "none")) if value != default])
+    elif lengths is not None:
+        given = given | {"lengths"}
+    notes: list[str] = []
+    if vram is None and gpu is None and not require_budget:
+        from peftplan.budgets import unlimited_budget
+
+        budget = unlimited_budget(gpus, gpu_profiles)
+        fit_search = False
+        notes.append(f"no budget given: memory is not limited, fit is not judged; time and cost assume {budget.gpu.name}")
+    else:
+        budget = parse_budget(vram=vram, gpu=gpu, gpus=gpus, profiles_file=gpu_profiles)
+    chosen = method_configs(methods, rank=rank, alpha=alpha, targets=targets, virtual_tokens=virtual_tokens,
+                            quant=quant, bottleneck=bottleneck, peft_config=peft_config)
+    if method_config is not None:
+        if len(chosen) != 1:
+            raise BadInputError("method_config needs exactly one method")
+        chosen = [(chosen[0][0], chosen[0][0].make_config(**method_config))]
+    if model_config is not None:
+        from peftplan.models import spec_from_config
+
+        spec = spec_from_config(dict(model_config), model_id=model, trust_remote_code=trust_remote_code)
+    else:
+        spec = get_spec(model, trust_remote_code=trust_remote_code)
+    ctx = train_context(stack=stack, knobs=knobs or {}, grad_ckpt=grad_ckpt, seq_len=seq_len,
+                        batch_size=batch_size, optimizer=optimizer, dtype=dtype, attn=attn, gpus=gpus,
+                        shard=shard, cpu_offload=cpu_offload, device=device)
+
+    per_example = None
+    if lengths is not None:
+        from dataclasses import replace
+
+        from peftplan.planner.lengths import read_lengths
+
+        stats = read_lengths(lengths, tokenizer=tokenizer, field=lengths_field)
+        longest, mean = stats.capped(seq_len)
+        examples = examples if examples is not None else stats.count
+        per_example = mean
+        if not ctx.packing:
+            ctx = replace(ctx, seq_len=longest)
+            notes.append(f"unpacked data: the peak is planned at the longest example ({longest:,} tokens"
+                         f"{', capped at --seq-len' if stats.longest > seq_len else ''}), time at the mean "
+                         f"({mean:,.0f} tokens)")
+        else:
+            notes.append(f"packed to {seq_len:,} tokens: every batch is full; time at the data's "
+                         f"{examples:,} x {mean:,.0f} tokens")
+    elif not ctx.packing and examples is not None:
+        notes.append("unpacked data: --seq-len is a cap, planned as the length of every batch "
+                     "(pass --lengths FILE to plan the longest batch and the mean, or --packing)")
+    needs = serving_needs(vram_bytes=budget.vram_bytes, gpu=budget.gpu, gpus=budget.gpus, tasks=tasks,
+                          switching=switching, serve_gpu=serve_gpu, serve_vram=serve_vram, context=serve_context,
+                          concurrency=serve_concurrency, profiles_file=gpu_profiles)
+    plan = build_plan(spec, chosen, ctx, budget, tasks=tasks, switching=switching, examples=examples,
+                      train_tokens=train_tokens, epochs=epochs, mfu=mfu, fit_search=fit_search,
+                      strict=bool(methods) or peft_config is not None, tokens_per_example=per_example,
+                      serving=needs, pinned=pins(given, peft_config=peft_config is not None, knobs=ctx.pinned))
+    plan.notes[:0] = notes
+    if lengths is not None:
+        plan.lengths = stats.to_dict()
+    if engine != "analytic":
+        from peftplan.planner.plan import attach_traces
+
+        attach_traces(plan, chosen, engine)
+    return plan

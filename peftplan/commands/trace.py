@@ -85,7 +85,6 @@ def trace_command(
     precision: PrecisionOpt = None,
     loss_fp32: LossFp32Opt = None,
     legacy_loss: LegacyLossOpt = None,
-    compile_loss: CompileLossOpt = None,
     keep_logits: KeepLogitsOpt = None,
     compile_loss: CompileLossOpt = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from peftplan.harness.suite import StorageSection, Suite
 
 STATUS_ATTR = "peftplan_status"  # set on every trial the harness finished itself
+DEFAULT_REDUCTION_FACTOR = 3  # successive halving and Hyperband: Optuna's default
 MEMORY_EXCESS_ATTR = "peftplan_memory_excess"  # measured peak minus budget.vram (<= 0 is feasible)
 
 
@@ -89,8 +90,15 @@ def make_pruner(suite: Suite, steps: int | None) -> optuna.pruners.BasePruner:
         return optuna.pruners.PercentilePruner(
             section.percentile, n_startup_trials=section.startup_trials, n_warmup_steps=section.warmup_steps
         )
+    # Multi-fidelity: the budget is training steps, and a trial's first rung is its first eval (eval_every); the
+    # rungs (eval_every x reduction_factor^k) are multiples of eval_every, so each falls on an eval step.
+    factor = section.reduction_factor or DEFAULT_REDUCTION_FACTOR
+    if section.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=suite.training.eval_every, reduction_factor=factor,
+                                                      min_early_stopping_rate=0)
     if section.kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=suite.training.eval_every, max_resource=steps or "auto")
+        return optuna.pruners.HyperbandPruner(min_resource=suite.training.eval_every, max_resource=steps or "auto",
+                                              reduction_factor=factor)
     return optuna.pruners.MedianPruner(n_startup_trials=section.startup_trials, n_warmup_steps=section.warmup_steps)
 
 

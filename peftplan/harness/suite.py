@@ -271,10 +271,26 @@ class MethodEntry(Section):
 
 
 class PrunerSection(Section):
-    kind: Literal["median", "percentile", "hyperband", "none"] = "median"
-    startup_trials: int = Field(2, ge=0, description="Trials that are never pruned (per method).")
-    warmup_steps: int = Field(0, ge=0, description="Steps before a trial may be pruned.")
+    kind: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = Field(
+        "median", description="median/percentile: against other trials' eval loss at the same step (after "
+        "startup_trials and warmup_steps); successive_halving/hyperband: multi-fidelity rungs at eval_every x "
+        "reduction_factor^k steps."
+    )
+    startup_trials: int = Field(2, ge=0, description="Trials that are never pruned (median, percentile).")
+    warmup_steps: int = Field(0, ge=0, description="Steps before a trial may be pruned (median, percentile).")
     percentile: float = Field(25.0, gt=0, lt=100)
+    reduction_factor: int | None = Field(
+        None, ge=2, le=10, description="successive_halving/hyperband: keep the best 1/reduction_factor at each "
+        "rung (default 3)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_additions(self, handler: Any) -> dict[str, Any]:
+        """`reduction_factor` is left out while unset, so that suites made before it keep their hash."""
+        data: dict[str, Any] = handler(self)
+        if data.get("reduction_factor") is None:
+            data.pop("reduction_factor", None)
+        return data
 
 
 class ConfirmSection(Section):

@@ -8,6 +8,7 @@ autoescape is on for every template, so a user string can only ever render as te
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -85,12 +86,21 @@ def _sort_value(value: Any) -> str:
     return "" if is_missing(value) else repr(float(value))
 
 
+_BREAK_BEFORE = re.compile("\u00a0(?=[[±(])")
+
+
+def _number_text(text: str) -> str:
+    """A number cell that wraps only between a value and its interval or note (`0.874 [0.844, 0.904]`,
+    `128 ±10%`, `0.86 ± 0.01 (3 seeds of #2)`), never inside one: a laptop-wide table, and no '912 / MiB'."""
+    return _BREAK_BEFORE.sub(" ", text.replace(" ", "\u00a0"))
+
+
 def table_rows(display: pd.DataFrame, raw: pd.DataFrame, numeric: dict[str, str]) -> list[list[Cell]]:
     """Display strings as cells; columns named in `numeric` (display header -> raw column) sort by number."""
     rows = []
     for (_, shown), (_, values) in zip(display.iterrows(), raw.iterrows(), strict=True):
         rows.append([
-            Cell(str(text), _sort_value(values[numeric[col]]) if col in numeric else None)
+            Cell(_number_text(str(text)), _sort_value(values[numeric[col]])) if col in numeric else Cell(str(text))
             for col, text in shown.items()
         ])
     return rows

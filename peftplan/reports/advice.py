@@ -156,7 +156,8 @@ def when_to_pick(comparison: pd.DataFrame, *, higher_is_better: bool = True) -> 
         if is_missing(rows.at[m, "metric"]):
             reasons[m].append("no successful trial")
         elif front.get(m):
-            reasons[m].append(f"a {metric_name}/memory trade-off on the Pareto front")
+            article = "an" if metric_name[:1].lower() in "aeiou" else "a"
+            reasons[m].append(f"{article} {metric_name}/memory trade-off on the Pareto front")
         elif m in front:
             sign = 1.0 if higher_is_better else -1.0
             better = [o for o, on in front.items() if on and sign * measured.at[o, "metric"] >= sign * measured.at[m, "metric"]

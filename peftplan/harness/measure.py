@@ -231,8 +231,8 @@ TIME_CAP_S = 15.0  # ...or for this long per variant (base, unmerged, merged): a
 class Speed:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float | None  # None when background load made the difference meaningless
-    prefill_ci: list[float] | None = None  # 95% interval, tokens/s
-    decode_ci: list[float] | None = None
+    prefill_ci: list[float | None] | None = None  # 95% interval, tokens/s; [low, None]: no upper bound
+    decode_ci: list[float | None] | None = None
     repeats: int = 0
 
 
@@ -283,11 +283,12 @@ def measure_speed(model: nn.Module, prompt_ids: list[int], *, new_tokens: int, r
                  len(prefill))
 
 
-def _rate_interval(tokens: int, seconds: tuple[float, float, float] | None) -> list[float] | None:
-    """A time interval as a tokens/s interval; None when it reaches zero time (then the rate is unbounded)."""
-    if seconds is None or seconds[1] <= 0:
+def _rate_interval(tokens: int, seconds: tuple[float, float, float] | None) -> list[float | None] | None:
+    """A time interval as a tokens/s interval. When the time's interval reaches zero (a few very noisy repeats),
+    the rate has no upper bound: `[low, None]`, which no comparison can separate from anything above `low`."""
+    if seconds is None or seconds[2] <= 0:
         return None
-    return [tokens / seconds[2], tokens / seconds[1]]
+    return [tokens / seconds[2], tokens / seconds[1] if seconds[1] > 0 else None]
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:

@@ -59,6 +59,7 @@ class Latency(_Strict):
 
     Each speed is tokens over the mean of repeated timings; `<field>_ci` is its 95% interval (Student's t over
     the repeats), and `repeats` how many were needed to bring every interval of a variant within ±5% (or the cap).
+    An interval `[low, null]` has no upper bound: the repeats were too noisy to bound the time away from zero.
     """
 
     prefill_base: float | None = None
@@ -69,12 +70,12 @@ class Latency(_Strict):
     decode_merged: float | None = None
     adapter_load_s: float | None = None
     swap_s: float | None = None
-    prefill_base_ci: list[float] | None = None
-    prefill_unmerged_ci: list[float] | None = None
-    prefill_merged_ci: list[float] | None = None
-    decode_base_ci: list[float] | None = None
-    decode_unmerged_ci: list[float] | None = None
-    decode_merged_ci: list[float] | None = None
+    prefill_base_ci: list[float | None] | None = None
+    prefill_unmerged_ci: list[float | None] | None = None
+    prefill_merged_ci: list[float | None] | None = None
+    decode_base_ci: list[float | None] | None = None
+    decode_unmerged_ci: list[float | None] | None = None
+    decode_merged_ci: list[float | None] | None = None
     repeats: dict[str, int] = Field(default_factory=dict, description="Variant (base, unmerged, merged) -> "
                                     "timing repeats taken.")
 

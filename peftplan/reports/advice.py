@@ -15,6 +15,7 @@ Two checks add warnings instead of reasons:
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from peftplan.harness.stats import separated
@@ -40,8 +41,11 @@ _THRESHOLDS = sorted(
 
 
 def _interval(value: Any) -> list[float] | None:
-    if isinstance(value, list | tuple) and len(value) == 2 and not any(is_missing(v) for v in value):
-        return [float(value[0]), float(value[1])]
+    """[low, high] as floats; a missing end is unbounded (a timing too noisy to bound), so it separates from
+    nothing on that side."""
+    if isinstance(value, list | tuple) and len(value) == 2 and not all(is_missing(v) for v in value):
+        low, high = value
+        return [-math.inf if is_missing(low) else float(low), math.inf if is_missing(high) else float(high)]
     return None
 
 

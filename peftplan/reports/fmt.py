@@ -94,7 +94,11 @@ def fmt_interval(value: Any, interval: Any, fmt: Any = fmt_num) -> str:
 
 
 def fmt_rate_interval(value: Any, interval: Any) -> str:
-    """A rate with its 95% interval as ± percent of the value: `39.6 ±4%`."""
+    """A rate with its 95% interval as ± percent of the value: `39.6 ±4%`; `469 [92, ∞)` when the timing was too
+    noisy to bound it above."""
+    if (isinstance(interval, list | tuple) and len(interval) == 2 and is_missing(interval[1])
+            and not is_missing(interval[0]) and not is_missing(value)):
+        return f"{fmt_rate(value)} [{fmt_rate(interval[0])}, ∞)"
     found = _interval_of(interval)
     if is_missing(value) or found is None or float(value) <= 0:
         return fmt_rate(value)

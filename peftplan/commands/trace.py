@@ -133,7 +133,7 @@ def trace_command(
     )
     from peftplan.methods.targets import UnusableTargetError
     from peftplan.models import get_spec
-    from peftplan.planner.plan import _trainable_context
+    from peftplan.planner.method_plan import trainable_context
     from peftplan.planner.stacks import check_method
     from peftplan.planner.trace import trace_memory
 
@@ -145,7 +145,7 @@ def trace_command(
             check_method(ctx.stack, m.name)
             # What the stack changes for this method (quantized base, full fine-tuning), as plan does; a
             # checkpointing the user asked for is kept, and refused by the trace if the method cannot.
-            method_ctx, method_notes = _trainable_context(m, cfg, ctx)
+            method_ctx, method_notes = trainable_context(m, cfg, ctx)
             if "checkpointing" in ctx.pinned and method_ctx.checkpointing != ctx.checkpointing:
                 method_ctx = replace(method_ctx, grad_checkpointing=ctx.grad_checkpointing,
                                      ckpt_offload=ctx.ckpt_offload)

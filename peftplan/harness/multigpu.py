@@ -81,7 +81,7 @@ def write_merged(work_dir: Path, outcomes: dict[int, dict[str, Any] | None], dev
     Once rank 0 finished, every rank had done its part (rank 0 gathered their peaks after training).
     """
     from peftplan.harness.atomic import atomic_write_text
-    from peftplan.harness.trial import OUTCOME, Outcome
+    from peftplan.harness.outcome import OUTCOME, Outcome
 
     rank0 = outcomes.get(0)
     if rank0 is not None and rank0.get("status") in FINISHED:

@@ -23,25 +23,15 @@ DEFAULT_REDUCTION_FACTOR = 3  # successive halving and Hyperband: Optuna's defau
 MEMORY_EXCESS_ATTR = "peftplan_memory_excess"  # measured peak minus budget.vram (<= 0 is feasible)
 
 
-def quiet_optuna() -> None:
-    import optuna
-    from optuna.exceptions import ExperimentalWarning
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-    # We run trials with ask/tell and beat the heartbeat ourselves (`Heartbeat` below).
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
 def make_storage(
     url: str, section: StorageSection, on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 ) -> optuna.storages.RDBStorage:
     """Optuna RDB storage with heartbeats; `on_stale` runs for each trial whose heartbeat expired."""
     from optuna.storages import RDBStorage
 
+    from peftplan.harness.storage_url import engine_kwargs, quiet_optuna
+
     quiet_optuna()
-    from peftplan.harness.storage_url import engine_kwargs
 
     return RDBStorage(
         url,

@@ -94,14 +94,12 @@ class SuiteTrial:
         return True, self.overridden[name]
 
     def _decide(self, name: str) -> tuple[bool, Any]:
-        from peftplan.harness.suite import RangeSpec
-
         if name in self.entry.fixed:
             return True, self.entry.fixed[name]
         spec = self.entry.space.get(name)
         if spec is None:
             return False, None
-        if isinstance(spec, RangeSpec):
+        if not isinstance(spec, list):  # a RangeSpec (a list is a categorical choice)
             if spec.is_int:
                 step = int(spec.step) if spec.step is not None else 1
                 return True, self.trial.suggest_int(name, int(spec.low), int(spec.high), step=step, log=spec.log)

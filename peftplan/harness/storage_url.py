@@ -114,8 +114,20 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """
     from optuna.storages import RDBStorage
 
-    from peftplan.harness.search import quiet_optuna
-
     quiet_optuna()
     check_reachable(url)
     return RDBStorage(url, engine_kwargs=engine_kwargs(url))
+
+
+def quiet_optuna() -> None:
+    """Optuna's info logs and experimental warnings say nothing a peftplan user needs."""
+    import warnings
+
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    # We run trials with ask/tell and beat the heartbeat ourselves (`Heartbeat` in harness/search.py).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")

@@ -15,7 +15,6 @@ fails exits non-zero once its outcome is written, which makes the launcher stop 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,8 @@ from pydantic import BaseModel, ConfigDict
 
 from peftplan.harness.channel import LAUNCHED_AT_ENV, RANKS_OF_ENV, TrialChannel
 from peftplan.harness.lifeline import die_with_parent, exit_if_orphaned_rank
-from peftplan.harness.provenance import now_iso, provenance
+from peftplan.harness.outcome import OUTCOME, Outcome
+from peftplan.harness.provenance import provenance
 from peftplan.harness.ranks import Ranks, SingleProcess, launched_rank, mean_loss, rank_outcome_name
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from peftplan.harness.tasks import Encoded, PromptFormatter
     from peftplan.harness.train import TrainStats
 
-OUTCOME = "outcome.json"
 SPEC = "spec.json"
 PROBE_SELF_SAMPLED = "self-sampled"
 FINISHED = ("success", "pruned")
@@ -72,35 +71,6 @@ class TrialSpec(BaseModel):
     def quant(self) -> str:
         """The base's bitsandbytes quantization (QLoRA and friends), or 'none'."""
         return str(self.method_config.get("quant") or "none")
-
-
-class Outcome:
-    """What a trial measured so far; written as `outcome.json` when the trial ends, however it ends."""
-
-    def __init__(self, device: str) -> None:
-        self.data: dict[str, Any] = {
-            "status": "failed",
-            "error": None,
-            "metrics": {},
-            "forgetting": None,
-            "latency": None,
-            "memory": None,
-            "distributed": None,
-            "intermediate": [],
-            "provenance": provenance(device, now_iso()),
-        }
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.data[key] = value
-
-    def write(self, path: Path) -> None:
-        self.data["provenance"]["finished_at"] = now_iso()
-        from peftplan.harness.atomic import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.data, indent=2, default=float))
 
 
 class ChannelObserver:

@@ -398,12 +398,12 @@ class Search:
     def _models(self, inputs: Inputs, method: Method, cfg: MethodConfig,
                 terms: MemoryTerms) -> list[tuple[TrainContext, StepModel]]:
         """Every context variant the search may choose, with its step (stack rules applied)."""
-        from peftplan.planner.plan import _trainable_context
+        from peftplan.planner.method_plan import trainable_context
 
         key = ("models", method.name, cfg.model_dump_json(), inputs.ctx, inputs.budget.gpus, inputs.pinned)
         cached = self._memo.get(key)
         if cached is None:
-            ctx_m, notes = _trainable_context(method, cfg, replace(inputs.ctx, gpus=inputs.budget.gpus))
+            ctx_m, notes = trainable_context(method, cfg, replace(inputs.ctx, gpus=inputs.budget.gpus))
             cached = [(v, self.step(inputs.spec, method, cfg, terms, v)) for v in self._variants(inputs, ctx_m, method)]
             self._memo[key] = cached
             self._memo[("notes", method.name, cfg.model_dump_json(), inputs.ctx)] = notes
@@ -843,7 +843,7 @@ def _bigger_gpus(vram_bytes: int) -> list[Any]:
 
 def _verify(inputs: Inputs, best: Candidate) -> dict[str, Any]:
     """Re-plan the found configuration with the planner itself: the total and whether both fit."""
-    from peftplan.planner.plan import plan_method
+    from peftplan.planner.method_plan import plan_method
 
     ctx = replace(best.ctx, pinned=best.ctx.pinned | {"optimizer", "checkpointing"})
     entry = plan_method(inputs.spec, best.method, best.cfg, ctx, inputs.budget, tasks=inputs.needs.tasks,

@@ -113,14 +113,14 @@ def stack_context(stack: str, method: str, model_id: str, **overrides: Any) -> T
     """The context `plan --stack` trains `method` in (its defaults, then its method rules)."""
     from peftplan.api import train_context
     from peftplan.methods import get_method
-    from peftplan.planner.plan import _trainable_context
+    from peftplan.planner.method_plan import trainable_context
     from peftplan.planner.stacks import KNOB_NAMES
 
     ctx = train_context(stack=stack, knobs=dict.fromkeys(KNOB_NAMES), grad_ckpt=None, seq_len=_seq(model_id),
                         batch_size=BATCH, optimizer=None, dtype="bf16", attn="sdpa", gpus=1, shard="none",
                         cpu_offload=False, device="cpu")
     m = get_method(method)
-    ctx, _ = _trainable_context(m, m.make_config(), ctx)
+    ctx, _ = trainable_context(m, m.make_config(), ctx)
     return replace(ctx, **overrides)
 
 

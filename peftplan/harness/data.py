@@ -261,7 +261,7 @@ def _prepare(task: TaskSection, loaded: LoadedSuite, where: str) -> PreparedTask
 
 
 def write_examples(examples: list[Example], path: Path) -> None:
-    from peftplan.harness.atomic import atomic_write_text
+    from peftplan.atomic import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(asdict(example)) + "\n" for example in examples))

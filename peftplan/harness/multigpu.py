@@ -80,7 +80,7 @@ def write_merged(work_dir: Path, outcomes: dict[int, dict[str, Any] | None], dev
 
     Once rank 0 finished, every rank had done its part (rank 0 gathered their peaks after training).
     """
-    from peftplan.harness.atomic import atomic_write_text
+    from peftplan.atomic import atomic_write_text
     from peftplan.harness.outcome import OUTCOME, Outcome
 
     rank0 = outcomes.get(0)

@@ -41,6 +41,6 @@ class Outcome:
 
     def write(self, path: Path) -> None:
         self.data["provenance"]["finished_at"] = now_iso()
-        from peftplan.harness.atomic import atomic_write_text
+        from peftplan.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.data, indent=2, default=float))

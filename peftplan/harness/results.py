@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -217,17 +216,11 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def write_result(result: TrialResult, path: Path) -> None:
-    """Write atomically: a reader sees the old file or the whole new one, never half of it."""
+    """Write atomically (synced to disk): a reader sees the old file or the whole new one, never half of it."""
+    from peftplan.atomic import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(result.model_dump_json(indent=2))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, result.model_dump_json(indent=2), fsync=True)
 
 
 def read_result(path: Path) -> TrialResult:

@@ -15,12 +15,12 @@ RUN/
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from peftplan.atomic import atomic_path, atomic_write_text
 from peftplan.errors import BadInputError
 from peftplan.harness.provenance import now_iso, peftplan_version
 from peftplan.harness.suite import LoadedSuite
@@ -36,12 +36,7 @@ def redact(url: str) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing half-written
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 @dataclass(frozen=True)
@@ -140,21 +135,13 @@ def write_tables(run: RunDir) -> list[Path]:
     frame = pd.json_normalize(rows, sep=".")
     frame = frame.sort_values(["method", "trial_number"]).reset_index(drop=True)
     written = [run.path / "results.csv"]
-    tmp = run.path / f".results.csv.{os.getpid()}.tmp"
-    try:
+    with atomic_path(written[0]) as tmp:
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, written[0])
-    finally:
-        tmp.unlink(missing_ok=True)
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return written
     parquet = run.path / "results.parquet"
-    tmp = run.path / f".results.parquet.{os.getpid()}.tmp"
-    try:
+    with atomic_path(parquet) as tmp:
         frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(tmp, index=False)
-        os.replace(tmp, parquet)
-    finally:
-        tmp.unlink(missing_ok=True)
     return [*written, parquet]

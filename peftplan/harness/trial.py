@@ -511,7 +511,7 @@ def _self_sampled(model: nn.Module, tokenizer: Any, loaded: LoadedSuite, run_dir
         if not path.is_file():
             text = self_sampled_text(model, tokenizer, tokens=section.tokens, window=section.window,
                                      device=device, seed=loaded.suite.training.seed)
-            from peftplan.harness.atomic import atomic_write_text
+            from peftplan.atomic import atomic_write_text
 
             atomic_write_text(path, text)
     return path.read_text()

@@ -61,10 +61,10 @@ def spec_from_config(config: dict, *, model_id: str = "", trust_remote_code: boo
     spec = ModelSpec.from_model(build_model(config, trust_remote_code=trust_remote_code), model_id=model_id)
     if cache:
         try:
+            from peftplan.atomic import atomic_write_text
+
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(spec.to_json())
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+            atomic_write_text(path, spec.to_json())  # a concurrent reader never sees half a file
         except OSError:
             pass  # the cache is an optimisation; a read-only home must not fail the plan
     return spec

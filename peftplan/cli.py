@@ -65,8 +65,26 @@ def _root(
     """Plan and benchmark parameter-efficient fine-tuning (PEFT) of language models."""
 
 
+def _log_to_stderr() -> None:
+    """Library code logs (never prints); at the CLI its warnings are one line each on stderr, as written."""
+    import logging
+
+    class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+        def emit(self, record: logging.LogRecord) -> None:
+            self.stream = sys.stderr  # whatever stderr is now (redirected, captured)
+            super().emit(record)
+
+    logger = logging.getLogger("peftplan")
+    if not logger.handlers:
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input exits 2 with one line, never a traceback."""
+    _log_to_stderr()
     try:
         result = app(args=argv, prog_name="peftplan", standalone_mode=False)
     except typer.Exit as exc:

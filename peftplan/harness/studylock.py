@@ -22,6 +22,7 @@ the lock and, where the storage can tell, what holds it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -171,8 +172,9 @@ def _file_lock(url: str, study_name: str, timeout: float) -> Iterator[None]:
     except ImportError:  # not POSIX
         if database not in _UNLOCKED:
             _UNLOCKED.add(database)
-            print(f"note: no file locks on {sys.platform}: start one bench at a time on {database}, or two "
-                  "starting together may both enqueue the study's trials", file=sys.stderr)
+            logging.getLogger(__name__).warning(
+                f"note: no file locks on {sys.platform}: start one bench at a time on {database}, or two "
+                "starting together may both enqueue the study's trials")
         yield
         return
     path = f"{database}.lock"

@@ -9,7 +9,7 @@ refused in one line that names it, never planned as something else.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,5 +233,5 @@ def _warn_unknown(file: Path, names: list[str]) -> None:
     if names and not _warned:
         _warned = True
         listed = ", ".join(sorted(names)[:8]) + (" ..." if len(names) > 8 else "")
-        print(f"peftplan: warning: {file.name}: ignoring empty fields this peft version does not know: {listed}",
-              file=sys.stderr)
+        logging.getLogger(__name__).warning(
+            f"peftplan: warning: {file.name}: ignoring empty fields this peft version does not know: {listed}")

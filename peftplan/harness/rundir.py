@@ -18,21 +18,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from peftplan.atomic import atomic_path, atomic_write_text
 from peftplan.errors import BadInputError
 from peftplan.harness.provenance import now_iso, peftplan_version
+from peftplan.harness.storage_url import redact
 from peftplan.harness.suite import LoadedSuite
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password (safe to write into run.json and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

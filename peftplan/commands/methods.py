@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from peftplan.api import method_configs
 from peftplan.commands._options import (
     AlphaOpt,
     BottleneckOpt,
@@ -36,6 +35,8 @@ def methods_command(
 ) -> None:
     """List PEFT methods; with --model, count each one's trainable parameters exactly."""
     check_format(fmt)
+    from peftplan.api import method_configs
+
     chosen = method_configs(
         method, rank=rank, alpha=alpha, targets=targets, virtual_tokens=virtual_tokens, quant=quant,
         bottleneck=bottleneck, peft_config=peft_config,

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
-from peftplan.api import OPTIMIZERS, PlanRequest
-from peftplan.api import plan as api_plan
 from peftplan.commands._options import (
     FORMATS,
     AdapterDtypeOpt,
@@ -41,6 +39,7 @@ from peftplan.commands._options import (
     check_format,
 )
 from peftplan.errors import BadInputError
+from peftplan.planner.context import Optimizer
 
 
 def plan_command(
@@ -75,7 +74,7 @@ def plan_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1,
     grad_ckpt: GradCkptOpt = None,
-    optimizer: Annotated[str | None, typer.Option(help=", ".join(OPTIMIZERS) + " (default: the stack's).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help=", ".join(get_args(Optimizer)) + " (default: the stack's).")] = None,
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16",
     attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa",
     device: Annotated[str, typer.Option(help="Whose kernels to model: cuda (default) or cpu.")] = "cuda",
@@ -113,6 +112,9 @@ def plan_command(
     # What the user typed is pinned; the rest is the decision's to search.
     passed = frozenset(name for name, source in sources.items()
                        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"))
+    from peftplan.api import PlanRequest
+    from peftplan.api import plan as api_plan
+
     plan = api_plan(PlanRequest(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=shard,
         cpu_offload=cpu_offload, stack=stack, lengths=lengths, tokenizer=tokenizer, lengths_field=lengths_field,

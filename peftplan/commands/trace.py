@@ -7,7 +7,6 @@ from typing import Annotated, Any, get_args
 
 import typer
 
-from peftplan.api import method_configs
 from peftplan.commands._options import (
     AdapterDtypeOpt,
     AlphaOpt,
@@ -121,6 +120,8 @@ def trace_command(
         optimizer=optimizer, dtype=_choice("dtype", dtype, Dtype), attn=_choice("attention kernel", attn, Attention),
         gpus=1, shard="none", cpu_offload=False, device="cpu",
     )
+    from peftplan.api import method_configs
+
     chosen = method_configs(
         method,
         rank=rank,

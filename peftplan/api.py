@@ -122,7 +122,7 @@ def method_configs(
     quant: str | None = None,
     bottleneck: int | None = None,
     peft_config: Path | None = None,
-) -> list[tuple[Method, MethodConfig]]:
+) -> list[tuple[Method[Any], MethodConfig]]:
     """The methods to plan with their configs; a knob applies to every method whose config has it.
 
     Raises:

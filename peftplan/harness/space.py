@@ -17,21 +17,11 @@ if TYPE_CHECKING:
 
 LR = "lr"
 
-# (low, high, recipe) learning rates per method; the recipe is the literature's default for the method.
-_LR_DEFAULTS: dict[str, tuple[float, float, float]] = {
-    "full": (1e-6, 1e-4, 2e-5),
-    "ia3": (1e-4, 3e-2, 3e-3),
-    "prompt": (1e-3, 1e-1, 3e-2),
-    "prefix": (1e-3, 1e-1, 1e-2),
-    "bitfit": (1e-4, 1e-2, 1e-3),
-    "vera": (1e-4, 1e-2, 1e-3),
-}
-_LR_LOW_RANK = (1e-5, 1e-3, 1e-4)
-
-
 def lr_defaults(method: str) -> tuple[float, float, float]:
-    """(low, high, recipe) learning rate for a method."""
-    return _LR_DEFAULTS.get(method, _LR_LOW_RANK)
+    """(low, high, recipe) learning rate for a method (`Method.lr_range`)."""
+    from peftplan.methods import get_method
+
+    return get_method(method).lr_range
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,16 @@
-"""The method registry: one module per PEFT method, loaded lazily by name.
+"""The method registry: one package per PEFT method, loaded lazily by name.
 
-Adding a method: write `methods/<name>.py` with a `METHOD` instance of a `Method` subclass, then add
-one line to `REGISTRY`. The contract tests pick it up from here.
+Adding a method: write the package `methods/<name>/` with a `METHOD` instance of a `Method` subclass
+(and its adapter kind in `replay.py` if it wraps Linears in a new way), add one line to `REGISTRY`,
+and its contract test class `tests/methods/test_method_<name>.py`.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from peftplan.errors import UnknownNameError
 
@@ -33,7 +35,24 @@ REGISTRY: dict[str, str] = {
     "vera": "peftplan.methods.vera:METHOD",
 }
 
-__all__ = ["REGISTRY", "all_methods", "get_method", "method_names", "split_names"]
+__all__ = ["REGISTRY", "all_methods", "get_method", "method_names", "split_names", "validate_registry"]
+_NAME = re.compile(r"[a-z][a-z0-9]*")
+
+
+def validate_registry(registry: dict[str, str]) -> None:
+    """Each name is lowercase letters and digits and points at `METHOD` of its own package.
+
+    Raises:
+        ValueError: the first entry that breaks the rule.
+    """
+    for name, target in registry.items():
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"method name {name!r} must be lowercase letters and digits")
+        if target != f"peftplan.methods.{name}:METHOD":
+            raise ValueError(f"method {name!r} must live in its own package: peftplan.methods.{name}:METHOD")
+
+
+validate_registry(REGISTRY)
 
 
 def split_names(values: list[str] | None) -> list[str]:
@@ -49,7 +68,7 @@ def method_names() -> list[str]:
 
 
 @cache
-def get_method(name: str) -> Method:
+def get_method(name: str) -> Method[Any]:
     """The registered method called `name` (case-insensitive).
 
     Raises:
@@ -59,11 +78,11 @@ def get_method(name: str) -> Method:
     if key not in REGISTRY:
         raise UnknownNameError("method", name, REGISTRY, hint=f"Known methods: {', '.join(REGISTRY)}.")
     module_name, attribute = REGISTRY[key].split(":")
-    method: Method = getattr(importlib.import_module(module_name), attribute)
+    method: Method[Any] = getattr(importlib.import_module(module_name), attribute)
     if method.name != key:
         raise RuntimeError(f"registry entry {key!r} points at method {method.name!r}")
     return method
 
 
-def all_methods() -> list[Method]:
+def all_methods() -> list[Method[Any]]:
     return [get_method(name) for name in REGISTRY]

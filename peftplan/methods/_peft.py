@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import Field, field_validator
 
 from peftplan.errors import BadInputError, UnsupportedError
-from peftplan.methods.base import Method, MethodConfig, Quant
+from peftplan.methods.base import ConfigT, Method, MethodConfig, Quant
 from peftplan.methods.targets import parse_targets, select_linears
 
 if TYPE_CHECKING:
+    import optuna
     from peft import PeftConfig
     from torch import nn
 
@@ -45,10 +46,28 @@ class LowRankConfig(TargetedConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
 
 
+LowRankT = TypeVar("LowRankT", bound=LowRankConfig)
+
+
 class QuantizableConfig(LowRankConfig):
     """A low-rank config that may sit on a bitsandbytes-quantized base."""
 
     quant: Quant = Field("none", description="Base weight quantization: none, nf4, fp4 or int8.")
+
+
+def targets_from_peft(raw: Any, field: str = "target_modules") -> list[str]:
+    """A peft config's target field as peftplan targets: names, "all-linear" or one "re:<regex>"."""
+    if isinstance(raw, str):
+        return ["all-linear"] if raw.lower() == "all-linear" else [REGEX_PREFIX + raw]
+    if isinstance(raw, list | tuple):
+        return [str(t) for t in raw]
+    raise BadInputError(f"adapter_config.json: {field} must be a list of module names or a regex, got {raw!r}")
+
+
+def peft_alpha(alpha: float) -> int:
+    """`alpha` as peft's configs take it: they annotate it as an int but use it as a number
+    (scaling = alpha / r), so a fractional alpha is passed unchanged."""
+    return cast(int, alpha)
 
 
 def selected_linears(spec: ModelSpec, cfg: TargetedConfig) -> list[LinearInfo]:
@@ -67,17 +86,17 @@ def is_on_meta(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
-class PeftMethod(Method):
+class PeftMethod(Method[ConfigT]):
     """A method built by `peft.get_peft_model`; subclasses say how to make the peft config."""
 
     @abstractmethod
-    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+    def peft_config(self, spec: ModelSpec, cfg: ConfigT) -> PeftConfig:
         """The peft config that builds exactly what `trainable_params` counts."""
 
     supports_conv1d: bool = True  # GPT-2 style transformers Conv1D layers
     reload_trainable: bool = True  # peft reloads prompt-learning adapters for inference only
 
-    def check(self, spec: ModelSpec, cfg: Any) -> None:
+    def check(self, spec: ModelSpec, cfg: ConfigT) -> None:
         if not isinstance(cfg, TargetedConfig):
             return
         selected = selected_linears(spec, cfg)  # raises on unknown targets
@@ -87,7 +106,7 @@ class PeftMethod(Method):
                 f"peft's {self.name} cannot adapt GPT-2 style Conv1D layers ({', '.join(conv1d)}); use lora or ia3"
             )
 
-    def prepare_base(self, model: nn.Module, cfg: Any) -> None:
+    def prepare_base(self, model: nn.Module, cfg: ConfigT) -> None:
         """Hook run on the base before peft wraps it (quantization for QLoRA and friends)."""
         quant = getattr(cfg, "quant", "none")
         if quant != "none" and not is_on_meta(model):
@@ -96,7 +115,7 @@ class PeftMethod(Method):
 
             prepare_quantized_base(model, quant)
 
-    def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
+    def apply(self, model: nn.Module, cfg: ConfigT) -> nn.Module:
         from peft import get_peft_model
 
         from peftplan.models.spec import ModelSpec
@@ -117,7 +136,7 @@ class PeftMethod(Method):
     def _save_weights(self, model: nn.Module, directory: Path) -> None:
         model.save_pretrained(str(directory), safe_serialization=True)  # type: ignore[operator]
 
-    def load(self, base: nn.Module, directory: Path, cfg: Any) -> nn.Module:
+    def load(self, base: nn.Module, directory: Path, cfg: ConfigT) -> nn.Module:
         from peft import PeftModel
 
         self.prepare_base(base, cfg)
@@ -131,7 +150,7 @@ def peft_targets(spec: ModelSpec, cfg: TargetedConfig) -> str | list[str]:
     return peft_target_pattern(spec, selected_linears(spec, cfg))
 
 
-def suggest_low_rank(trial: Any, config_cls: type[LowRankConfig], **fixed: Any) -> Any:
+def suggest_low_rank(trial: optuna.Trial, config_cls: type[LowRankT], **fixed: Any) -> LowRankT:
     """The LoRA-family search space: rank, alpha as 1x or 2x rank, target preset and dropout."""
     rank = trial.suggest_categorical("rank", [4, 8, 16, 32, 64])
     ratio = trial.suggest_categorical("alpha_ratio", [1, 2])

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from peftplan.errors import BadInputError, suggest
-from peftplan.methods.memory import MemoryTerms
-from peftplan.methods.memory import Quant as Quant  # re-exported: methods and the planner import it from here
+from peftplan.replay.terms import MemoryTerms
+from peftplan.replay.terms import Quant as Quant  # re-exported: methods and the planner import it from here
 
 if TYPE_CHECKING:
     import optuna
@@ -40,8 +40,14 @@ def validation_message(method: str, cls: type[BaseModel], exc: ValidationError) 
     return f"invalid {method} setting {field}={err.get('input')!r}: {err['msg']}"
 
 
-class Method(ABC):
-    """A PEFT method: its config, exact trainable-parameter count, and how to build it for real."""
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
+
+
+class Method(ABC, Generic[ConfigT]):
+    """A PEFT method: its config, exact trainable-parameter count, and how to build it for real.
+
+    Generic in its config class, so each method's code is typed against its own settings.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -52,8 +58,15 @@ class Method(ABC):
     # transformers drops prefix tuning's key/values inside checkpointed blocks (checked on 5.23).
     supports_checkpointing: ClassVar[bool] = True
     trains_whole_base: ClassVar[bool] = False  # full fine-tuning: stacks pick their full-model recipes
+    # (low, high, recipe) learning rate the search samples from; the recipe is the literature's default.
+    lr_range: ClassVar[tuple[float, float, float]] = (1e-5, 1e-3, 1e-4)
+    # Reading a peft adapter_config.json (`methods/peft_config.py`): the peft_type this method reads (the
+    # first registered method of a type reads it), the fields it models, and those that must not be null.
+    peft_type: ClassVar[str | None] = None
+    peft_fields: ClassVar[frozenset[str]] = frozenset()
+    peft_required: ClassVar[tuple[str, ...]] = ()
 
-    def make_config(self, **values: Any) -> MethodConfig:
+    def make_config(self, **values: Any) -> ConfigT:
         """Validate `values` (None entries mean "use the default") into this method's config.
 
         Raises:
@@ -61,18 +74,18 @@ class Method(ABC):
         """
         given = {k: v for k, v in values.items() if v is not None}
         try:
-            return self.config_cls(**given)
+            return cast("ConfigT", self.config_cls(**given))
         except ValidationError as exc:
             raise BadInputError(validation_message(self.name, self.config_cls, exc)) from None
 
-    def check(self, spec: ModelSpec, cfg: MethodConfig) -> None:  # noqa: B027 - optional hook
+    def check(self, spec: ModelSpec, cfg: ConfigT) -> None:  # noqa: B027 - optional hook
         """Raise `BadInputError` if the method cannot apply to `spec` with `cfg`."""
 
     @abstractmethod
-    def trainable_params(self, spec: ModelSpec, cfg: MethodConfig) -> int:
+    def trainable_params(self, spec: ModelSpec, cfg: ConfigT) -> int:
         """Exact number of trainable parameters, computed from the spec alone."""
 
-    def memory_terms(self, spec: ModelSpec, cfg: MethodConfig) -> MemoryTerms:
+    def memory_terms(self, spec: ModelSpec, cfg: ConfigT) -> MemoryTerms:
         """What this method changes in a training step's memory (priced by `peftplan.planner`).
 
         The default describes a frozen base plus `trainable_params` new fp32 parameters; methods that
@@ -80,26 +93,30 @@ class Method(ABC):
         """
         return MemoryTerms(adapter_params=self.trainable_params(spec, cfg))
 
+    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The registered method name and settings that reproduce peft config `raw` (its `peft_type`'s)."""
+        raise NotImplementedError(f"{self.name} does not read peft configs")
+
     @abstractmethod
-    def apply(self, model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    def apply(self, model: nn.Module, cfg: ConfigT) -> nn.Module:
         """Make `model` trainable with this method; returns the model to train."""
 
     @abstractmethod
-    def search_space(self, trial: optuna.Trial) -> MethodConfig:
+    def search_space(self, trial: optuna.Trial) -> ConfigT:
         """A config sampled for an Optuna trial."""
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the adaptation into the base weights (only for mergeable methods)."""
         raise BadInputError(f"{self.name} cannot be merged into the base model")
 
-    def save(self, model: nn.Module, directory: Path, cfg: MethodConfig) -> None:
+    def save(self, model: nn.Module, directory: Path, cfg: ConfigT) -> None:
         """Write the trained adaptation (safetensors) and a manifest naming the method and config."""
         directory.mkdir(parents=True, exist_ok=True)
         self._save_weights(model, directory)
         manifest = {"method": self.name, "config": cfg.model_dump(mode="json")}
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
-    def load(self, base: nn.Module, directory: Path, cfg: MethodConfig) -> nn.Module:
+    def load(self, base: nn.Module, directory: Path, cfg: ConfigT) -> nn.Module:
         """Rebuild the adapted model from a fresh base and a saved directory."""
         model = self.apply(base, cfg)
         _load_trainable_safetensors(model, directory / "adaptation.safetensors")

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from peftplan.errors import BadInputError, UnsupportedError
-from peftplan.methods import get_method
+from peftplan.methods import all_methods, get_method
 from peftplan.methods.base import Method, MethodConfig
 
 # Fields that change neither what trains nor what a training step holds, whatever their value.
@@ -59,69 +58,6 @@ def _init_only(value: Any) -> bool:
     return value in _INIT_ONLY or (isinstance(value, str) and value.startswith("pissa_niter_"))
 
 
-def _targets(raw: Any, field: str = "target_modules") -> list[str]:
-    """peft's target field as peftplan targets: names, "all-linear" or one "re:<regex>"."""
-    if isinstance(raw, str):
-        return ["all-linear"] if raw.lower() == "all-linear" else ["re:" + raw]
-    if isinstance(raw, list | tuple):
-        return [str(t) for t in raw]
-    raise BadInputError(f"adapter_config.json: {field} must be a list of module names or a regex, got {raw!r}")
-
-
-def _feedforward(raw: Any) -> list[str]:
-    if isinstance(raw, str):
-        return ["re:" + raw]
-    return _targets(raw, "feedforward_modules")
-
-
-def _lora(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    name = "dora" if raw.get("use_dora") else "rslora" if raw.get("use_rslora") else "lora"
-    return name, {"rank": raw.get("r", 8), "alpha": raw.get("lora_alpha", 8), "dropout": raw.get("lora_dropout", 0.0),
-                  "targets": _targets(raw["target_modules"])}
-
-
-def _loha(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "loha", {"rank": raw.get("r", 8), "alpha": raw.get("alpha", 8), "dropout": raw.get("module_dropout", 0.0),
-                    "targets": _targets(raw["target_modules"])}
-
-
-def _lokr(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    values = _loha(raw)[1] | {"decompose_both": raw.get("decompose_both", False),
-                              "decompose_factor": raw.get("decompose_factor", -1)}
-    return "lokr", values
-
-
-def _vera(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "vera", {"rank": raw.get("r", 256), "dropout": raw.get("vera_dropout", 0.0),
-                    "targets": _targets(raw["target_modules"])}
-
-
-def _ia3(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "ia3", {"targets": _targets(raw["target_modules"]), "feedforward": _feedforward(raw["feedforward_modules"])}
-
-
-def _prefix(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "prefix", {"virtual_tokens": raw["num_virtual_tokens"]}
-
-
-def _prompt(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "prompt", {"virtual_tokens": raw["num_virtual_tokens"]}
-
-
-# peft_type -> (the fields the conversion models, the fields that must not be null, the conversion).
-_Convert = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
-_PLANNED: dict[str, tuple[frozenset[str], tuple[str, ...], _Convert]] = {
-    "LORA": (frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora"}),
-             ("target_modules",), _lora),
-    "LOHA": (frozenset({"r", "alpha", "module_dropout", "target_modules"}), ("target_modules",), _loha),
-    "LOKR": (frozenset({"r", "alpha", "module_dropout", "target_modules", "decompose_both", "decompose_factor"}),
-             ("target_modules",), _lokr),
-    "VERA": (frozenset({"r", "vera_dropout", "target_modules"}), ("target_modules",), _vera),
-    "IA3": (frozenset({"target_modules", "feedforward_modules"}), ("target_modules", "feedforward_modules"), _ia3),
-    "PREFIX_TUNING": (frozenset({"num_virtual_tokens"}), ("num_virtual_tokens",), _prefix),
-    "PROMPT_TUNING": (frozenset({"num_virtual_tokens"}), ("num_virtual_tokens",), _prompt),
-}
-
 # Why a null field cannot be planned: peft fills it per architecture at apply time.
 _NULL_REASON = {
     "target_modules": "peft then picks its own per-architecture list; list the modules",
@@ -132,7 +68,7 @@ _NULL_REASON = {
 _warned = False
 
 
-def read_peft_config(path: Path) -> tuple[Method, MethodConfig]:
+def read_peft_config(path: Path) -> tuple[Method[Any], MethodConfig]:
     """The method and config that reproduce the adapter `path` describes.
 
     Raises:
@@ -152,16 +88,16 @@ def read_peft_config(path: Path) -> tuple[Method, MethodConfig]:
     if not isinstance(raw, dict) or "peft_type" not in raw:
         raise BadInputError(f"{file} is not a peft adapter_config.json (no 'peft_type')")
     peft_type = str(raw["peft_type"]).upper()
-    if peft_type not in _PLANNED:
+    reader = next((method for method in all_methods() if method.peft_type == peft_type), None)
+    if reader is None:
         raise UnsupportedError(f"{file}: peft_type {raw['peft_type']!r} is not a method peftplan plans")
-    modelled, required, convert = _PLANNED[peft_type]
 
-    refused = [f"{name}=null ({_NULL_REASON[name]})" for name in required if raw.get(name) is None]
-    refused += _unmodelled_fields(file, peft_type, raw, modelled)
+    refused = [f"{name}=null ({_NULL_REASON.get(name, 'peft needs it')})" for name in reader.peft_required if raw.get(name) is None]
+    refused += _unmodelled_fields(file, peft_type, raw, reader.peft_fields)
     if refused:
         raise UnsupportedError(f"{file}: peftplan does not model {'; '.join(refused)}, so it cannot plan this "
                                "adapter exactly")
-    name, values = convert(raw)
+    name, values = reader.from_peft(raw)
     method = get_method(name)
     return method, method.make_config(**values)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from peftplan.methods.memory import MemoryTerms
+from peftplan.models.arch import Arch, BlockLinears, arch_of, block_linears
 from peftplan.models.spec import ModelSpec
-from peftplan.planner.arch import Arch, BlockLinears, arch_of, block_linears
 from peftplan.planner.blocks import block
 from peftplan.planner.context import DTYPE_BYTES, TrainContext
-from peftplan.planner.ops import Ops, Replay, Weight
-from peftplan.planner.symbolic import ZERO, Graph, Poly, Sym, tokens
+from peftplan.replay.ops import Ops, Replay, Weight
+from peftplan.replay.symbolic import ZERO, Graph, Poly, Sym, tokens
+from peftplan.replay.terms import MemoryTerms
 
 INDEX_BYTES = 8  # int64 token ids and labels
 FUSED_VOCAB_TILE = 32768  # TRL's `_CHUNKED_LOGPROB_CHUNK_SIZE`: vocabulary entries per fused-loss tile

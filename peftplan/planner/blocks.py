@@ -7,11 +7,11 @@ key/value heads, gated MLPs, the fp32 statistics of RMSNorm, and the adapter ter
 
 from __future__ import annotations
 
+from peftplan.models.arch import BlockLinears
 from peftplan.models.spec import LinearInfo
-from peftplan.planner.adapters import adapted_linear, bottleneck
-from peftplan.planner.arch import BlockLinears
-from peftplan.planner.ops import Ops, promote
-from peftplan.planner.symbolic import Poly, Sym
+from peftplan.planner.adapters import adapted_linear
+from peftplan.replay.ops import Ops, promote
+from peftplan.replay.symbolic import Poly, Sym
 
 __all__ = ["attention", "block"]
 
@@ -35,7 +35,7 @@ def _linear(ops: Ops, x: Sym, lin: LinearInfo | None, width: int) -> Sym:
     out = adapted_linear(ops, x, lin)
     if lin.name in ops.r.terms.bottleneck_sites:
         terms = ops.r.terms
-        out = bottleneck(ops, out, lin.out_features, terms.bottleneck, terms.bottleneck_activation, lin.name)
+        out = ops.bottleneck(out, lin.out_features, terms.bottleneck, terms.bottleneck_activation, lin.name)
     return out
 
 

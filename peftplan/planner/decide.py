@@ -40,8 +40,8 @@ from peftplan.planner.throughput import DEFAULT_MFU, Throughput, throughput, tra
 if TYPE_CHECKING:
     from peftplan.budgets.budget import Budget
     from peftplan.methods.base import Method, MethodConfig
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
+    from peftplan.replay.terms import MemoryTerms
 
 TOP = 3
 EFFECTIVE_BATCH = 16  # sequences per optimizer step (micro-batch x accumulation x GPUs): QLoRA's recipe
@@ -51,7 +51,6 @@ SEARCH_OPTIMIZERS = ("adamw8bit", "paged-adamw8bit")  # 8-bit AdamW matches 32-b
 SHARDS = ("none", "fsdp", "zero2")
 
 # The quality prior (docs/planner.md "Recommendation" cites each figure).
-PRIOR_KIND = {"lora": 1.0, "dora": 1.0, "ia3_out": 0.85, "ia3_in": 0.85, "loha": 0.95, "lokr": 0.95, "vera": 0.9}
 PRIOR_PROMPT, PRIOR_PROMPT_10B, PRIOR_PREFIX, PRIOR_BOTTLENECK, PRIOR_BITFIT = 0.8, 0.9, 0.85, 0.92, 0.8
 PRIOR_QUANT = -0.01  # QLoRA matches 16-bit LoRA within noise (Dettmers et al., 2023)
 PRIOR_MLP_ONLY, PRIOR_ATTN_ONLY, PRIOR_PARTIAL = -0.02, -0.10, -0.02  # LoRA Without Regret (2025)
@@ -104,7 +103,7 @@ def quality(spec: ModelSpec, terms: MemoryTerms, cfg: MethodConfig, *, examples:
         score = PRIOR_BOTTLENECK
     else:
         kinds = {a.kind for a in terms.linear_adapters.values()}
-        score = min((PRIOR_KIND.get(kind, 0.9) for kind in kinds), default=0.9)
+        score = min((kind.prior for kind in kinds), default=0.9)
     if terms.linear_adapters:
         roles = _roles(spec, terms)
         facts["roles"] = roles
@@ -118,7 +117,7 @@ def quality(spec: ModelSpec, terms: MemoryTerms, cfg: MethodConfig, *, examples:
         score += PRIOR_QUANT
         facts["quant"] = terms.quant
     kind = rank_kind(terms)
-    if kind in ("lora", "dora"):
+    if kind is not None and kind.low_rank:
         rank = int(getattr(cfg, "rank", 0))
         wanted = target_rank(examples)
         facts.update(rank=rank, target_rank=wanted)
@@ -453,7 +452,7 @@ class Search:
                     continue  # this preset selects nothing here (or the method cannot take it)
                 if quant not in (None, "none") and self._covered(inputs, method, first, terms):
                     continue
-                ranked = "rank" in fields and "rank" not in pinned and rank_kind(terms) in ("lora", "dora")
+                ranked = "rank" in fields and "rank" not in pinned and _low_rank(terms)
                 ranks = _ranks(target_rank(inputs.examples), rank_cap(spec, terms, first)) if ranked else [None]
                 ladder = []
                 for rank in ranks:
@@ -552,7 +551,7 @@ class Search:
     def _candidate(self, inputs: Inputs, method: Method, cfg: MethodConfig, terms: MemoryTerms, ctx: TrainContext,
                    model: StepModel, accum: int, serving: ServingPlan, halvings: int, order: int,
                    notes: list[str]) -> Candidate:
-        from peftplan.planner.arch import arch_of
+        from peftplan.models.arch import arch_of
 
         spec, budget = inputs.spec, inputs.budget
         memory, moment = price(model, ctx.batch_size, ctx.seq_len)
@@ -899,3 +898,9 @@ def check_contradictions(*, methods: Sequence[str] | None, quant: str | None, pe
     if grad_ckpt is not None and checkpointing is not None and grad_ckpt != (checkpointing != "none"):
         flag = "--grad-ckpt" if grad_ckpt else "--no-grad-ckpt"
         raise BadInputError(f"{flag} contradicts --checkpointing {checkpointing}: give one of them")
+
+
+def _low_rank(terms: MemoryTerms) -> bool:
+    """The method's rank sets a B·A update whose quality grows with it (LoRA's, DoRA's)."""
+    kind = rank_kind(terms)
+    return kind is not None and kind.low_rank

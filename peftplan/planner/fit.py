@@ -8,7 +8,7 @@ boundary, usually in a handful of probes (`largest_secant`; `largest` is plain b
 The largest rank means something only up to the adapted layers' own dimensions: a LoRA update B·A
 has rank at most min(in, out) of its layer, so the search stops at the smallest dimension of the
 targeted layers; LoKr's rank applies to its Kronecker factor w2, which is stored whole (the rank
-unused) from half its larger side up. `RANK_KNOBS` names what the rank is for each adapter kind.
+unused) from half its larger side up. Each adapter kind says what its rank is (`AdapterKind.rank_meaning`).
 """
 
 from __future__ import annotations
@@ -17,23 +17,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from peftplan.methods.base import Method, MethodConfig
-from peftplan.methods.memory import MemoryTerms
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.context import TrainContext
 from peftplan.planner.memory import GIB, StepModel, step_model
+from peftplan.replay.terms import AdapterKind, MemoryTerms
 
 MAX_BATCH = 1 << 16
 MAX_RANK = 8192
-
-# What the `rank` knob is, per adapter kind (what the max-rank column means for each method).
-RANK_KNOBS: dict[str, str] = {
-    "lora": "rank r of B·A, at most the smallest dimension of the targeted layers",
-    "dora": "rank r of B·A, at most the smallest dimension of the targeted layers",
-    "loha": "rank of each of the two Hadamard factors, at most the smallest targeted dimension",
-    "lokr": "rank of the Kronecker factor w2, which is stored whole (rank unused) from half its larger side",
-    "vera": "rank of the shared frozen projections A and B, at most the smallest targeted dimension",
-}
-
 
 def largest(fits: Callable[[int], bool], low: int, high: int) -> int:
     """The largest n in [low, high] with `fits(n)`, for a monotone `fits`; low - 1 if none fits."""
@@ -96,10 +86,10 @@ def max_seq_len(model: StepModel, vram_bytes: int, batch: int, limit: int) -> in
     return largest_secant(lambda s: model.breakdown(batch, s).total, vram_bytes, 1, limit)
 
 
-def rank_kind(terms: MemoryTerms) -> str | None:
+def rank_kind(terms: MemoryTerms) -> AdapterKind | None:
     """The adapter kind whose rank the method's `rank` knob sets (None: no ranked adapter)."""
     for adapter in terms.linear_adapters.values():
-        if adapter.kind in RANK_KNOBS:
+        if adapter.kind.rank_meaning is not None:
             return adapter.kind
     return None
 
@@ -110,14 +100,10 @@ def rank_cap(spec: ModelSpec, terms: MemoryTerms, cfg: MethodConfig) -> int:
     targeted = [linears[name] for name in terms.linear_adapters if name in linears]
     if not targeted:
         return MAX_RANK
-    if rank_kind(terms) == "lokr":
-        from peftplan.methods.lokr import factorization
-
-        factor = int(getattr(cfg, "decompose_factor", -1))
-        sides = [max(factorization(lin.out_features, factor)[1], factorization(lin.in_features, factor)[1])
-                 for lin in targeted]
-        return max(1, max(-(-side // 2) - 1 for side in sides))
-    return max(1, min(min(lin.in_features, lin.out_features) for lin in targeted))
+    kind = rank_kind(terms)
+    if kind is None:
+        return max(1, min(min(lin.in_features, lin.out_features) for lin in targeted))
+    return kind.rank_cap(targeted, cfg)
 
 
 def max_rank(

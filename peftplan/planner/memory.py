@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftplan.methods.base import Method, MethodConfig
-from peftplan.methods.memory import MemoryTerms, Shape
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.activations import ActivationProfile, activation_profile, base_itemsize
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
-from peftplan.planner.symbolic import Poly
 from peftplan.planner.weights import WeightBytes, weight_bytes
+from peftplan.replay.symbolic import Poly
+from peftplan.replay.terms import MemoryTerms, Shape
 
 MIB = 1 << 20
 GIB = 1 << 30

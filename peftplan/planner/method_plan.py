@@ -12,11 +12,10 @@ from typing import Any
 
 from peftplan.budgets.budget import Budget
 from peftplan.methods.base import Method, MethodConfig
+from peftplan.models.arch import arch_of
 from peftplan.models.spec import ModelSpec
-from peftplan.planner.arch import arch_of
 from peftplan.planner.context import MemoryBreakdown, TrainContext
 from peftplan.planner.fit import (
-    RANK_KNOBS,
     empty_fit_note,
     max_batch_size,
     max_rank,
@@ -29,6 +28,7 @@ from peftplan.planner.serving import ServingNeeds, price_serving
 from peftplan.planner.stacks import check_method, get_stack
 from peftplan.planner.storage import adapter_file_bytes
 from peftplan.planner.throughput import DEFAULT_MFU, inference_overhead, throughput, training_flops_per_token
+from peftplan.replay.terms import MemoryTerms
 
 COMPONENTS = MemoryBreakdown.COMPONENTS
 
@@ -58,7 +58,7 @@ class MethodPlan:
     trace: dict[str, Any] | None = None
     context: TrainContext | None = None  # the context this method was priced in (stack rules applied)
     serving: dict[str, Any] | None = None  # planner/serving.py's ServingPlan for the plan's serving needs
-    max_rank_knob: str | None = None  # what `max_rank` is the rank of (fit.RANK_KNOBS)
+    max_rank_knob: str | None = None  # what `max_rank` is the rank of (AdapterKind.rank_meaning)
 
     @property
     def trainable_pct(self) -> float:
@@ -198,7 +198,10 @@ def plan_method(
         notes=notes,
         context=ctx,
         serving=served.to_dict(),
-        max_rank_knob=RANK_KNOBS.get(rank_kind(terms) or "") if "rank" in type(cfg).model_fields else None,
+        max_rank_knob=_rank_meaning(terms) if "rank" in type(cfg).model_fields else None,
     )
 
 
+def _rank_meaning(terms: MemoryTerms) -> str | None:
+    kind = rank_kind(terms)
+    return kind.rank_meaning if kind is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from peftplan.methods.memory import Shape, numel
+from peftplan.replay.terms import Shape, numel
 
 BNB_BLOCK = 256  # values per absmax in bitsandbytes' 8-bit optimizers
 BNB_MIN_8BIT = 4096  # smaller tensors keep fp32 states

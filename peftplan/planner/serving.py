@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from peftplan.errors import BadInputError, UnknownNameError
-from peftplan.methods.memory import MemoryTerms, numel
-from peftplan.planner.arch import arch_of, block_linears
+from peftplan.models.arch import arch_of, block_linears
 from peftplan.planner.context import DTYPE_BYTES
 from peftplan.planner.memory import CUDA_CONTEXT
 from peftplan.planner.storage import DISK_GBS
 from peftplan.planner.throughput import adapter_flops, attention_flops, matmul_params
+from peftplan.replay.terms import AdapterKind, MemoryTerms, numel
 
 if TYPE_CHECKING:
     from peftplan.budgets.profiles import GpuProfile
@@ -45,18 +45,6 @@ SWITCHING = ("merge", "hot-swap", "multi-tenant")
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: MaxLoRARanks
 TENANTS_IN_FLIGHT = 32  # multi-tenant default: one request per tenant in flight, up to this many
 PREFILL_TOKENS = 2048  # a prefill chunk (vLLM's chunked prefill): the serving activations' size
-
-# How a batch of mixed tasks runs in one forward pass, per adapter kind (None: it cannot).
-_MIXED: dict[str, str | None] = {
-    "lora": "multi-LoRA kernels (vLLM's punica, S-LoRA) gather each request's A and B",
-    "ia3_out": "each request's IA3 vectors are an elementwise scale",
-    "ia3_in": "each request's IA3 vectors are an elementwise scale",
-    "dora": None,  # its magnitude renormalises the merged column norms per task; vLLM does not serve it
-    "loha": None,  # a dense delta weight per task
-    "lokr": None,
-    "vera": None,  # batchable in principle (per-request vectors), but no serving engine implements it
-}
-
 
 @dataclass(frozen=True)
 class ServingNeeds:
@@ -186,8 +174,14 @@ def _task_params(spec: ModelSpec, terms: MemoryTerms) -> int:
     return params
 
 
-def _kinds(terms: MemoryTerms) -> set[str]:
+def _kinds(terms: MemoryTerms) -> set[AdapterKind]:
     return {adapter.kind for adapter in terms.linear_adapters.values()}
+
+
+def _vllm_kinds(terms: MemoryTerms) -> bool:
+    """Every adapter is of a kind vLLM's multi-LoRA serving runs."""
+    kinds = _kinds(terms)
+    return bool(kinds) and all(kind.vllm for kind in kinds)
 
 
 def mixed_batches(terms: MemoryTerms) -> tuple[bool, str]:
@@ -203,7 +197,7 @@ def mixed_batches(terms: MemoryTerms) -> tuple[bool, str]:
     if terms.bottleneck:
         return False, "bottleneck adapters are extra layers per task: no batched kernel"
     kinds = _kinds(terms)
-    hows = [_MIXED.get(kind) for kind in kinds]
+    hows = [kind.mixed_batches for kind in kinds]
     if kinds and all(hows):
         return True, str(hows[0])
     return False, "no serving kernel batches these adapters across tasks: a forward serves one task"
@@ -211,8 +205,7 @@ def mixed_batches(terms: MemoryTerms) -> tuple[bool, str]:
 
 def _vllm_servable(terms: MemoryTerms) -> bool:
     """LoRA adapters (rank <= 512) on Linears only: what vLLM's multi-LoRA serving runs."""
-    kinds = _kinds(terms)
-    return (kinds == {"lora"} and terms.trainable_base == "none" and not terms.extra_tensors
+    return (_vllm_kinds(terms) and terms.trainable_base == "none" and not terms.extra_tensors
             and not terms.extra_tokens and not terms.prefix_tokens and not terms.bottleneck
             and max(a.rank for a in terms.linear_adapters.values()) <= VLLM_RANKS[-1])
 
@@ -246,12 +239,7 @@ def merge_seconds(spec: ModelSpec, terms: MemoryTerms, dtype: str, gpu: GpuProfi
         if lin is None:
             continue
         weight = lin.in_features * lin.out_features
-        if adapter.kind in ("lora", "dora", "vera"):
-            flops = 2.0 * adapter.rank * weight  # B @ A
-        elif adapter.kind == "loha":
-            flops = 4.0 * adapter.rank * weight  # two low-rank products and their Hadamard product
-        else:
-            flops = float(weight)  # an elementwise scale (IA3) or a Kronecker product (LoKr)
+        flops = adapter.kind.merge_flops(lin, adapter)
         seconds += max(flops / (gpu.bf16_tflops * 1e12), 2 * weight * size / (gpu.mem_bw_gbs * 1e9))
     return seconds
 
@@ -351,7 +339,7 @@ def price_serving(
         # Every task's adapter resident (peft's multi-adapter model); vLLM does not serve these.
         load = adapter_load
         adapters_gpu, resident, swap, extra = shared + tasks * task_gpu, tasks, 0.0, unmerged
-        reason = "LoRA above rank 512" if _kinds(terms) == {"lora"} else "this method"
+        reason = "LoRA above rank 512" if _vllm_kinds(terms) else "this method"
         notes.append(f"vLLM's multi-LoRA serving does not run {reason}: every task's adapter stays resident")
 
     virtual = terms.extra_tokens + terms.prefix_tokens

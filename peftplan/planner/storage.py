@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from peftplan.methods.base import Method
-from peftplan.methods.memory import MemoryTerms, Shape, numel
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.context import DTYPE_BYTES
+from peftplan.replay.terms import MemoryTerms, Shape, numel
 
 PEFT_PREFIX = "base_model.model."
 _DTYPE_NAMES = {4: "F32", 2: "BF16", 1: "U8"}

@@ -3,8 +3,8 @@
 FLOPs per trained token:
 - full fine-tuning: 6 per matmul weight (forward 2, backward 4), plus attention;
 - frozen-base PEFT: 4 per base weight (forward, and the input gradients backward needs), plus the
-  adapter's own 6 per adapter weight, plus attention. LoHa and LoKr build a dense delta weight and
-  multiply by it, so they cost a full extra matmul per adapted layer;
+  adapter's own FLOPs (`AdapterKind.flops`, in the method's package: 6 per LoRA weight; LoHa and LoKr
+  build a dense delta weight and multiply by it, a full extra matmul per adapted layer), plus attention;
 - gradient checkpointing adds one more forward.
 Attention counts 4·S·width per layer forward (causal: half of that, as flash kernels skip it).
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peftplan.methods.memory import MemoryTerms, numel
+from peftplan.models.arch import Arch
 from peftplan.models.spec import ModelSpec
-from peftplan.planner.arch import Arch
+from peftplan.replay.terms import MemoryTerms, numel
 
 DEFAULT_MFU = 0.40
 
@@ -49,20 +49,12 @@ def attention_flops(arch: Arch, seq: int, extra_kv: int = 0) -> float:
 def adapter_flops(spec: ModelSpec, terms: MemoryTerms, *, forward_only: bool = False) -> float:
     """FLOPs per token that the method's own tensors add: training (forward and backward) or forward only."""
     linears = {lin.name: lin for lin in spec.linears}
-    train = 0.0 if forward_only else 1.0
+    train = not forward_only
     total = 0.0
     for name, adapter in terms.linear_adapters.items():
         lin = linears.get(name)
-        if lin is None:
-            continue
-        if adapter.kind in ("loha", "lokr"):  # x @ delta_W: a dense matmul, its input and weight grads
-            total += (2.0 + 4.0 * train) * lin.in_features * lin.out_features
-        elif adapter.kind == "vera":  # frozen projections: forward and input gradients only
-            total += (2.0 + 2.0 * train) * adapter.rank * (lin.in_features + lin.out_features)
-        elif adapter.kind.startswith("ia3"):
-            total += (1.0 + 2.0 * train) * adapter.delta_params
-        else:
-            total += (2.0 + 4.0 * train) * adapter.delta_params
+        if lin is not None:
+            total += adapter.kind.flops(lin, adapter, train=train)
     if terms.bottleneck:
         total += (2.0 + 4.0 * train) * sum(numel(shape) for shape in terms.extra_tensors)
     return total

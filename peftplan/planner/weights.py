@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peftplan.methods.base import Quant
-from peftplan.methods.memory import MemoryTerms
 from peftplan.models.spec import LinearInfo, ModelSpec
 from peftplan.planner.context import DTYPE_BYTES, TrainContext
+from peftplan.replay.terms import MemoryTerms
 
 BLOCK_4BIT = 64  # weights per absmax block
 BLOCK_DOUBLE = 256  # absmax values per second-level block

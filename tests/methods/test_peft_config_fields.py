@@ -76,7 +76,7 @@ def test_ia3_memory_terms_follow_feedforward_modules(tmp_path: Path) -> None:
     spec = get_spec(LLAMA_3B)
     method, cfg = read_peft_config(write(tmp_path, {"peft_type": "IA3", "target_modules": [*ATTN, *MLP],
                                                     "feedforward_modules": MLP}))
-    kinds = {name.rsplit(".", 1)[-1]: a.kind for name, a in method.memory_terms(spec, cfg).linear_adapters.items()}
+    kinds = {name.rsplit(".", 1)[-1]: a.kind.name for name, a in method.memory_terms(spec, cfg).linear_adapters.items()}
     assert kinds == {**dict.fromkeys(ATTN, "ia3_out"), **dict.fromkeys(MLP, "ia3_in")}
 
 

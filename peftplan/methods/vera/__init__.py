@@ -6,14 +6,22 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from peftplan.methods._peft import LowRankConfig, PeftMethod, peft_targets, selected_linears
+from peftplan.methods._peft import (
+    LowRankConfig,
+    PeftMethod,
+    peft_targets,
+    selected_linears,
+    targets_from_peft,
+)
 from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods.vera.replay import VERA
 
 if TYPE_CHECKING:
+    import optuna
     from peft import PeftConfig
 
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
+    from peftplan.replay.terms import MemoryTerms
 
 
 class VeraConfig(LowRankConfig):
@@ -23,23 +31,31 @@ class VeraConfig(LowRankConfig):
     alpha: float = Field(1.0, gt=0, description="Unused by VeRA; kept for a uniform low-rank interface.")
 
 
-class Vera(PeftMethod):
+class Vera(PeftMethod[VeraConfig]):
     name = "vera"
+    lr_range = (1e-4, 1e-2, 1e-3)
     summary = "Shared frozen random projections with trainable scaling vectors; tiny; merges."
     config_cls: ClassVar[type[VeraConfig]] = VeraConfig
     mergeable = True
     inference_overhead = "unmerged-matmul"
+    peft_type = "VERA"
+    peft_fields = frozenset({"r", "vera_dropout", "target_modules"})
+    peft_required = ("target_modules",)
 
-    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+    def trainable_params(self, spec: ModelSpec, cfg: VeraConfig) -> int:
         # lambda_b scales each output feature, lambda_d each rank direction.
         return sum(lin.out_features + cfg.rank for lin in selected_linears(spec, cfg))
 
-    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
-        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return self.name, {"rank": raw.get("r", 256), "dropout": raw.get("vera_dropout", 0.0),
+                           "targets": targets_from_peft(raw["target_modules"])}
+
+    def memory_terms(self, spec: ModelSpec, cfg: VeraConfig) -> MemoryTerms:
+        from peftplan.replay.terms import LinearAdapter, MemoryTerms
 
         selected = selected_linears(spec, cfg)
         adapters = {
-            lin.name: LinearAdapter("vera", rank=cfg.rank, dropout=cfg.dropout, tensors=((lin.out_features,), (cfg.rank,)),
+            lin.name: LinearAdapter(VERA, rank=cfg.rank, dropout=cfg.dropout, tensors=((lin.out_features,), (cfg.rank,)),
                                       names=("vera_lambda_b", "vera_lambda_d"))
             for lin in selected
         }
@@ -54,7 +70,7 @@ class Vera(PeftMethod):
             frozen_saved=(("base_model.vera_A", (cfg.rank, widest_in)), ("base_model.vera_B", (widest_out, cfg.rank))),
         )
 
-    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+    def peft_config(self, spec: ModelSpec, cfg: VeraConfig) -> PeftConfig:
         from peft import VeraConfig as PeftVeraConfig
 
         return PeftVeraConfig(
@@ -64,7 +80,7 @@ class Vera(PeftMethod):
             task_type=peft_task_type(spec),
         )
 
-    def search_space(self, trial: Any) -> Any:
+    def search_space(self, trial: optuna.Trial) -> VeraConfig:
         rank = trial.suggest_categorical("rank", [64, 128, 256, 512])
         targets = trial.suggest_categorical("targets", ["attn", "mlp", "all-linear"])
         return VeraConfig(rank=rank, targets=[targets])

@@ -12,15 +12,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from peftplan.methods._peft import REGEX_PREFIX, PeftMethod, TargetedConfig, selected_linears
+from peftplan.methods._peft import (
+    REGEX_PREFIX,
+    PeftMethod,
+    TargetedConfig,
+    selected_linears,
+    targets_from_peft,
+)
 from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods.ia3.replay import IA3_IN, IA3_OUT
 from peftplan.methods.targets import PRESETS, peft_target_pattern
 
 if TYPE_CHECKING:
+    import optuna
     from peft import PeftConfig
 
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import LinearInfo, ModelSpec
+    from peftplan.replay.terms import MemoryTerms
 
 
 class IA3Config(TargetedConfig):
@@ -65,7 +73,7 @@ def is_ffn_output(linear: LinearInfo) -> bool:
     return linear.role == "mlp" and linear.in_features > linear.out_features
 
 
-def feedforward_names(spec: ModelSpec, cfg: Any) -> set[str]:
+def feedforward_names(spec: ModelSpec, cfg: IA3Config) -> set[str]:
     """The selected Linears whose IA3 vector scales the input, by peft's rule for `feedforward_modules`."""
     selected = selected_linears(spec, cfg)
     ff = cfg.feedforward
@@ -78,34 +86,44 @@ def feedforward_names(spec: ModelSpec, cfg: Any) -> set[str]:
     return {lin.name for lin in selected if any(lin.name.endswith(name) for name in ff)}
 
 
-class IA3(PeftMethod):
+class IA3(PeftMethod[IA3Config]):
     name = "ia3"
+    lr_range = (1e-4, 3e-2, 3e-3)
     summary = "Learned rescaling vectors on activations; tiny, merges into the base."
     config_cls: ClassVar[type[IA3Config]] = IA3Config
     mergeable = True
     inference_overhead = "unmerged-matmul"
     supports_quantized_base = True
+    peft_type = "IA3"
+    peft_fields = frozenset({"target_modules", "feedforward_modules"})
+    peft_required = ("target_modules", "feedforward_modules")
 
-    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+    def trainable_params(self, spec: ModelSpec, cfg: IA3Config) -> int:
         feedforward = feedforward_names(spec, cfg)
         return sum(
             lin.in_features if lin.name in feedforward else lin.out_features for lin in selected_linears(spec, cfg)
         )
 
-    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
-        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        feedforward = raw["feedforward_modules"]
+        return self.name, {"targets": targets_from_peft(raw["target_modules"]),
+                           "feedforward": [REGEX_PREFIX + feedforward] if isinstance(feedforward, str)
+                           else targets_from_peft(feedforward, "feedforward_modules")}
+
+    def memory_terms(self, spec: ModelSpec, cfg: IA3Config) -> MemoryTerms:
+        from peftplan.replay.terms import LinearAdapter, MemoryTerms
 
         feedforward = feedforward_names(spec, cfg)
         adapters = {
-            lin.name: LinearAdapter("ia3_in", tensors=((1, lin.in_features),), names=("ia3_l",))
+            lin.name: LinearAdapter(IA3_IN, tensors=((1, lin.in_features),), names=("ia3_l",))
             if lin.name in feedforward
-            else LinearAdapter("ia3_out", tensors=((lin.out_features, 1),), names=("ia3_l",))
+            else LinearAdapter(IA3_OUT, tensors=((lin.out_features, 1),), names=("ia3_l",))
             for lin in selected_linears(spec, cfg)
         }
         total = sum(a.delta_params for a in adapters.values())
         return MemoryTerms(adapter_params=total, linear_adapters=adapters)
 
-    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+    def peft_config(self, spec: ModelSpec, cfg: IA3Config) -> PeftConfig:
         from peft import IA3Config as PeftIA3Config
 
         selected = selected_linears(spec, cfg)
@@ -117,7 +135,7 @@ class IA3(PeftMethod):
             task_type=peft_task_type(spec),
         )
 
-    def search_space(self, trial: Any) -> Any:
+    def search_space(self, trial: optuna.Trial) -> IA3Config:
         return IA3Config(targets=[trial.suggest_categorical("targets", ["attn", "mlp", "all-linear"])])
 
 

@@ -6,14 +6,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from peftplan.methods._peft import LowRankConfig, PeftMethod, peft_targets, selected_linears, suggest_low_rank
+from peftplan.methods._peft import (
+    LowRankConfig,
+    PeftMethod,
+    peft_alpha,
+    peft_targets,
+    selected_linears,
+    suggest_low_rank,
+    targets_from_peft,
+)
 from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods.loha.replay import LOHA
 
 if TYPE_CHECKING:
+    import optuna
     from peft import PeftConfig
 
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
+    from peftplan.replay.terms import MemoryTerms
 
 
 class LoHaConfig(LowRankConfig):
@@ -23,23 +33,26 @@ class LoHaConfig(LowRankConfig):
     alpha: float = Field(16.0, gt=0, description="Scaling numerator.")
 
 
-class LoHa(PeftMethod):
+class LoHa(PeftMethod[LoHaConfig]):
     supports_conv1d = False
     name = "loha"
     summary = "Hadamard product of two low-rank updates: higher effective rank per parameter; merges."
     config_cls: ClassVar[type[LoHaConfig]] = LoHaConfig
     mergeable = True
     inference_overhead = "unmerged-matmul"
+    peft_type = "LOHA"
+    peft_fields = frozenset({"r", "alpha", "module_dropout", "target_modules"})
+    peft_required = ("target_modules",)
 
-    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+    def trainable_params(self, spec: ModelSpec, cfg: LoHaConfig) -> int:
         return sum(2 * cfg.rank * (lin.in_features + lin.out_features) for lin in selected_linears(spec, cfg))
 
-    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
-        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+    def memory_terms(self, spec: ModelSpec, cfg: LoHaConfig) -> MemoryTerms:
+        from peftplan.replay.terms import LinearAdapter, MemoryTerms
 
         adapters = {
             lin.name: LinearAdapter(
-                "loha",
+                LOHA,
                 rank=cfg.rank,
                 dropout=cfg.dropout,
                 tensors=((lin.out_features, cfg.rank), (cfg.rank, lin.in_features)) * 2,
@@ -49,18 +62,22 @@ class LoHa(PeftMethod):
         }
         return MemoryTerms(adapter_params=sum(a.delta_params for a in adapters.values()), linear_adapters=adapters)
 
-    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return self.name, {"rank": raw.get("r", 8), "alpha": raw.get("alpha", 8),
+                           "dropout": raw.get("module_dropout", 0.0), "targets": targets_from_peft(raw["target_modules"])}
+
+    def peft_config(self, spec: ModelSpec, cfg: LoHaConfig) -> PeftConfig:
         from peft import LoHaConfig as PeftLoHaConfig
 
         return PeftLoHaConfig(
             r=cfg.rank,
-            alpha=cfg.alpha,
+            alpha=peft_alpha(cfg.alpha),
             module_dropout=cfg.dropout,
             target_modules=peft_targets(spec, cfg),
             task_type=peft_task_type(spec),
         )
 
-    def search_space(self, trial: Any) -> Any:
+    def search_space(self, trial: optuna.Trial) -> LoHaConfig:
         return suggest_low_rank(trial, self.config_cls)
 
 

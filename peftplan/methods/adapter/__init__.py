@@ -7,7 +7,7 @@ starts as the identity (zero-initialised up-projection).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,10 +15,11 @@ from peftplan.errors import UnsupportedError
 from peftplan.methods.base import Method, MethodConfig
 
 if TYPE_CHECKING:
+    import optuna
     from torch import nn
 
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import LinearInfo, ModelSpec
+    from peftplan.replay.terms import MemoryTerms
 
 
 class AdapterConfig(MethodConfig):
@@ -76,7 +77,7 @@ def _adapter_modules() -> tuple[type, type]:
     return Bottleneck, WithAdapter
 
 
-class BottleneckAdapter(Method):
+class BottleneckAdapter(Method[AdapterConfig]):
     name = "adapter"
     summary = "Houlsby bottleneck adapters after attention and MLP; adds layers, cannot merge."
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
@@ -84,15 +85,15 @@ class BottleneckAdapter(Method):
     inference_overhead = "extra-layers"
     supports_quantized_base = True
 
-    def check(self, spec: ModelSpec, cfg: Any) -> None:
+    def check(self, spec: ModelSpec, cfg: AdapterConfig) -> None:
         adapter_sites(spec)
 
-    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+    def trainable_params(self, spec: ModelSpec, cfg: AdapterConfig) -> int:
         h, b = spec.hidden_size, cfg.bottleneck
         return len(adapter_sites(spec)) * (2 * h * b + b + h)
 
-    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
-        from peftplan.methods.memory import MemoryTerms
+    def memory_terms(self, spec: ModelSpec, cfg: AdapterConfig) -> MemoryTerms:
+        from peftplan.replay.terms import MemoryTerms
 
         h, b = spec.hidden_size, cfg.bottleneck
         sites = adapter_sites(spec)
@@ -107,7 +108,7 @@ class BottleneckAdapter(Method):
             ),
         )
 
-    def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
+    def apply(self, model: nn.Module, cfg: AdapterConfig) -> nn.Module:
         from peftplan.models.spec import ModelSpec
 
         spec = ModelSpec.from_model(model)
@@ -123,7 +124,7 @@ class BottleneckAdapter(Method):
             setattr(parent, child, wrapper_cls(base, adapter))
         return model
 
-    def search_space(self, trial: Any) -> Any:
+    def search_space(self, trial: optuna.Trial) -> AdapterConfig:
         return AdapterConfig(bottleneck=trial.suggest_categorical("bottleneck", [16, 32, 64, 128]))
 
 

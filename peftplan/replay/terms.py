@@ -1,21 +1,72 @@
-"""What a method changes in a training step's memory, as plain data the planner prices.
+"""What a method changes in a training step's memory, as data the planner prices.
 
 Each method returns `MemoryTerms` from `Method.memory_terms(spec, cfg)`: which base parameters train,
-the parameters it adds, the bitsandbytes storage of the base, and for every adapted Linear the kind
-of adapter it wraps around it. The planner (`peftplan.planner`) turns these into bytes; the methods
-never import the planner, so the layering of DESIGN.md holds.
+the parameters it adds, the bitsandbytes storage of the base, and for every adapted Linear the
+`AdapterKind` it wraps around it. An adapter kind is owned by its method's package
+(`methods/<name>/replay.py`) and says how its forward replays, what it costs in FLOPs and how it
+serves; the planner calls it and never compares a method's or a kind's name.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from peftplan.models.spec import LinearInfo
+    from peftplan.replay.ops import Ops
+    from peftplan.replay.symbolic import Sym
 
 Quant = Literal["none", "nf4", "fp4", "int8"]
 
 Shape = tuple[int, ...]
-AdapterKind = Literal["lora", "dora", "ia3_out", "ia3_in", "loha", "lokr", "vera"]
 TrainableBase = Literal["none", "all", "biases"]
+
+
+class AdapterKind(ABC):
+    """One kind of adapter peft wraps around a Linear (LoRA's B·A, IA3's scale, ...).
+
+    Attributes:
+        name: shown in plans and traces.
+        rank_meaning: what the method's `rank` knob sets for this kind (None: it has no rank).
+        low_rank: a B·A update whose quality grows with its rank (the decision's rank prior).
+        prior: the decision's quality prior for this kind, relative to LoRA's 1.0.
+        mixed_batches: how one forward serves requests of different tasks (None: it cannot).
+        vllm: vLLM's multi-LoRA serving runs it (ranks up to 512).
+        scales_input: it acts on the Linear's input, before the base matmul (IA3 on feed-forward).
+    """
+
+    name: ClassVar[str]
+    rank_meaning: ClassVar[str | None] = None
+    low_rank: ClassVar[bool] = False
+    prior: ClassVar[float] = 0.9
+    mixed_batches: ClassVar[str | None] = None
+    vllm: ClassVar[bool] = False
+    scales_input: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def replay_input(self, ops: Ops, x: Sym, lin: LinearInfo) -> Sym:
+        """The Linear's input as the base layer reads it (only kinds with `scales_input` change it)."""
+        return x
+
+    @abstractmethod
+    def replay(self, ops: Ops, x: Sym, result: Sym, lin: LinearInfo, adapter: LinearAdapter) -> Sym:
+        """The module's output, given its input `x` and the base layer's output `result`."""
+
+    @abstractmethod
+    def flops(self, lin: LinearInfo, adapter: LinearAdapter, *, train: bool) -> float:
+        """FLOPs per token this adapter adds: forward and backward when `train`, else forward only."""
+
+    @abstractmethod
+    def merge_flops(self, lin: LinearInfo, adapter: LinearAdapter) -> float:
+        """FLOPs to build the delta weight once (a merge or unmerge)."""
+
+    def rank_cap(self, linears: list[LinearInfo], settings: object) -> int:
+        """The largest rank that still means something on `linears` (the method's config is `settings`)."""
+        return max(1, min(min(lin.in_features, lin.out_features) for lin in linears))
 
 
 @dataclass(frozen=True)

@@ -3,38 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from peftplan.methods.base import Method, MethodConfig
 
 if TYPE_CHECKING:
+    import optuna
     from torch import nn
 
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
+    from peftplan.replay.terms import MemoryTerms
 
 
 class FullConfig(MethodConfig):
     """Full fine-tuning has no method-specific settings."""
 
 
-class FullFineTuning(Method):
+class FullFineTuning(Method[FullConfig]):
     name = "full"
+    lr_range = (1e-6, 1e-4, 2e-5)
     trains_whole_base = True
     summary = "All weights train; best quality ceiling, largest memory; one full copy per task."
     config_cls: ClassVar[type[FullConfig]] = FullConfig
     mergeable = True  # nothing to merge: the weights themselves changed
     inference_overhead = "none"
 
-    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+    def trainable_params(self, spec: ModelSpec, cfg: FullConfig) -> int:
         return spec.total_params
 
-    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
-        from peftplan.methods.memory import MemoryTerms
+    def memory_terms(self, spec: ModelSpec, cfg: FullConfig) -> MemoryTerms:
+        from peftplan.replay.terms import MemoryTerms
 
         return MemoryTerms(trainable_base="all")
 
-    def apply(self, model: nn.Module, cfg: Any) -> nn.Module:
+    def apply(self, model: nn.Module, cfg: FullConfig) -> nn.Module:
         model.requires_grad_(True)
         return model
 
@@ -46,13 +48,13 @@ class FullFineTuning(Method):
 
         save_model(model, str(directory / "adaptation.safetensors"))  # handles tied weights
 
-    def load(self, base: nn.Module, directory: Path, cfg: Any) -> nn.Module:
+    def load(self, base: nn.Module, directory: Path, cfg: FullConfig) -> nn.Module:
         from safetensors.torch import load_model
 
         load_model(base, str(directory / "adaptation.safetensors"))
         return self.apply(base, cfg)
 
-    def search_space(self, trial: Any) -> Any:
+    def search_space(self, trial: optuna.Trial) -> FullConfig:
         return FullConfig()
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from peftplan.methods.memory import LinearAdapter, MemoryTerms
-from peftplan.planner.arch import Arch
-from peftplan.planner.symbolic import Graph, Poly, Sym, const, positions, tokens
+from peftplan.models.arch import Arch
+from peftplan.replay.symbolic import Graph, Poly, Sym, const, positions, tokens
+from peftplan.replay.terms import LinearAdapter, MemoryTerms
 
 Device = Literal["cuda", "cpu"]
 # Ops CUDA's autocast runs in fp32 (CPU's autocast keeps them in the input dtype).
@@ -248,6 +248,14 @@ class Ops:
         if kind == "rms_gemma":
             return self.rms_norm_gemma(x, width, key)
         return self.rms_norm(x, width, key)
+
+    def bottleneck(self, hidden: Sym, width: int, size: int, activation: str, key: str) -> Sym:
+        """A Houlsby bottleneck after a sublayer: `h + up(act(down(h.to(fp32)))).to(h.dtype)`."""
+        h32 = self.cast(hidden, 4)
+        down = self.matmul(h32, Weight(width * size, 4, True, key + ".down"), size, bias_trainable=True)
+        act = self.act(down, activation)
+        up = self.matmul(act, Weight(size * width, 4, True, key + ".up"), width, bias_trainable=True)
+        return self.add(hidden, self.cast(up, hidden.itemsize))
 
     # -- the weight of one Linear --------------------------------------------------------------------
     def linear_weight(self, name: str, in_features: int, out_features: int) -> Weight:

@@ -6,14 +6,25 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from peftplan.methods._peft import LowRankConfig, PeftMethod, peft_targets, selected_linears, suggest_low_rank
+from peftplan.methods._peft import (
+    LowRankConfig,
+    PeftMethod,
+    peft_alpha,
+    peft_targets,
+    selected_linears,
+    suggest_low_rank,
+    targets_from_peft,
+)
 from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods.lokr.factors import factorization
+from peftplan.methods.lokr.replay import LOKR
 
 if TYPE_CHECKING:
+    import optuna
     from peft import PeftConfig
 
-    from peftplan.methods.memory import MemoryTerms
     from peftplan.models.spec import ModelSpec
+    from peftplan.replay.terms import MemoryTerms
 
 
 class LoKrConfig(LowRankConfig):
@@ -23,24 +34,6 @@ class LoKrConfig(LowRankConfig):
     alpha: float = Field(16.0, gt=0, description="Scaling numerator.")
     decompose_both: bool = Field(False, description="Also decompose the first Kronecker factor.")
     decompose_factor: int = Field(-1, description="Factorization divider; -1 means near the square root.")
-
-
-def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
-    """Split `dimension` into two factors the way LyCORIS and peft do (the first <= the second)."""
-    if factor > 0 and dimension % factor == 0:
-        return factor, dimension // factor
-    limit = dimension if factor == -1 else factor
-    m, n = 1, dimension
-    initial_length = m + n  # peft compares against the starting sum, not the running one
-    while m < n:
-        candidate = m + 1
-        while dimension % candidate != 0:
-            candidate += 1
-        partner = dimension // candidate
-        if candidate + partner > initial_length or candidate > limit:
-            break
-        m, n = candidate, partner
-    return (n, m) if m > n else (m, n)
 
 
 def lokr_layer_tensors(in_features: int, out_features: int, cfg: LoKrConfig) -> tuple[tuple[int, int], ...]:
@@ -71,23 +64,26 @@ def lokr_layer_params(in_features: int, out_features: int, cfg: LoKrConfig) -> i
     return sum(a * b for a, b in lokr_layer_tensors(in_features, out_features, cfg))
 
 
-class LoKr(PeftMethod):
+class LoKr(PeftMethod[LoKrConfig]):
     supports_conv1d = False
     name = "lokr"
     summary = "Kronecker product of a small full matrix and a low-rank one; very few parameters; merges."
     config_cls: ClassVar[type[LoKrConfig]] = LoKrConfig
     mergeable = True
     inference_overhead = "unmerged-matmul"
+    peft_type = "LOKR"
+    peft_fields = frozenset({"r", "alpha", "module_dropout", "target_modules", "decompose_both", "decompose_factor"})
+    peft_required = ("target_modules",)
 
-    def trainable_params(self, spec: ModelSpec, cfg: Any) -> int:
+    def trainable_params(self, spec: ModelSpec, cfg: LoKrConfig) -> int:
         return sum(lokr_layer_params(lin.in_features, lin.out_features, cfg) for lin in selected_linears(spec, cfg))
 
-    def memory_terms(self, spec: ModelSpec, cfg: Any) -> MemoryTerms:
-        from peftplan.methods.memory import LinearAdapter, MemoryTerms
+    def memory_terms(self, spec: ModelSpec, cfg: LoKrConfig) -> MemoryTerms:
+        from peftplan.replay.terms import LinearAdapter, MemoryTerms
 
         adapters = {
             lin.name: LinearAdapter(
-                "lokr",
+                LOKR,
                 rank=cfg.rank,
                 dropout=cfg.dropout,
                 tensors=lokr_layer_tensors(lin.in_features, lin.out_features, cfg),
@@ -97,12 +93,18 @@ class LoKr(PeftMethod):
         }
         return MemoryTerms(adapter_params=sum(a.delta_params for a in adapters.values()), linear_adapters=adapters)
 
-    def peft_config(self, spec: ModelSpec, cfg: Any) -> PeftConfig:
+    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return self.name, {"rank": raw.get("r", 8), "alpha": raw.get("alpha", 8),
+                           "dropout": raw.get("module_dropout", 0.0), "targets": targets_from_peft(raw["target_modules"]),
+                           "decompose_both": raw.get("decompose_both", False),
+                           "decompose_factor": raw.get("decompose_factor", -1)}
+
+    def peft_config(self, spec: ModelSpec, cfg: LoKrConfig) -> PeftConfig:
         from peft import LoKrConfig as PeftLoKrConfig
 
         return PeftLoKrConfig(
             r=cfg.rank,
-            alpha=cfg.alpha,
+            alpha=peft_alpha(cfg.alpha),
             module_dropout=cfg.dropout,
             decompose_both=cfg.decompose_both,
             decompose_factor=cfg.decompose_factor,
@@ -110,7 +112,7 @@ class LoKr(PeftMethod):
             task_type=peft_task_type(spec),
         )
 
-    def search_space(self, trial: Any) -> Any:
+    def search_space(self, trial: optuna.Trial) -> LoKrConfig:
         return suggest_low_rank(trial, self.config_cls)
 
 

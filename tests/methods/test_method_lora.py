@@ -1,0 +1,11 @@
+"""LoRA: the method contract (`tests/methods/contract.py`)."""
+
+from __future__ import annotations
+
+from tests.methods.contract import LOW_RANK_ROWS, MethodContract
+
+
+class TestLoRA(MethodContract):
+    name = "lora"
+    rows = LOW_RANK_ROWS
+    tiny = {"rank": 4}

@@ -175,6 +175,15 @@ _TABLES = Recipe(
     seq_note="longest Alpaca sample: 1304 tokens (Llama 2), drawn at iteration 0",
     note="finetune/lora.py @8641822: lm_head_chunk_size=128 + chunked_cross_entropy",
 )
+# litgpt's QLoRA runs used bitsandbytes before 0.43.2 (8641822: `bitsandbytes` unpinned in requirements-all.txt,
+# 0.41.1 in 2023-10; pyproject.toml `bitsandbytes==0.42.0` from 2024-03 to 2024-12-28), whose MatMul4Bit keeps
+# each 4-bit Linear's input for as long as the graph (`bnb_keeps_input`); with `--quantize` the scripts use
+# `bnb.optim.PagedAdamW` (finetune/lora.py, utils.py `instantiate_bnb_optimizer`).
+_BNB_042 = {"bnb_keeps_input": True}
+_STEADY = ("steady step: the previous full batch's kept inputs and logits beside this forward (litgpt's loop holds "
+           "`logits`)")
+_FIRST_STEP = ("published peak is iteration 0 (longest sample first, later ones shorter): no previous step's kept "
+               "inputs there, the plan prices a steady step at this length")
 _FSDP = ("devices > 1: FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block}), "
          "planned as FSDP + recompute")
 _ABOVE_SHARD = "; unexplained: the per-GPU figure is above the 1-GPU run's (row 283), not a sharded steady state"
@@ -267,7 +276,8 @@ RECIPES: dict[int, Recipe] = {
     220: replace(_HUB, model="tiiuae/falcon-7b", config={**_HUB.config, "targets": ["query_key_value"]},
                  note="q+v LoRA on Falcon's fused query_key_value, planned on the whole fused layer"),
     222: replace(_HUB, model="tiiuae/falcon-7b", method="qlora", config={**_HUB.config, "targets": ["query_key_value"]},
-                 note="bnb.nf4 (single quant; planned double-quant); q+v on the fused query_key_value"),
+                 optimizer="paged-adamw", knobs={**_HUB.knobs, **_BNB_042},
+                 note="bnb.nf4 (single quant; planned double-quant); q+v on the fused query_key_value; " + _STEADY),
     228: replace(_HUB, model="google/gemma-7b", compare="oom", gpu="a10g",
                  config={**_HUB_ALL, "rank": 16, "dropout": 0.1}, note=_GEMMA + "; " + _UNTIED),
     230: replace(_HUB, model="google/gemma-2-2b", batch_size=2, config={**_HUB_ALL, "dropout": 0.1},
@@ -275,23 +285,28 @@ RECIPES: dict[int, Recipe] = {
     232: replace(_HUB, model="google/gemma-2-9b", compare="oom", gpu="a10g",
                  config={**_HUB_ALL, "rank": 16, "dropout": 0.1}, note=_GEMMA + "; " + _UNTIED),
     234: replace(_HUB, model="google/gemma-2-9b", method="qlora", config={**_HUB_ALL, "rank": 16, "dropout": 0.1},
-                 note="bnb.nf4 (single quant; planned double-quant); lora_dropout 0.1; " + _UNTIED),
+                 optimizer="paged-adamw", knobs={**_HUB.knobs, **_BNB_042},
+                 note="bnb.nf4 (single quant; planned double-quant); lora_dropout 0.1; " + _UNTIED + "; " + _STEADY),
     236: replace(_HUB, batch_size=2, note="llama-2-7b/lora.yaml"),
-    238: replace(_HUB, method="qlora", batch_size=2, note="bnb.nf4 (single quant; planned double-quant)"),
+    238: replace(_HUB, method="qlora", batch_size=2, optimizer="paged-adamw", knobs={**_HUB.knobs, **_BNB_042},
+                 note="bnb.nf4 (single quant; planned double-quant); " + _STEADY),
     240: replace(_HUB, model="meta-llama/Llama-3.1-8B", note="llama-3-8b/lora.yaml (Llama 3 8B = 3.1 shapes)"),
-    242: replace(_HUB, model="meta-llama/Llama-3.1-8B", method="qlora", batch_size=2,
-                 note="llama-3-8b/qlora.yaml; bnb.nf4 (single quant; planned double-quant)"),
+    242: replace(_HUB, model="meta-llama/Llama-3.1-8B", method="qlora", batch_size=2, optimizer="paged-adamw",
+                 knobs={**_HUB.knobs, **_BNB_042},
+                 note="llama-3-8b/qlora.yaml; bnb.nf4 (single quant; planned double-quant); " + _STEADY),
     244: replace(_HUB, model="meta-llama/Llama-3.1-8B", note="llama-3.1-8b/lora.yaml"),
     246: replace(_HUB, model="meta-llama/Llama-3.2-1B", method="full", batch_size=4, config={},
                  note="llama-3.2-1B/full.yaml: one device, AdamW; " + _UNTIED + "; unexplained: the figure is "
                       "below bf16 weights + grads + AdamW states (8 B/param, 9.9 GB)"),
-    248: replace(_HUB, model="meta-llama/Llama-3.2-1B", method="qlora", batch_size=2,
-                 note="bnb.nf4 (single quant; planned double-quant); " + _UNTIED),
+    248: replace(_HUB, model="meta-llama/Llama-3.2-1B", method="qlora", batch_size=2, optimizer="paged-adamw",
+                 knobs={**_HUB.knobs, **_BNB_042},
+                 note="bnb.nf4 (single quant; planned double-quant); " + _UNTIED + "; " + _STEADY),
     250: replace(_HUB, model="meta-llama/Llama-3.2-3B", note="llama-3.2-3B/lora.yaml; " + _UNTIED),
     252: replace(_HUB, model="mistralai/Mistral-7B-v0.1", batch_size=2,
                  note="Mistral-7B-v0.2 has v0.1's parameter shapes (rope theta and window differ)"),
-    254: replace(_HUB, model="mistralai/Mistral-7B-v0.1", method="qlora", batch_size=2,
-                 note="v0.2 = v0.1 shapes; bnb.nf4 (single quant; planned double-quant)"),
+    254: replace(_HUB, model="mistralai/Mistral-7B-v0.1", method="qlora", batch_size=2, optimizer="paged-adamw",
+                 knobs={**_HUB.knobs, **_BNB_042},
+                 note="v0.2 = v0.1 shapes; bnb.nf4 (single quant; planned double-quant); " + _STEADY),
     256: replace(_HUB, model="mistralai/Mistral-7B-v0.1", batch_size=2,
                  note="config devices: 1 (the 4xA10G machine trains on one A10G)"),
     258: replace(_HUB, model="microsoft/phi-2", method="full", batch_size=4, config={}, gpus=2, shard="fsdp",
@@ -302,16 +317,22 @@ RECIPES: dict[int, Recipe] = {
                  note="phi-3/full.yaml: one device, AdamW; unexplained: the figure is below bf16 weights + "
                       "grads + AdamW states (8 B/param, 30.6 GB, more than an A10G holds)"),
     264: replace(_HUB, model="microsoft/Phi-3-mini-4k-instruct", method="qlora", batch_size=4, config=_HUB_ALL,
-                 note="bnb.nf4 (single quant; planned double-quant); fused qkv_proj and gate_up_proj adapted whole"),
+                 optimizer="paged-adamw", knobs={**_HUB.knobs, **_BNB_042},
+                 note="bnb.nf4 (single quant; planned double-quant); fused qkv_proj and gate_up_proj adapted whole; "
+                      + _STEADY),
     270: replace(_HUB, model="TinyLlama/TinyLlama-1.1B-Chat-v1.0", method="full", batch_size=4, config={},
                  note="tiny-llama/full.yaml devices: 1 (TinyLlama-1.1B 3T base, same shapes)"),
     272: replace(_HUB, model="TinyLlama/TinyLlama-1.1B-Chat-v1.0", method="qlora", batch_size=8,
-                 config={**_HUB_ALL, "rank": 32}, note="bnb.nf4 (single quant; planned double-quant)"),
+                 config={**_HUB_ALL, "rank": 32}, optimizer="paged-adamw", knobs={**_HUB.knobs, **_BNB_042},
+                 note="bnb.nf4 (single quant; planned double-quant); " + _STEADY),
     283: replace(_TABLES),
-    285: replace(_TABLES, method="qlora", note="bnb.nf4-dq; " + _TABLES.note),
+    285: replace(_TABLES, method="qlora", optimizer="paged-adamw", knobs={**_TABLES.knobs, **_BNB_042},
+                 note="bnb.nf4-dq; " + _TABLES.note + "; " + _FIRST_STEP + " (+1.94 GB)"),
     287: replace(_TABLES, batch_size=4, compare="oom", gpu="a100-40gb", note="micro-batch 4 out of memory"),
     289: replace(_TABLES, model="meta-llama/Llama-2-13b-hf", method="qlora", trainable=6_553_600,
-                 note="bnb.nf4 (single quant; planned double-quant); " + _TABLES.note),
+                 optimizer="paged-adamw", knobs={**_TABLES.knobs, **_BNB_042},
+                 note="bnb.nf4 (single quant; planned double-quant); " + _TABLES.note + "; " + _FIRST_STEP
+                      + " (+3.05 GB)"),
     291: replace(_TABLES, model="meta-llama/Llama-2-13b-hf", batch_size=2, compare="oom", gpu="a100-40gb",
                  trainable=6_553_600, note="micro-batch 2 out of memory"),
     316: replace(_TABLES, gpus=2, shard="fsdp", grad_checkpointing=True, note=_FSDP + _ABOVE_SHARD),

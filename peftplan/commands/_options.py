@@ -42,6 +42,8 @@ PrecisionOpt = Annotated[str | None, typer.Option(help="mixed (autocast, fp32 ad
 LossFp32Opt = Annotated[bool | None, typer.Option("--loss-fp32/--no-loss-fp32", help="The loss upcasts logits to fp32 (default: the stack's).")]
 LegacyLossOpt = Annotated[bool | None, typer.Option("--legacy-loss/--no-legacy-loss", help="transformers < 4.45's loss (fp32 logits in the model, a shifted copy).")]
 CompileLossOpt = Annotated[bool | None, typer.Option("--compile-loss/--no-compile-loss", help="The loss runs under torch.compile (torchtune's compile: True).")]
+BnbKeepsInputOpt = Annotated[bool | None, typer.Option("--bnb-keeps-input/--no-bnb-keeps-input", help="bitsandbytes < 0.43.2: each 4-bit Linear keeps its input as long as the graph.")]
+BnbFp16StateOpt = Annotated[bool | None, typer.Option("--bnb-fp16-state/--no-bnb-fp16-state", help="4-bit weights quantized from fp16 (Lightning, litgpt): dequantized to fp16, then cast.")]
 KeepLogitsOpt = Annotated[bool | None, typer.Option("--keep-logits/--no-keep-logits", help="The loop holds logits through backward (litgpt).")]
 GradCkptOpt = Annotated[bool | None, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default: the stack's; on for hf, as TRL and most PEFT recipes train).")]
 

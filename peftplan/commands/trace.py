@@ -10,6 +10,8 @@ import typer
 from peftplan.commands._options import (
     AdapterDtypeOpt,
     AlphaOpt,
+    BnbFp16StateOpt,
+    BnbKeepsInputOpt,
     BottleneckOpt,
     CheckpointingOpt,
     CompileLossOpt,
@@ -86,6 +88,8 @@ def trace_command(
     legacy_loss: LegacyLossOpt = None,
     keep_logits: KeepLogitsOpt = None,
     compile_loss: CompileLossOpt = None,
+    bnb_keeps_input: BnbKeepsInputOpt = None,
+    bnb_fp16_state: BnbFp16StateOpt = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 1,
     grad_ckpt: GradCkptOpt = None,

@@ -9,13 +9,16 @@ from importlib import metadata
 from pathlib import Path
 
 from peftplan.models.resolve import ResolvedModel, resolve_model
-from peftplan.models.spec import LinearInfo, ModelSpec, ModuleInfo, ParamInfo
+from peftplan.models.spec import LinearInfo, ModelSpec, ModuleInfo, MoEInfo, MoELayer, ParamInfo, RouterInfo
 
 __all__ = [
     "LinearInfo",
     "ModelSpec",
     "ModuleInfo",
+    "MoEInfo",
+    "MoELayer",
     "ParamInfo",
+    "RouterInfo",
     "ResolvedModel",
     "cache_dir",
     "get_spec",
@@ -23,8 +26,8 @@ __all__ = [
     "spec_from_config",
 ]
 
-# Bump when ModelSpec's fields change, so old cache files are not read.
-_SPEC_FORMAT = 2
+# Bump when ModelSpec's fields change, so old cache files are not read (3: the MoE inventory, `moe`).
+_SPEC_FORMAT = 3
 # Bump when the inventory reads a model differently (2: kv heads off the built attention), so that
 # specs cached by an older inventory are rebuilt; shipped specs are checked by rebuilding instead.
 _INVENTORY_REVISION = 2

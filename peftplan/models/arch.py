@@ -33,6 +33,7 @@ class BlockLinears:
     mlp_in: tuple[LinearInfo, ...]
     mlp_out: LinearInfo | None
     other: tuple[LinearInfo, ...]
+    shared: tuple[LinearInfo, ...] = ()  # an MoE block's always-on shared experts (DeepSeek, Qwen2-MoE)
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ class Arch:
     embed_scale: bool  # embeddings multiplied by sqrt(hidden) (Gemma)
     final_softcap: bool  # tanh soft-capping of the logits (Gemma 2)
     attn_softcap: bool
-    moe_experts: int  # routed experts (0: dense MLP)
-    moe_top_k: int
+    moe_experts: int  # routed experts of the fused MoE blocks (0: dense MLP)
+    moe_top_k: int  # routed experts each token visits
     attn_dropout: float
     hidden_dropout: float
     embed_dropout: float
@@ -68,6 +69,15 @@ class Arch:
     mlm_head: bool  # BERT-style prediction head: dense + activation + LayerNorm before the decoder
     lm_head: bool  # produces vocabulary logits (causal or masked LM)
     tied: bool
+    # Mixture of experts (from `ModelSpec.moe`); `intermediate` is then one routed expert's width.
+    moe_shared_intermediate: int = 0  # width of the shared experts of one MoE block (0: none)
+    moe_dense_layers: tuple[int, ...] = ()  # blocks with a dense MLP of width `dense_intermediate`
+    dense_intermediate: int = 0  # the dense MLP's width (the config's intermediate_size)
+    moe_router_bias: bool = False  # the router adds a bias (gpt-oss)
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Block `index` routes tokens through the fused experts."""
+        return self.moe_experts > 0 and index not in self.moe_dense_layers
 
     @property
     def q_width(self) -> int:
@@ -118,7 +128,9 @@ def arch_of(spec: ModelSpec) -> Arch:
     if model_type.startswith("gemma") and act == "gelu":
         act = "gelu_pytorch_tanh"  # transformers maps Gemma's legacy "gelu" to the tanh approximation
     mlp_in_width = sum(lin.out_features for lin in block.mlp_in)
-    moe_experts = int(_first(cfg, "num_local_experts", "num_experts", default=0) or 0)
+    moe = spec.moe
+    # Experts held as Linears (a ModuleList, older layouts) are priced as Linears: only fused ones route here.
+    moe_experts = moe.num_experts if moe is not None and moe.fused else 0
     gated = family == "llama" and (len(block.mlp_in) >= 2 or mlp_in_width == 2 * spec.intermediate_size or moe_experts > 0)
     embedding_names = {e.name.rsplit(".", 1)[-1] for e in spec.embeddings}
     return Arch(
@@ -129,7 +141,7 @@ def arch_of(spec: ModelSpec) -> Arch:
         heads=spec.num_heads,
         kv_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,
-        intermediate=spec.intermediate_size,
+        intermediate=moe.expert_intermediate if moe_experts and moe is not None else spec.intermediate_size,
         vocab=spec.vocab_size,
         causal=family != "bert",
         act=act,
@@ -139,8 +151,8 @@ def arch_of(spec: ModelSpec) -> Arch:
         embed_scale=model_type.startswith("gemma"),
         final_softcap=cfg.get("final_logit_softcapping") is not None,
         attn_softcap=cfg.get("attn_logit_softcapping") is not None,
-        moe_experts=moe_experts if not block.mlp_in else 0,
-        moe_top_k=int(_first(cfg, "num_experts_per_tok", default=2) or 2),
+        moe_experts=moe_experts,
+        moe_top_k=moe.top_k if moe is not None else int(_first(cfg, "num_experts_per_tok", default=2) or 2),
         attn_dropout=_float(cfg, "attention_dropout", "attention_probs_dropout_prob", "attn_pdrop"),
         hidden_dropout=_float(cfg, "hidden_dropout_prob", "resid_pdrop", "hidden_dropout"),
         embed_dropout=_float(cfg, "embd_pdrop", "hidden_dropout_prob") if family in ("gpt2", "bert") else _float(cfg, "embd_pdrop"),
@@ -154,6 +166,11 @@ def arch_of(spec: ModelSpec) -> Arch:
                      for lin in spec.linears),
         lm_head=any(lin.role == "output" for lin in spec.linears),
         tied=spec.tie_word_embeddings,
+        moe_shared_intermediate=moe.shared_intermediate if moe_experts and moe is not None else 0,
+        moe_dense_layers=moe.dense_layers if moe_experts and moe is not None else (),
+        dense_intermediate=spec.intermediate_size,
+        moe_router_bias=bool(moe_experts and moe is not None and moe.layers[0].router is not None
+                             and moe.layers[0].router.bias),
     )
 
 
@@ -162,8 +179,16 @@ def _is_causal_lm(spec: ModelSpec) -> bool:
 
 
 def block_linears(spec: ModelSpec, index: int) -> BlockLinears:
-    """The Linears of block `index`, sorted into attention inputs/output and MLP inputs/output."""
+    """The Linears of block `index`, sorted into attention inputs/output and MLP inputs/output.
+
+    In an MoE block the shared experts' Linears go to `shared`, so that `mlp_in` and `mlp_out` stay
+    those of a dense MLP (empty when the fused experts replace it).
+    """
     block = spec.layer_linears(index)
+    moe_layer = next((layer for layer in spec.moe.layers if layer.index == index), None) if spec.moe else None
+    shared_names = set(moe_layer.shared) if moe_layer is not None else set()
+    shared = tuple(lin for lin in block if lin.name in shared_names)
+    block = [lin for lin in block if lin.name not in shared_names]
     attn = [lin for lin in block if lin.role == "attn"]
     mlp = [lin for lin in block if lin.role == "mlp"]
     attn_out = next((lin for lin in attn if lin.leaf in _ATTN_OUT_LEAVES and lin.out_features == spec.hidden_size), None)
@@ -175,4 +200,5 @@ def block_linears(spec: ModelSpec, index: int) -> BlockLinears:
         mlp_out=mlp_out,
         other=tuple(lin for lin in block if lin.role == "other"
                     or (lin.role == "mlp" and lin is not mlp_out and lin.in_features != spec.hidden_size)),
+        shared=shared,
     )

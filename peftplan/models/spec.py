@@ -60,6 +60,85 @@ class ModuleInfo:
 
 
 @dataclass(frozen=True)
+class RouterInfo:
+    """The router (gate) of an MoE block: a hidden -> experts projection.
+
+    `linear` says whether it is an `nn.Linear` (then it is also in `ModelSpec.linears`); transformers 5
+    routers are their own modules holding a bare `weight` [E, H] (and gpt-oss a `bias` [E]).
+    """
+
+    name: str  # the module holding the weight, e.g. "model.layers.3.mlp.gate"
+    in_features: int
+    out_features: int
+    bias: bool
+    linear: bool
+
+    @property
+    def numel(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class MoELayer:
+    """One mixture-of-experts block of the main text stack.
+
+    `experts` are the routed expert parameters with their full names. In transformers 5 they are
+    fused 3D tensors whose first dimension is the expert (Mixtral, Qwen3-MoE, DeepSeek-V2:
+    `gate_up_proj` [E, 2I, H] and `down_proj` [E, H, I]; gpt-oss transposed, [E, H, 2I] and
+    [E, I, H], plus per-expert biases); with `fused` False they are the parameters of a ModuleList of
+    per-expert Linears (older layouts). `shared` names the Linears of always-on shared experts
+    (DeepSeek `shared_experts`, Qwen2-MoE `shared_expert` and its `shared_expert_gate`).
+    """
+
+    index: int  # block index in the layer stack
+    path: str  # the MoE block, e.g. "model.layers.3.mlp"
+    experts_path: str  # e.g. "model.layers.3.mlp.experts"
+    fused: bool
+    experts: tuple[ParamInfo, ...]
+    router: RouterInfo | None
+    shared: tuple[str, ...] = ()
+    shared_params: int = 0
+
+    @property
+    def routed_params(self) -> int:
+        return sum(p.numel for p in self.experts)
+
+
+@dataclass(frozen=True)
+class MoEInfo:
+    """The experts of a mixture-of-experts model, read off the built model (plain data)."""
+
+    num_experts: int  # routed experts per MoE block
+    top_k: int  # routed experts each token visits
+    expert_intermediate: int  # one routed expert's MLP width
+    shared_intermediate: int  # the shared experts' MLP width in one block (0: none)
+    layers: tuple[MoELayer, ...]
+    dense_layers: tuple[int, ...]  # blocks with a dense MLP (first_k_dense_replace, mlp_only_layers, ...)
+
+    @property
+    def fused(self) -> bool:
+        """Experts are fused 3D parameters (peft reaches them with `target_parameters` only)."""
+        return any(layer.fused for layer in self.layers)
+
+    @property
+    def routed_params(self) -> int:
+        return sum(layer.routed_params for layer in self.layers)
+
+    @property
+    def active_routed_params(self) -> int:
+        """The routed expert parameters one token uses: top_k of the E experts of every MoE block."""
+        return sum(layer.routed_params * self.top_k // self.num_experts for layer in self.layers)
+
+    @property
+    def shared_params(self) -> int:
+        return sum(layer.shared_params for layer in self.layers)
+
+    @property
+    def router_params(self) -> int:
+        return sum(layer.router.numel for layer in self.layers if layer.router is not None)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the planner and the methods need to know about an architecture."""
 
@@ -81,6 +160,7 @@ class ModelSpec:
     embeddings: tuple[ModuleInfo, ...]
     norms: tuple[ModuleInfo, ...]
     config: dict[str, Any] = field(repr=False)
+    moe: MoEInfo | None = None  # None: a dense model
 
     @property
     def total_params(self) -> int:
@@ -90,6 +170,29 @@ class ModelSpec:
             total = sum(p.numel for p in self.params if p.tied_to is None)
             object.__setattr__(self, "_total_params", total)
         return total
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token uses: everything but the routed experts, plus top_k/E of those.
+
+        Shared experts, routers and dense blocks count in full; so do the embedding and the output
+        head (Mistral's and Qwen's convention: Mixtral-8x7B 12.9B, Qwen3-30B-A3B 3.3B). A dense model's
+        active count is its total.
+        """
+        if self.moe is None:
+            return self.total_params
+        return self.total_params - self.moe.routed_params + self.moe.active_routed_params
+
+    @property
+    def active_params_excluding_embedding(self) -> int:
+        """`active_params` without the input embedding table, which a token only indexes one row of.
+
+        OpenAI's and DeepSeek's convention (gpt-oss-20b 3.6B, DeepSeek-V2-Lite 2.4B). A tied table is
+        kept: it is also the output head, which every token multiplies by.
+        """
+        tied = {p.tied_to for p in self.params if p.tied_to is not None}
+        untied = sum(e.numel for e in self.embeddings if f"{e.name}.weight" not in tied)
+        return self.active_params - untied
 
     @property
     def text_config(self) -> dict[str, Any]:
@@ -120,6 +223,22 @@ class ModelSpec:
         raw["linears"] = tuple(LinearInfo(**lin) for lin in raw["linears"])
         raw["embeddings"] = tuple(ModuleInfo(m["name"], m["numel"], tuple(m["shape"])) for m in raw["embeddings"])
         raw["norms"] = tuple(ModuleInfo(m["name"], m["numel"], tuple(m["shape"])) for m in raw["norms"])
+        moe = raw.get("moe")
+        if moe is not None:
+            layers = tuple(
+                MoELayer(
+                    index=layer["index"],
+                    path=layer["path"],
+                    experts_path=layer["experts_path"],
+                    fused=layer["fused"],
+                    experts=tuple(ParamInfo(p["name"], tuple(p["shape"]), p["tied_to"]) for p in layer["experts"]),
+                    router=RouterInfo(**layer["router"]) if layer["router"] is not None else None,
+                    shared=tuple(layer["shared"]),
+                    shared_params=layer["shared_params"],
+                )
+                for layer in moe["layers"]
+            )
+            raw["moe"] = MoEInfo(**{**moe, "layers": layers, "dense_layers": tuple(moe["dense_layers"])})
         return cls(**raw)
 
     @classmethod
@@ -202,6 +321,101 @@ def _first(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     return default
 
 
+# Config keys of the routed expert count and of the experts each token visits, across MoE families.
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k", "top_k")
+
+
+def _is_experts_module(name: str, module: nn.Module) -> bool:
+    """A routed-experts container: fused 3D expert weights (transformers 5) or a ModuleList of experts."""
+    from torch import nn
+
+    if name.rsplit(".", 1)[-1] != "experts" and "Experts" not in type(module).__name__:
+        return False
+    if isinstance(module, nn.ModuleList):
+        return len(module) > 0
+    return any(p.dim() == 3 for p in module.parameters(recurse=False))
+
+
+def _moe_inventory(
+    model: nn.Module, layers_path: str, num_layers: int, hidden: int, text: dict[str, Any], linears: list[LinearInfo]
+) -> MoEInfo | None:
+    """The experts, routers, shared experts and dense blocks of an MoE model; None for a dense model."""
+    from torch import nn
+
+    prefix = f"{layers_path}."
+    blocks: dict[str, list[tuple[str, nn.Module]]] = {}  # MoE block path -> its experts modules
+    for name, module in model.named_modules():
+        if name.startswith(prefix) and _is_experts_module(name, module):
+            if any(name.startswith(f"{other}.") for group in blocks.values() for other, _ in group):
+                continue  # the per-expert modules inside a ModuleList of experts
+            blocks.setdefault(name.rsplit(".", 1)[0], []).append((name, module))
+    if not blocks:
+        return None
+    modules = dict(model.named_modules())
+    linear_names = {lin.name for lin in linears}
+    layers: list[MoELayer] = []
+    num_experts = 0
+    for path, experts in blocks.items():
+        index = int(path[len(prefix):].split(".", 1)[0])
+        params: list[ParamInfo] = []
+        fused = not any(isinstance(m, nn.ModuleList) for _, m in experts)
+        for name, module in experts:
+            num_experts = num_experts or (
+                len(module) if isinstance(module, nn.ModuleList)
+                else next(p.shape[0] for p in module.parameters(recurse=False) if p.dim() == 3)
+            )
+            params += [ParamInfo(f"{name}.{pname}", tuple(p.shape)) for pname, p in module.named_parameters()]
+        expert_names = {name for name, _ in experts}
+        router: RouterInfo | None = None
+        shared: list[str] = []
+        shared_params = 0
+        for child_name, child in modules[path].named_children():
+            full = f"{path}.{child_name}"
+            if full in expert_names:
+                continue
+            if "shared" in child_name:
+                shared += [n for n, _ in child.named_modules(prefix=full) if n in linear_names]
+                shared_params += sum(p.numel() for p in child.parameters())
+                continue
+            for sub_name, sub in child.named_modules(prefix=full):
+                weight = getattr(sub, "weight", None)
+                if router is None and isinstance(weight, nn.Parameter) and tuple(weight.shape) == (num_experts, hidden):
+                    bias = getattr(sub, "bias", None)
+                    router = RouterInfo(sub_name, hidden, num_experts, isinstance(bias, nn.Parameter),
+                                        isinstance(sub, nn.Linear))
+        layers.append(MoELayer(index, path, experts[0][0] if len(experts) == 1 else path, fused, tuple(params),
+                               router, tuple(shared), shared_params))
+    layers.sort(key=lambda layer: layer.index)
+    configured = _first(text, *_EXPERT_KEYS)
+    if configured is not None and int(configured) != num_experts:
+        raise ValueError(f"the built model has {num_experts} experts per block, the config says {configured}")
+    top_k = int(_first(text, *_TOP_K_KEYS, default=0) or 0)
+    if not 0 < top_k <= num_experts:
+        raise ValueError(f"no valid experts-per-token in the config (found {top_k} for {num_experts} experts)")
+    moe_blocks = {layer.index for layer in layers}
+    return MoEInfo(
+        num_experts=num_experts,
+        top_k=top_k,
+        expert_intermediate=_expert_width(layers[0], num_experts, hidden, text),
+        shared_intermediate=max(
+            (lin.out_features for lin in linears if lin.name in layers[0].shared and lin.in_features == hidden
+             and lin.out_features > 1), default=0),
+        layers=tuple(layers),
+        dense_layers=tuple(i for i in range(num_layers) if i not in moe_blocks),
+    )
+
+
+def _expert_width(layer: MoELayer, num_experts: int, hidden: int, text: dict[str, Any]) -> int:
+    """One routed expert's MLP width, from its down projection (fused [E, H, I] or [E, I, H])."""
+    for p in layer.experts:
+        if p.name.endswith("down_proj") and len(p.shape) == 3:
+            rows, cols = p.shape[1:]
+            return cols if rows == hidden else rows
+    per_expert = layer.routed_params // num_experts  # a gated MLP without biases: 3 * H * I
+    return int(_first(text, "moe_intermediate_size", "intermediate_size", default=per_expert // (3 * hidden)))
+
+
 def _inventory(model: nn.Module, *, model_id: str) -> ModelSpec:
     from torch import nn
 
@@ -281,4 +495,5 @@ def _inventory(model: nn.Module, *, model_id: str) -> ModelSpec:
         embeddings=tuple(embeddings),
         norms=tuple(norms),
         config=config,
+        moe=_moe_inventory(model, layers_path, num_layers, hidden, text, linears),
     )

@@ -67,6 +67,9 @@ class ActivationProfile:
     head_backward: Poly = ZERO  # the loss's moment at a 4-bit output layer's backward (`LossTerms`)
     blocks_saved: Poly = ZERO  # what the blocks save (offloadable without checkpointing)
     ckpt_inputs: Poly = ZERO  # every block's checkpointed input (offloadable with checkpointing)
+    kept_inputs: Poly = ZERO  # 4-bit Linears' inputs kept as long as the graph (`bnb_keeps_input`; part of `saved`)
+    ckpt_kept_inputs: Poly = ZERO  # the same with checkpointed blocks (only the head's: a block's recomputed graph dies)
+    head_forward: Poly = ZERO  # beyond `saved`, alive at the output layer's last matmul (`LossTerms`)
 
 
 def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Arch | None = None) -> Replay:
@@ -88,6 +91,8 @@ def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Ar
         prefix=terms.prefix_tokens,
         adapter_itemsize=ctx.adapter_itemsize,
         kbit_prep=ctx.kbit_prep,
+        bnb_keeps_input=ctx.bnb_keeps_input,
+        dequant_extra=2 if ctx.bnb_fp16_state and ctx.dtype != "fp16" else 0,
     )
 
 
@@ -130,6 +135,7 @@ class LossTerms:
     backward: Poly
     held: Poly = ZERO  # the logits the loop keeps until the step is over (part of `backward` too)
     head_backward: Poly = ZERO  # alive at the output layer's backward once the rows are freed (a 4-bit head)
+    head_forward: Poly = ZERO  # alive at the output layer's last matmul: the logits so far, a 4-bit head's copies
 
 
 def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) -> LossTerms:
@@ -193,6 +199,7 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # The model's output layer runs per chunk and returns every chunk's logits; the loss upcasts
         # and log-softmaxes one chunk at a time. torchtune's recipe deletes the logits before
         # backward; litgpt's loop holds them (`keep_logits`).
+        dequantized = _quantized_head(ops, h, weight)
         logits = ops.matmul(h, weight, vocab)
         logits_bytes = tokens(vocab, extra) * logits.itemsize
         if ctx.compile_loss:
@@ -213,10 +220,11 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # saved rows are freed by then), the held logits and the soft-capping's saved outputs.
         head_backward = ZERO
         if ops.r.quantizes(weight.key, "output"):
-            head_backward = held + softcap + logits_bytes + Poly(c=weight.numel * ops.r.compute_itemsize)
+            head_backward = held + softcap + logits_bytes + dequantized
         return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + copy,
                          backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO) + weight_grads,
-                         held=held, head_backward=head_backward)
+                         held=held, head_backward=head_backward, head_forward=logits_bytes + dequantized)
+    dequantized = _quantized_head(ops, h, weight)
     logits = ops.matmul(h, weight, vocab)
     logits_bytes = tokens(vocab, extra) * logits.itemsize
     if ctx.compile_loss:  # inductor: the logits and two fp32 values per token; one gradient of the logits
@@ -232,8 +240,20 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # once log-softmax's backward has freed its saved output, so it never adds a third.
         fp32 = tokens(vocab, extra) * 4
         held = fp32 if ctx.keep_logits else ZERO  # the model's output is the fp32 logits
-        return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 2 * fp32, held=held)
-    return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows, held=held)
+        return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 2 * fp32, held=held,
+                         head_forward=logits_bytes + dequantized)
+    return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows, held=held,
+                     head_forward=logits_bytes + dequantized)
+
+
+def _quantized_head(ops: Ops, h: Sym, weight: Weight) -> Poly:
+    """A 4-bit output layer (litgpt's `all-linear`): its dequantized weight's bytes, and before bitsandbytes
+    0.43.2 the input it keeps (`bnb_keeps_input`). ZERO for an unquantized head."""
+    if not ops.r.quantizes(weight.key, "output"):
+        return ZERO
+    if ops.r.bnb_keeps_input and h.grad:
+        ops.g.keep(h)
+    return Poly(c=ops.r.dequantized_bytes(weight.numel))
 
 
 def _with_unsloth_blocks(spec: ModelSpec, r: Replay, profile: ActivationProfile, fixed: Poly) -> ActivationProfile:
@@ -277,6 +297,7 @@ def _with_unsloth_blocks(spec: ModelSpec, r: Replay, profile: ActivationProfile,
         recompute_moments=[],
         moments=[fixed + running],
         ckpt_moments=[fixed + profile.ckpt_inputs + forward],
+        kept_inputs=profile.ckpt_kept_inputs,  # its LoRA kernels dequantize themselves, not through MatMul4Bit
     )
 
 
@@ -297,6 +318,7 @@ class _BlockReplay:
     out_itemsize: int
     keeps_input: bool
     backward_temp: Poly
+    kept: Poly = ZERO
 
 
 def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
@@ -350,6 +372,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     recompute_extra = ZERO  # the most a block holds beyond its saved set during its forward
     backward_temp = ZERO  # gradient temporaries while a block runs backward
     running = ZERO
+    kept_blocks = ZERO  # the blocks' 4-bit Linear inputs bitsandbytes keeps (`bnb_keeps_input`)
     used: set[int] = set()
     forward_live = ZERO
     embeddings = x
@@ -365,7 +388,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
             replay = cache[key] = _BlockReplay(graph.total(), list(graph.moments), graph.live_moments,
                                                graph.forward_live, set(graph.used_external), out.grad,
                                                out.itemsize, embeddings.storage in graph.saved,
-                                               graph.largest * 2 + graph.backward_extra)
+                                               graph.largest * 2 + graph.backward_extra, graph.kept_total())
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
         ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input
@@ -384,6 +407,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
             extra = unsaved - replay.saved
             recompute_extra = extra if extra.at(1, 1024) > recompute_extra.at(1, 1024) else recompute_extra
         running = running + replay.saved
+        kept_blocks = kept_blocks + replay.kept
         block_saved.append(replay.saved)
         used |= replay.used_external
         forward_live = forward_live + replay.forward_live
@@ -417,6 +441,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         block_max = p if p.at(1, 1024) > block_max.at(1, 1024) else block_max
     stream = tokens(a.hidden, vocab_extra) * x.itemsize
     fixed = main.total() + batch + embeddings_held  # in the blocks' forward the head has saved nothing yet
+    ckpt_kept = main.kept_total() + head.kept_total()
     if ctx.kernels == "unsloth":
         return _with_unsloth_blocks(
             spec, r, ActivationProfile(
@@ -424,7 +449,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
                 head_backward=loss.head_backward,
                 forward_extra=forward_extra,
                 ckpt_saved=ckpt_saved, block_max=block_max, head_saved=head.total(), grad_stream=stream, batch=batch,
-                ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs),
+                ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs,
+                ckpt_kept_inputs=ckpt_kept, head_forward=loss.head_forward),
             fixed)
     return ActivationProfile(
         saved=saved,
@@ -446,4 +472,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         batch=batch,
         blocks_saved=saved_blocks,
         ckpt_inputs=ckpt_inputs,
+        kept_inputs=kept_blocks + ckpt_kept,
+        ckpt_kept_inputs=ckpt_kept,
+        head_forward=loss.head_forward,
     )

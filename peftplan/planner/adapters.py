@@ -28,9 +28,13 @@ def base_linear(ops: Ops, x: Sym, lin: LinearInfo) -> Sym:
         weight = ops.linear_weight(lin.name, lin.in_features, lin.out_features)
         return ops.matmul(x, weight, lin.out_features, bias_trainable=bias_trainable)
     # bitsandbytes casts the input to its compute dtype, dequantizes the weight into a temporary,
-    # and casts the output back to the input dtype. Autograd saves no activation for a frozen weight.
+    # and casts the output back to the input dtype. Autograd saves no activation for a frozen weight;
+    # before bitsandbytes 0.43.2, MatMul4Bit keeps its input in `ctx.tensors` (`bnb_keeps_input`).
     x_compute = ops.cast(x, r.compute_itemsize)
-    dequantized = lin.in_features * lin.out_features * r.compute_itemsize
-    extra = const(dequantized) + (x_compute.numel * x_compute.itemsize if x_compute is not x else const(0))
+    kept = r.bnb_keeps_input and x_compute.grad
+    if kept:
+        ops.g.keep(x_compute)
+    dequantized = r.dequantized_bytes(lin.in_features * lin.out_features)
+    extra = const(dequantized) + (x_compute.numel * x_compute.itemsize if x_compute is not x and not kept else const(0))
     ops.g.transient(extra)
     return ops.tok(lin.out_features, x.itemsize, x.grad or bias_trainable)

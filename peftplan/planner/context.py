@@ -49,6 +49,8 @@ class TrainContext:
     optimizer_in_bwd: bool = False  # each gradient is stepped and freed as backward makes it
     kernels: str = "torch"  # torch | unsloth (its fused Triton kernels for Llama-style blocks)
     packing: bool = False
+    bnb_keeps_input: bool = False  # bitsandbytes < 0.43.2: a 4-bit Linear keeps its input as long as the graph
+    bnb_fp16_state: bool = False  # 4-bit weights quantized from fp16: dequantized to fp16, then cast
     cpu_offload: bool = False  # sharded states (and, for FSDP/ZeRO-3, parameters) live on the host
     pinned: frozenset[str] = frozenset()  # knobs (and "optimizer") the user set: stack rules keep them
 

@@ -1,14 +1,17 @@
 """The analytic memory model: one steady-state training step's peak, as a MemoryBreakdown.
 
-Moments, as `peak_moment` names them: forward, loss, loss-bwd, head-bwd, block-bwd, bwd-end, optimizer,
-recompute.
+Moments, as `peak_moment` names them: forward, head-fwd, loss, loss-bwd, head-bwd, block-bwd, bwd-end,
+optimizer, recompute.
 
 The step is the second or later one (optimizer states exist; gradients were released with
 `zero_grad(set_to_none=True)`): forward with the loss inside the model, `loss.backward()`,
 `optimizer.step()`. Its peak is the largest of a few moments, each priced exactly:
 - the loss backward: every saved activation plus the fp32 log-softmax output and two fp32
   gradients of the logits (usually the peak: vocabulary x tokens x 12 bytes);
-- the end of the forward (logits, their fp32 copy, KV caches of prefix tuning);
+- the end of the forward (logits, their fp32 copy, KV caches of prefix tuning), and the output layer's
+  last matmul (a 4-bit head's dequantized weight beside the logits);
+- with `bnb_keeps_input` and a loop that keeps the logits (litgpt), the previous step's kept 4-bit inputs
+  and logits beside this step's forward;
 - transient moments of the forward (a dequantized 4-bit weight, DoRA's weight norm);
 - the end of the backward (all gradients, plus the tied-embedding gradient sum);
 - the optimizer step (gradients plus the step's temporaries);
@@ -151,6 +154,10 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
     head_grad = min(m.lm_head_grad, m.largest_gradient) if in_bwd else m.lm_head_grad
     later_grads = 0 if in_bwd else m.later_block_gradients
     held = at(act.held_logits)  # litgpt's loop keeps `logits` through backward and the optimizer step
+    # 4-bit Linears' inputs bitsandbytes < 0.43.2 keeps (`bnb_keeps_input`) live as long as the graph: through
+    # backward, and when the loop keeps the step's logits (litgpt), beside the next step's forward with them.
+    kept = at(act.ckpt_kept_inputs if ctx.grad_checkpointing else act.kept_inputs)
+    previous = kept + held if (ctx.keep_logits and kept) else 0
     if ctx.grad_checkpointing:
         saved = at(act.ckpt_saved)
         offloaded = at(act.ckpt_inputs) if (ctx.ckpt_offload or ctx.offload_activations) else 0
@@ -172,7 +179,7 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             forward = max((at(p) for p in act.ckpt_moments), default=0)
         moments = [_Moment("recompute", last_block + held, 0, head_grad, 0),
                    _Moment("recompute", first_block + held, 0, head_grad + later_grads, 0),
-                   _Moment("forward", forward, 0, 0, 0)]
+                   _Moment("forward", forward + previous, 0, 0, 0)]
     else:
         saved = at(act.saved)
         offloaded = at(act.blocks_saved) if ctx.offload_activations else 0
@@ -184,7 +191,7 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         else:
             forward = max((at(p) for p in act.moments), default=0)
             block_bwd = saved - at(act.head_saved)
-        moments = [_Moment("forward", forward, 0, 0, 0),
+        moments = [_Moment("forward", forward + previous, 0, 0, 0),
                    _Moment("block-bwd", block_bwd + at(act.backward_temp) + at(act.grad_stream) + held, 0, head_grad, 0)]
     forward_end = saved + at(act.forward_extra)
     # A tied matrix's two gradients (output layer, then embedding) are summed by autograd before its
@@ -194,11 +201,13 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         _Moment("loss", forward_end, logits_saved, 0, 0),
         _Moment("loss-bwd", saved, logits_saved + loss_backward, 0, 0),
         _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad, 0),
-        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held, 0, end_grads, 0),
+        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept, 0, end_grads, 0),
         _Moment("head-bwd", saved, at(act.head_backward), head_grad, 0),  # a 4-bit output layer's backward
+        _Moment("head-fwd", saved + previous, at(act.head_forward), 0, 0),  # the output layer's last matmul
     ]
     if not in_bwd:
-        moments.append(_Moment("optimizer", at(act.batch) + held, 0, m.gradients, m.optimizer.step_temporary))
+        graph = kept if ctx.keep_logits else 0  # a trainer drops the loss (and the graph) before its step
+        moments.append(_Moment("optimizer", at(act.batch) + held + graph, 0, m.gradients, m.optimizer.step_temporary))
     return moments
 
 

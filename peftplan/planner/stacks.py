@@ -45,6 +45,14 @@ Knobs:
   kernels for Llama-style blocks: fast RMSNorm, `LoRA_QKV`, `LoRA_W`, `LoRA_MLP`; each saves only its
   input and the MLP its gate and up outputs; priced from their source, since Triton cannot run here).
 - `packing`: sequences are packed to `--seq-len` (every batch is full); unpacked, `--seq-len` is a cap.
+- `bnb_keeps_input`: bitsandbytes before 0.43.2 (`MatMul4Bit.forward`: `ctx.tensors = (A, B)`): every 4-bit
+  Linear whose input needs a gradient keeps that input as a plain attribute of its autograd node, which
+  backward never releases: it lives as long as the graph, through the whole backward, and with a loop that
+  keeps the step's outputs (`keep_logits`, litgpt's `logits`) into the next step's forward. litgpt pinned
+  bitsandbytes 0.42.0 until 2024-12; 0.43.2 (2024-07, bitsandbytes#1270) keeps `(None, B)`.
+- `bnb_fp16_state`: the 4-bit weights were quantized from fp16 (Lightning's `BitsandbytesPrecision`), so
+  bitsandbytes dequantizes each to fp16 and then casts it to the compute dtype: two weight-sized
+  temporaries per 4-bit matmul instead of one on a bf16 model.
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ class Knobs:
     optimizer_in_bwd: bool = False
     kernels: Literal["torch", "unsloth"] = "torch"
     packing: bool = False
+    bnb_keeps_input: bool = False
+    bnb_fp16_state: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -151,9 +161,10 @@ STACKS: dict[str, Stack] = {
               methods=frozenset({"full", "lora", "qlora", "dora", "qdora"}), losses=("full", "chunked"),
               when_full={"optimizer": "paged-adamw8bit", "optimizer_in_bwd": True}),
         Stack("litgpt", Knobs(loss="chunked", loss_chunk_tokens=128, loss_fp32=False, keep_logits=True,
-                              precision="pure", adapter_dtype="dtype", kbit_prep="all-linear", checkpointing="none"),
-              "litgpt finetune (config hub, bf16-true): 128-token bf16 loss chunks, every Linear quantized",
-              "Lightning-AI/litgpt@2685705",
+                              precision="pure", adapter_dtype="dtype", kbit_prep="all-linear", checkpointing="none",
+                              bnb_fp16_state=True),
+              "litgpt finetune (config hub, bf16-true): 128-token bf16 loss chunks, every Linear quantized from fp16",
+              "Lightning-AI/litgpt@2685705 + Lightning-AI/pytorch-lightning@7f0c343",
               methods=frozenset({"full", "lora", "qlora"}), losses=("full", "chunked"),
               when_quantized={"optimizer": "paged-adamw"}),
     )

@@ -170,6 +170,9 @@ def check_traceable(
         BadInputError: offloaded checkpoints without checkpointing.
     """
     check_stack_knobs(ctx, spec)
+    if ctx.bnb_fp16_state and getattr(cfg, "quant", "none") != "none":
+        raise UnsupportedError("the trace quantizes in the model's dtype and runs bitsandbytes 0.50's fused forward; "
+                               "--bnb-fp16-state (Lightning's fp16 quantization) is priced analytically: --no-bnb-fp16-state")
     if not method.supports_checkpointing and ctx.grad_checkpointing:
         raise UnsupportedError(
             "prefix tuning cannot train with gradient checkpointing: transformers drops the prefix "
@@ -190,7 +193,8 @@ def check_stack_knobs(ctx: TrainContext, spec: ModelSpec | None = None) -> None:
     A loss's own sub-knobs (`loss_chunks`, `loss_chunk_tokens`, `loss_recompute`, `keep_logits` with a
     chunked loss, `legacy_loss` with the full one) mean nothing for another loss, and the fused loss
     computes in fp32 whatever `loss_fp32` says, as Liger's kernel does. Triton-only kernels whose memory
-    the trace does not reproduce are refused: Unsloth's fused block kernels, TRL 1.16's fused LM head.
+    the trace does not reproduce are refused: Unsloth's fused block kernels, TRL 1.16's fused LM head; so is
+    bitsandbytes before 0.43.2 (`bnb_keeps_input`), which the installed bitsandbytes is not.
     """
     from peftplan.errors import BadInputError
 
@@ -203,6 +207,9 @@ def check_stack_knobs(ctx: TrainContext, spec: ModelSpec | None = None) -> None:
     if ctx.compile_loss:
         raise UnsupportedError("the trace runs on fake tensors, which torch.compile's inductor does not take; "
                                "--compile-loss is checked against a real compiled step (tests/planner/test_compile_loss.py)")
+    if ctx.bnb_keeps_input:
+        raise UnsupportedError("the trace runs bitsandbytes 0.50, whose MatMul4Bit keeps no input (since 0.43.2); "
+                               "--bnb-keeps-input is priced from 0.42's code (tests/planner/test_bnb_legacy.py)")
     if ctx.ckpt_offload and not ctx.grad_checkpointing:
         raise BadInputError("offloaded checkpoints need checkpointing: use --checkpointing offload")
     stack_loss = ctx.loss != "full" or not ctx.loss_fp32 or ctx.legacy_loss

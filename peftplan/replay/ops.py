@@ -57,12 +57,18 @@ class Replay:
     prefix: int = 0
     adapter_itemsize: int = 4  # peft keeps adapters in fp32; pure-precision stacks in the training dtype
     kbit_prep: str = "peft"
+    bnb_keeps_input: bool = False  # a 4-bit Linear keeps its input until the graph is freed (`stacks.py`)
+    dequant_extra: int = 0  # bytes per weight of the fp16 dequantized copy made before the cast (`bnb_fp16_state`)
 
     def quantizes(self, name: str, role: str) -> bool:
         """Whether bitsandbytes stores this Linear quantized (see `planner/weights.quantized_linears`)."""
         if not self.quantized:
             return False
         return role != "output" or self.kbit_prep == "all-linear"
+
+    def dequantized_bytes(self, numel: int) -> int:
+        """Bytes of a 4-bit weight's dequantized temporaries (the compute-dtype copy, plus the fp16 one)."""
+        return numel * (self.compute_itemsize + self.dequant_extra)
 
     def tok(self, width: int) -> Poly:
         return tokens(width, self.extra)

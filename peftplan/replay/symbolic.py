@@ -103,6 +103,7 @@ class Graph:
         self.live_moments: list[tuple[Poly, Poly]] = []
         self.largest = ZERO  # the largest tensor created (its gradient is a backward temporary)
         self.backward_extra = ZERO  # the largest temporaries one module's backward needs on its own
+        self.kept: dict[int, Poly] = {}  # saved storages backward never releases (see `keep`)
 
     def save(self, *tensors: Sym | None) -> None:
         for t in tensors:
@@ -112,6 +113,20 @@ class Graph:
                 self.used_external.add(t.storage)
             else:
                 self.saved[t.storage] = t.storage_bytes
+
+    def keep(self, *tensors: Sym) -> None:
+        """Save tensors an autograd Function holds as a plain attribute (bitsandbytes' `ctx.tensors`): backward
+        never releases them, so they live as long as the graph itself."""
+        self.save(*tensors)
+        for t in tensors:
+            if t.storage not in self.external:
+                self.kept[t.storage] = t.storage_bytes
+
+    def kept_total(self) -> Poly:
+        out = ZERO
+        for p in self.kept.values():
+            out = out + p
+        return out
 
     def transient(self, extra: Poly) -> None:
         """Record a moment when `extra` bytes beyond the saved set are alive."""

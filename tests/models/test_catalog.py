@@ -62,9 +62,11 @@ META_PARAMS = {
     "Qwen/Qwen2.5-32B": 32_763_876_352,
     "Qwen/Qwen2.5-72B": 72_706_203_648,
     "Qwen/Qwen2.5-7B": 7_615_616_512,
+    "Qwen/Qwen3-30B-A3B": 30_532_122_624,
     "Qwen/Qwen3-8B": 8_190_735_360,
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0": 1_100_048_384,
     "allenai/olmOCR-7B-0225-preview": 8_291_375_616,
+    "deepseek-ai/DeepSeek-V2-Lite": 15_706_484_224,
     "google-bert/bert-base-uncased": 109_514_298,
     "google/gemma-2-2b": 2_614_341_888,
     "google/gemma-2-9b": 9_241_705_984,
@@ -81,8 +83,10 @@ META_PARAMS = {
     "microsoft/deberta-v2-xxlarge": 1_567_041_636,
     "microsoft/phi-2": 2_779_683_840,
     "mistralai/Mistral-7B-v0.1": 7_241_732_096,
+    "mistralai/Mixtral-8x22B-v0.1": 140_630_071_296,
     "mistralai/Mixtral-8x7B-v0.1": 46_702_792_704,
     "openai-community/gpt2": 124_439_808,
+    "openai/gpt-oss-20b": 20_914_757_184,
     "tiiuae/falcon-7b": 6_921_720_704,
 }
 
@@ -204,7 +208,7 @@ def test_meta_build_param_count(hf: Any, model_id: str) -> None:
 def test_ids_are_sorted_and_complete() -> None:
     ids = catalog_ids()
     assert ids == sorted(ids)
-    assert len(ids) == 36
+    assert len(ids) == 40
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in ids
 
 

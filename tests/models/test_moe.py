@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from peftplan.models import ModelSpec, get_spec
+from peftplan.models.arch import arch_of, block_linears
 from peftplan.models.build import build_model
 from peftplan.models.catalog import catalog_config_dict
-from peftplan.planner.arch import arch_of, block_linears
 
 # Total parameters: the meta build equals the exact published count (safetensors metadata).
 PUBLISHED_TOTALS = {

@@ -7,6 +7,7 @@ terms, what checkpointing keeps instead, and the transient moments that may peak
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from peftplan.models.arch import Arch, BlockLinears, arch_of, block_linears
@@ -22,6 +23,27 @@ FUSED_VOCAB_TILE = 32768  # TRL's `_CHUNKED_LOGPROB_CHUNK_SIZE`: vocabulary entr
 
 
 @dataclass(frozen=True)
+class BlockCost:
+    """What one kind of block holds around its backward, kept whole so that the step's shape picks the
+    largest (terms cross over: eager attention's S² scores against per-token tensors at short lengths).
+
+    Attributes:
+        saved: what the block saves for backward (what a checkpointed block rebuilds).
+        working: beyond its saved set, what its forward holds at each moment (recomputed with it).
+        backward_temp: gradient temporaries alive while it runs backward.
+    """
+
+    saved: Poly
+    working: tuple[Poly, ...] = ()
+    backward_temp: Poly = ZERO
+
+    def rebuilt(self, at: Callable[[Poly], int]) -> int:
+        """A checkpointed block's backward: its recomputed activations, its working tensors or its
+        gradient temporaries on top."""
+        return at(self.saved) + max(max((at(w) for w in self.working), default=0), at(self.backward_temp))
+
+
+@dataclass(frozen=True)
 class ActivationProfile:
     """Activation bytes of one step as polynomials in batch size and sequence length.
 
@@ -32,15 +54,13 @@ class ActivationProfile:
         loss_backward: extra vocabulary-sized gradients alive at the loss backward (its peak).
         forward_extra: beyond `saved`, alive at the end of the forward (logits, KV caches).
         ckpt_saved: with checkpointing, what stays saved instead of `saved` (block inputs, head).
-        block_max: the most one block saves (what a checkpointed block rebuilds in backward).
-        recompute_extra: what a block's forward holds beyond its saved set (its working tensors).
+        blocks: each kind of block's `BlockCost` (the step's shape picks the largest).
         recompute_moments: totals a block holds at the transient moments of its forward (DoRA's
             weight norm, a dequantized weight), which its recomputation in backward repeats.
         head_saved: what the head and the loss save (part of `saved` and `ckpt_saved`); freed once
             the head's backward is done, so the blocks' backward runs without it.
         ckpt_later_inputs: the checkpointed inputs of every block but the first (freed, one by one,
             as backward passes the blocks; what remains when the first block recomputes).
-        backward_temp: gradient temporaries alive while a block runs backward.
         moments: totals at moments of the forward when temporaries are alive (the MLP's working
             tensors, a dequantized weight, DoRA's weight norm).
         ckpt_moments: the same moments with checkpointed blocks (which save nothing in the forward).
@@ -53,14 +73,12 @@ class ActivationProfile:
     loss_backward: Poly
     forward_extra: Poly
     ckpt_saved: Poly
-    block_max: Poly
+    blocks: tuple[BlockCost, ...]
     moments: list[Poly] = field(default_factory=list)
     ckpt_moments: list[Poly] = field(default_factory=list)
-    recompute_extra: Poly = ZERO
     recompute_moments: list[Poly] = field(default_factory=list)
     ckpt_later_inputs: Poly = ZERO
     head_saved: Poly = ZERO
-    backward_temp: Poly = ZERO
     grad_stream: Poly = ZERO
     batch: Poly = ZERO
     held_logits: Poly = ZERO  # logits the loop holds from the loss to the end of the step (litgpt)
@@ -291,9 +309,7 @@ def _with_unsloth_blocks(spec: ModelSpec, r: Replay, profile: ActivationProfile,
         profile,
         saved=head_and_rest + running,
         blocks_saved=running,
-        block_max=block + dequantized,
-        backward_temp=backward,
-        recompute_extra=ZERO,
+        blocks=(BlockCost(block + dequantized, (), backward),),
         recompute_moments=[],
         moments=[fixed + running],
         ckpt_moments=[fixed + profile.ckpt_inputs + forward],
@@ -362,15 +378,13 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
 
     # -- the blocks -----------------------------------------------------------------------------------
     cache: dict[tuple, _BlockReplay] = {}
-    block_saved: list[Poly] = []
     ckpt_inputs = ZERO
     moments: list[Poly] = []  # forward moments without checkpointing (totals)
     ckpt_moments: list[Poly] = []  # forward moments of checkpointed blocks (totals)
     recompute_moments: list[Poly] = []  # transient moments of each kind of block, block-local totals
     first_input = ZERO
     moment_lists: list[list[Poly]] = []
-    recompute_extra = ZERO  # the most a block holds beyond its saved set during its forward
-    backward_temp = ZERO  # gradient temporaries while a block runs backward
+    costs: dict[tuple, BlockCost] = {}  # each kind of block's backward cost
     running = ZERO
     kept_blocks = ZERO  # the blocks' 4-bit Linear inputs bitsandbytes keeps (`bnb_keeps_input`)
     used: set[int] = set()
@@ -401,14 +415,10 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         moments.extend(running + unsaved for unsaved, _ in replay.live)
         ckpt_moments.extend(ckpt_inputs + everything for _, everything in replay.live)
         # In a block's backward, gradients of its largest tensors are alive together (about two).
-        temps = replay.backward_temp
-        backward_temp = temps if temps.at(1, 1024) > backward_temp.at(1, 1024) else backward_temp
-        for unsaved, _ in replay.live:
-            extra = unsaved - replay.saved
-            recompute_extra = extra if extra.at(1, 1024) > recompute_extra.at(1, 1024) else recompute_extra
+        costs[key] = BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.live),
+                               replay.backward_temp)
         running = running + replay.saved
         kept_blocks = kept_blocks + replay.kept
-        block_saved.append(replay.saved)
         used |= replay.used_external
         forward_live = forward_live + replay.forward_live
         x = Sym.fresh(x.numel, replay.out_itemsize, replay.out_grad)
@@ -436,9 +446,6 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     model_saved = main.total() + head.total()
     saved = model_saved + saved_blocks + batch
     ckpt_saved = model_saved + ckpt_inputs + batch
-    block_max = ZERO
-    for p in block_saved:
-        block_max = p if p.at(1, 1024) > block_max.at(1, 1024) else block_max
     stream = tokens(a.hidden, vocab_extra) * x.itemsize
     fixed = main.total() + batch + embeddings_held  # in the blocks' forward the head has saved nothing yet
     ckpt_kept = main.kept_total() + head.kept_total()
@@ -448,7 +455,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
                 saved=saved, logits_saved=loss.saved, loss_backward=loss.backward, held_logits=loss.held,
                 head_backward=loss.head_backward,
                 forward_extra=forward_extra,
-                ckpt_saved=ckpt_saved, block_max=block_max, head_saved=head.total(), grad_stream=stream, batch=batch,
+                ckpt_saved=ckpt_saved, blocks=tuple(costs.values()), head_saved=head.total(), grad_stream=stream, batch=batch,
                 ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs,
                 ckpt_kept_inputs=ckpt_kept, head_forward=loss.head_forward),
             fixed)
@@ -462,12 +469,10 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         ckpt_saved=ckpt_saved,
         moments=[m + fixed for m in moments],
         ckpt_moments=[m + fixed for m in ckpt_moments],
-        block_max=block_max,
-        recompute_extra=recompute_extra,
+        blocks=tuple(costs.values()),
         recompute_moments=recompute_moments,
         ckpt_later_inputs=ckpt_inputs - first_input,
         head_saved=head.total(),
-        backward_temp=backward_temp,
         grad_stream=stream,
         batch=batch,
         blocks_saved=saved_blocks,

@@ -165,7 +165,7 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         saved -= offloaded
         in_blocks = saved - at(act.head_saved)
         # A block's backward: its recomputed activations, or a transient of its recomputed forward.
-        rebuilt = max(at(act.block_max) + max(at(act.recompute_extra), at(act.backward_temp)),
+        rebuilt = max(max(cost.rebuilt(at) for cost in act.blocks),
                       max((at(p) for p in act.recompute_moments), default=0))
         recompute = rebuilt + at(act.grad_stream)
         if offloaded:
@@ -187,12 +187,13 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         if offloaded:
             # Each block's saved tensors come back from the host for its backward.
             forward = max((at(p) for p in act.recompute_moments), default=0) + saved - at(act.head_saved)
-            block_bwd = saved - at(act.head_saved) + at(act.block_max)
+            # The block's saved tensors and its gradient temporaries.
+            block_bwd = saved - at(act.head_saved) + max(at(c.saved) + at(c.backward_temp) for c in act.blocks)
         else:
             forward = max((at(p) for p in act.moments), default=0)
-            block_bwd = saved - at(act.head_saved)
+            block_bwd = saved - at(act.head_saved) + max(at(c.backward_temp) for c in act.blocks)
         moments = [_Moment("forward", forward + previous, 0, 0, 0),
-                   _Moment("block-bwd", block_bwd + at(act.backward_temp) + at(act.grad_stream) + held, 0, head_grad, 0)]
+                   _Moment("block-bwd", block_bwd + at(act.grad_stream) + held, 0, head_grad, 0)]
     forward_end = saved + at(act.forward_extra)
     # A tied matrix's two gradients (output layer, then embedding) are summed by autograd before its
     # post-accumulate hook steps it, so the spike stays with the optimizer in backward.

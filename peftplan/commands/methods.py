@@ -6,30 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
-from peftplan.commands._options import (
-    AlphaOpt,
-    BottleneckOpt,
-    MethodOpt,
-    PeftConfigOpt,
-    QuantOpt,
-    RankOpt,
-    TargetsOpt,
-    VirtualTokensOpt,
-    check_format,
-    print_json,
-)
+from peftplan.commands._options import MethodOptions, check_format, option_groups, print_json
 
 
+@option_groups
 def methods_command(
+    *,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Also count trainable parameters on this model.")] = None,
-    method: MethodOpt = None,
-    rank: RankOpt = None,
-    alpha: AlphaOpt = None,
-    targets: TargetsOpt = None,
-    virtual_tokens: VirtualTokensOpt = None,
-    quant: QuantOpt = None,
-    bottleneck: BottleneckOpt = None,
-    peft_config: PeftConfigOpt = None,
+    adapter: MethodOptions,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's custom code.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table, json or markdown.")] = "table",
 ) -> None:
@@ -37,10 +21,7 @@ def methods_command(
     check_format(fmt)
     from peftplan.api import method_configs
 
-    chosen = method_configs(
-        method, rank=rank, alpha=alpha, targets=targets, virtual_tokens=virtual_tokens, quant=quant,
-        bottleneck=bottleneck, peft_config=peft_config,
-    )
+    chosen = method_configs(**adapter.to_dict())
     spec = None
     if model is not None:
         from peftplan.models import get_spec

@@ -8,36 +8,12 @@ from typing import Annotated, Any, get_args
 import typer
 
 from peftplan.commands._options import (
-    AdapterDtypeOpt,
-    AlphaOpt,
-    BnbFp16StateOpt,
-    BnbKeepsInputOpt,
-    BottleneckOpt,
-    CheckpointingOpt,
-    CompileLossOpt,
     GradCkptOpt,
-    KbitPrepOpt,
-    KeepLogitsOpt,
-    KernelsOpt,
-    LegacyLossOpt,
-    LossChunksOpt,
-    LossChunkTokensOpt,
-    LossFp32Opt,
-    LossOpt,
-    LossRecomputeOpt,
-    MethodOpt,
-    OffloadActivationsOpt,
-    OptimizerInBwdOpt,
-    PackingOpt,
-    PeftConfigOpt,
-    PrecisionOpt,
-    QuantOpt,
-    RankOpt,
+    KnobOptions,
+    MethodOptions,
     StackOpt,
-    TargetsOpt,
-    VirtualTokensOpt,
     check_format,
-    knob_overrides,
+    option_groups,
     print_json,
 )
 from peftplan.errors import BadInputError, UnknownNameError
@@ -61,35 +37,13 @@ def _choice(kind: str, value: str, literal: Any) -> str:
     return value
 
 
+@option_groups
 def trace_command(
+    *,
     model: Annotated[str, typer.Option("--model", "-m", help="Catalog id, local path or Hub id.")],
-    method: MethodOpt = None,
-    rank: RankOpt = None,
-    alpha: AlphaOpt = None,
-    targets: TargetsOpt = None,
-    virtual_tokens: VirtualTokensOpt = None,
-    quant: QuantOpt = None,
-    bottleneck: BottleneckOpt = None,
-    peft_config: PeftConfigOpt = None,
+    adapter: MethodOptions,
     stack: StackOpt = "hf",
-    loss: LossOpt = None,
-    loss_chunks: LossChunksOpt = None,
-    loss_chunk_tokens: LossChunkTokensOpt = None,
-    loss_recompute: LossRecomputeOpt = None,
-    kernels: KernelsOpt = None,
-    adapter_dtype: AdapterDtypeOpt = None,
-    kbit_prep: KbitPrepOpt = None,
-    checkpointing: CheckpointingOpt = None,
-    offload_activations: OffloadActivationsOpt = None,
-    optimizer_in_bwd: OptimizerInBwdOpt = None,
-    packing: PackingOpt = None,
-    precision: PrecisionOpt = None,
-    loss_fp32: LossFp32Opt = None,
-    legacy_loss: LegacyLossOpt = None,
-    keep_logits: KeepLogitsOpt = None,
-    compile_loss: CompileLossOpt = None,
-    bnb_keeps_input: BnbKeepsInputOpt = None,
-    bnb_fp16_state: BnbFp16StateOpt = None,
+    knobs: KnobOptions,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 1,
     grad_ckpt: GradCkptOpt = None,
@@ -120,22 +74,13 @@ def trace_command(
             raise BadInputError(f"--{name} must be a positive integer, got {value}")
     # The same TrainContext as plan's: the stack's knobs, with the user's overrides.
     ctx = train_context(
-        stack=stack, knobs=knob_overrides(locals()), grad_ckpt=grad_ckpt, seq_len=seq_len, batch_size=batch_size,
+        stack=stack, knobs=knobs.to_dict(), grad_ckpt=grad_ckpt, seq_len=seq_len, batch_size=batch_size,
         optimizer=optimizer, dtype=_choice("dtype", dtype, Dtype), attn=_choice("attention kernel", attn, Attention),
         gpus=1, shard="none", cpu_offload=False, device="cpu",
     )
     from peftplan.api import method_configs
 
-    chosen = method_configs(
-        method,
-        rank=rank,
-        alpha=alpha,
-        targets=targets,
-        virtual_tokens=virtual_tokens,
-        quant=quant,
-        bottleneck=bottleneck,
-        peft_config=peft_config,
-    )
+    chosen = method_configs(**adapter.to_dict())
     from peftplan.methods.targets import UnusableTargetError
     from peftplan.models import get_spec
     from peftplan.planner.method_plan import trainable_context
@@ -183,15 +128,7 @@ def trace_command(
 
 def _training(ctx: Any) -> dict[str, Any]:
     """The step's setting as traced: plan's `training` keys (the stack and every knob)."""
-    return {
-        "seq_len": ctx.seq_len,
-        "batch_size": ctx.batch_size,
-        "grad_checkpointing": ctx.grad_checkpointing,
-        "optimizer": ctx.optimizer,
-        "dtype": ctx.dtype,
-        "attention": ctx.attention,
-        **ctx.knobs(),
-    }
+    return {**ctx.step_setting(), **ctx.knobs()}
 
 
 def _gib(n: int) -> str:

@@ -86,6 +86,17 @@ class TrainContext:
         """Whether weights are sharded across GPUs (FSDP, ZeRO-3)."""
         return self.gpus > 1 and self.shard in ("fsdp", "zero3")
 
+    def step_setting(self) -> dict[str, object]:
+        """The step's shape and precision: the first keys of plan's and trace's JSON `training`."""
+        return {
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "grad_checkpointing": self.grad_checkpointing,
+            "optimizer": self.optimizer,
+            "dtype": self.dtype,
+            "attention": self.attention,
+        }
+
     def knobs(self) -> dict[str, object]:
         """The stack and its knobs as priced (the plan JSON's `training` adds these)."""
         from peftplan.planner.stacks import KNOB_NAMES

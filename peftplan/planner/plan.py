@@ -66,12 +66,7 @@ class Plan:
                 "usd_per_hour": gpu.usd_per_hour,
             },
             "training": {
-                "seq_len": ctx.seq_len,
-                "batch_size": ctx.batch_size,
-                "grad_checkpointing": ctx.grad_checkpointing,
-                "optimizer": ctx.optimizer,
-                "dtype": ctx.dtype,
-                "attention": ctx.attention,
+                **ctx.step_setting(),
                 "shard": ctx.shard,
                 "device": ctx.device,
                 "tasks": self.tasks,

@@ -36,7 +36,6 @@ __all__ = [
     "TraceResult",
     "check_stack_knobs",
     "check_traceable",
-    "real_step_at_depth",
     "trace_memory",
     "trace_step_at_depth",
 ]
@@ -107,44 +106,32 @@ def trace_step_at_depth(
     depth: int,
     *,
     granularity: int = GRANULARITY,
+    real: bool = False,
+    seed: int = 0,
 ) -> StepTrace:
-    """Trace one steady-state step of the model cut to `depth` blocks, on fake tensors."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    """Trace one steady-state step of the model cut to `depth` blocks, on fake tensors.
 
+    With `real`, the same step runs for real on CPU with random weights (seeded by `seed`; real bnb): what
+    the trace is checked against, the live-bytes tracker over real tensors. Small models only.
+    """
     from peftplan.planner.trace_build import build_trained_model, config_at_depth, make_fake
     from peftplan.planner.trace_step import run_step
 
-    model = build_trained_model(config_at_depth(config, depth), method, cfg, ctx, device="meta")
-    # Real tensors may meet fake ones: bitsandbytes' optimizer code maps are built from real data.
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    make_fake(model, mode)
+    if real:
+        import torch
+
+        torch.manual_seed(seed)
+    model = build_trained_model(config_at_depth(config, depth), method, cfg, ctx, device="cpu" if real else "meta")
+    mode = None
+    if not real:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        # Real tensors may meet fake ones: bitsandbytes' optimizer code maps are built from real data.
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        make_fake(model, mode)
     quantized = getattr(cfg, "quant", "none") != "none"
-    return run_step(model, ctx, depth=depth, fake_mode=mode, decompose_bnb=quantized, granularity=granularity)
-
-
-def real_step_at_depth(
-    config: dict[str, Any],
-    method: Method,
-    cfg: MethodConfig,
-    ctx: TrainContext,
-    depth: int,
-    *,
-    granularity: int = GRANULARITY,
-    seed: int = 0,
-) -> StepTrace:
-    """The same step as `trace_step_at_depth`, run for real on CPU with random weights (real bnb).
-
-    What the trace is checked against: the live-bytes tracker over real tensors. Small models only.
-    """
-    import torch
-
-    from peftplan.planner.trace_build import build_trained_model, config_at_depth
-    from peftplan.planner.trace_step import run_step
-
-    torch.manual_seed(seed)
-    model = build_trained_model(config_at_depth(config, depth), method, cfg, ctx, device="cpu")
-    quantized = getattr(cfg, "quant", "none") != "none"
-    return run_step(model, ctx, depth=depth, decompose_bnb=quantized, granularity=granularity, seed=seed)
+    return run_step(model, ctx, depth=depth, fake_mode=mode, decompose_bnb=quantized, granularity=granularity,
+                    seed=seed)
 
 
 def position_table_limit(spec: ModelSpec) -> int | None:

@@ -19,7 +19,7 @@ import pytest
 from peftplan.methods import get_method, method_names
 from peftplan.models.catalog import catalog_config_dict
 from peftplan.planner.context import TrainContext
-from peftplan.planner.trace import real_step_at_depth, trace_step_at_depth
+from peftplan.planner.trace import trace_step_at_depth
 
 SMOL = catalog_config_dict("HuggingFaceTB/SmolLM2-135M")
 SMOL_BIASED = {**SMOL, "attention_bias": True}  # BitFit needs biases
@@ -38,7 +38,7 @@ def assert_same_step(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fake = trace_step_at_depth(config, method, cfg, ctx, depth)
-        real = real_step_at_depth(config, method, cfg, ctx, depth)
+        real = trace_step_at_depth(config, method, cfg, ctx, depth, real=True)
     assert fake.peak == real.peak
     assert list(fake.segments) == list(real.segments)
     for name, segment in fake.segments.items():

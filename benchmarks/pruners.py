@@ -81,7 +81,7 @@ def run_without_pruning(suite_path: Path, run_dir: Path) -> float:
 
 
 def read_curves(run_dir: Path) -> list[Curve]:
-    from peftplan.harness.results import TrialStatus, read_result
+    from peftplan.results import TrialStatus, read_result
 
     curves = []
     for path in sorted((run_dir / "trials").glob("*.json")):

@@ -35,8 +35,8 @@ def bench_command(
     from peftplan.harness.progress import make_progress
     from peftplan.harness.rundir import open_run
     from peftplan.harness.runner import BenchRunner
-    from peftplan.harness.storage_url import check_reachable, normalize_storage_url
     from peftplan.harness.trust import require_trust_flag
+    from peftplan.storage_url import check_reachable, normalize_storage_url
 
     loaded, run_path = _locate(suite, run_dir)
     require_trust_flag(loaded, trust_remote_code)

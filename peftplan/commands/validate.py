@@ -28,7 +28,7 @@ def validate_command(
     loaded = load_suite(suite)
     require_trust_flag(loaded, trust_remote_code)
     if loaded.suite.storage.url is not None:  # its form only: validate stays offline
-        from peftplan.harness.storage_url import normalize_storage_url
+        from peftplan.storage_url import normalize_storage_url
 
         normalize_storage_url(loaded.suite.storage.url, option="storage.url")
     notes = check_suite(loaded)

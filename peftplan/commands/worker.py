@@ -38,8 +38,8 @@ def worker_command(
     from peftplan.harness.published import load_published_suite, select_studies
     from peftplan.harness.rundir import open_run, study_name
     from peftplan.harness.runner import BenchRunner
-    from peftplan.harness.storage_url import normalize_storage_url, open_storage
     from peftplan.harness.trust import require_trust_flag
+    from peftplan.storage_url import normalize_storage_url, open_storage
 
     url = normalize_storage_url(storage)
     optuna_storage = open_storage(url)

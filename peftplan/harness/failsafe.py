@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from peftplan.errors import PeftplanError
-from peftplan.harness.storage_url import StorageUnavailableError, redact
+from peftplan.storage_url import StorageUnavailableError, redact
 
 FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 RESUME_HINT = "the run stopped cleanly; re-run the same command to resume"

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from peftplan.harness.channel import ENV, LAUNCHED_AT_ENV
-from peftplan.harness.trial import OUTCOME, SPEC, TrialSpec
+from peftplan.harness.trial import ENTRY
+from peftplan.harness.trial.outcome import OUTCOME, TrialOutcome, read_outcome
+from peftplan.harness.trial.recipe import SPEC, TrialSpec
 
 
 class TrialListener(Protocol):
@@ -34,7 +36,7 @@ class TrialListener(Protocol):
 @dataclass
 class LaunchResult:
     status: str  # the outcome's status, or timeout / failed when the process gave none
-    outcome: dict[str, Any] | None
+    outcome: TrialOutcome | None
     error: str | None
     wall_time_s: float
     returncode: int | None
@@ -60,7 +62,7 @@ def launch_trial(
     started = time.perf_counter()
     with open(work_dir / "log.txt", "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "peftplan.harness.trial", str(spec_path)],
+            [sys.executable, "-m", ENTRY, str(spec_path)],
             pass_fds=(to_child_read, from_child_write),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -85,12 +87,12 @@ def launch_trial(
             pass
     wall = time.perf_counter() - started
     if timed_out:
-        return LaunchResult("timeout", _read_outcome(work_dir), f"exceeded the trial time limit of {timeout:g} s",
-                            wall, process.returncode)
-    outcome = _read_outcome(work_dir)
+        return LaunchResult("timeout", read_outcome(work_dir / OUTCOME),
+                            f"exceeded the trial time limit of {timeout:g} s", wall, process.returncode)
+    outcome = read_outcome(work_dir / OUTCOME)
     if outcome is None:
         return LaunchResult("failed", None, _exit_reason(process.returncode, work_dir), wall, process.returncode)
-    return LaunchResult(outcome["status"], outcome, outcome.get("error"), wall, process.returncode)
+    return LaunchResult(outcome.status.value, outcome, outcome.error, wall, process.returncode)
 
 
 def _relay(process: subprocess.Popen[bytes], read_fd: int, write_fd: int, listener: TrialListener,
@@ -133,17 +135,6 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _read_outcome(work_dir: Path) -> dict[str, Any] | None:
-    path = work_dir / OUTCOME
-    if not path.is_file():
-        return None
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except json.JSONDecodeError:
-        return None
 
 
 def _exit_reason(returncode: int | None, work_dir: Path) -> str:

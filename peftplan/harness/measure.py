@@ -247,7 +247,7 @@ def measure_speed(model: nn.Module, prompt_ids: list[int], *, new_tokens: int, r
     """
     import torch
 
-    from peftplan.harness.stats import relative_half_width, t_interval
+    from peftplan.stats import relative_half_width, t_interval
 
     ids = torch.tensor([prompt_ids], device=device)
     mask = torch.ones_like(ids)

@@ -5,7 +5,7 @@ A trial with `training.gpus: N > 1` runs as a chain of processes, each dying wit
 
     runner -> trial process -> accelerate launch --multi_gpu --num_processes N -> N ranks
 
-Each rank is `python -m peftplan.harness.trial` again; `RANKS_OF_ENV` (the trial process's pid) tells it that it
+Each rank is `python -m peftplan.harness.trial.entry` again; `RANKS_OF_ENV` (the trial process's pid) tells it that it
 is a rank (`harness/ranks.py`). On a host without CUDA, `ACCELERATE_USE_CPU=1` turns the same command into N CPU
 processes on gloo (accelerate's MULTI_CPU mode): that is the path the tests run.
 
@@ -17,28 +17,28 @@ A rank that fails exits non-zero, which makes the launcher stop the other ranks 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from peftplan.harness.channel import RANKS_OF_ENV
 from peftplan.harness.ranks import rank_outcome_name
+from peftplan.harness.trial import ENTRY
+from peftplan.harness.trial.outcome import FINISHED, OUTCOME, TrialOutcome, read_outcome
+from peftplan.results import TrialStatus
 
 if TYPE_CHECKING:
     from peftplan.harness.suite import TrainingSection
-
-FINISHED = ("success", "pruned")
 
 
 def accelerate_command(spec_path: Path, processes: int, port: int) -> list[str]:
     """The `accelerate launch` command line for `processes` ranks of the trial in `spec_path`."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "peftplan.harness.trial", str(spec_path)]
+            "--main_process_port", str(port), "-m", ENTRY, str(spec_path)]
 
 
 def run_ranks(spec_path: Path, training: TrainingSection, *, device: str, threads: int | None) -> None:
@@ -68,46 +68,35 @@ def run_ranks(spec_path: Path, training: TrainingSection, *, device: str, thread
     me = os.getpid()
     done = subprocess.run(accelerate_command(spec_path, processes, _free_port()), env=env,
                           stdin=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(me))
-    outcomes = {rank: _read(work_dir / rank_outcome_name(rank)) for rank in range(processes)}
+    outcomes = {rank: read_outcome(work_dir / rank_outcome_name(rank)) for rank in range(processes)}
     reason = f"accelerate launch exited with code {done.returncode}" if done.returncode else None
     write_merged(work_dir, outcomes, device, reason)
 
 
-def write_merged(work_dir: Path, outcomes: dict[int, dict[str, Any] | None], device: str,
+def write_merged(work_dir: Path, outcomes: dict[int, TrialOutcome | None], device: str,
                  launch_problem: str | None) -> None:
     """Write `outcome.json`: rank 0's outcome when it finished; else `oom` if any rank ran out of memory,
     else `failed`, with every rank's error.
 
     Once rank 0 finished, every rank had done its part (rank 0 gathered their peaks after training).
     """
-    from peftplan.atomic import atomic_write_text
-    from peftplan.harness.outcome import OUTCOME, Outcome
-
     rank0 = outcomes.get(0)
-    if rank0 is not None and rank0.get("status") in FINISHED:
-        atomic_write_text(work_dir / OUTCOME, json.dumps(rank0, indent=2))
+    if rank0 is not None and rank0.status in FINISHED:
+        rank0.write(work_dir / OUTCOME)  # as rank 0 wrote it
         return
-    failures = {rank: o for rank, o in outcomes.items() if o is not None and o.get("status") not in FINISHED}
+    failures = {rank: o for rank, o in outcomes.items() if o is not None and o.status not in FINISHED}
     missing = sorted(rank for rank, o in outcomes.items() if o is None)
-    merged = Outcome(device)
-    merged.data.update(rank0 or {})
-    merged["status"] = "oom" if any(o.get("status") == "oom" for o in failures.values()) else "failed"
+    merged = rank0.model_copy(deep=True) if rank0 is not None else TrialOutcome.start(device)
+    oom = any(o.status == TrialStatus.OOM for o in failures.values())
+    merged.status = TrialStatus.OOM if oom else TrialStatus.FAILED
     # The other ranks' errors first: rank 0's is often only the echo of a peer that went away.
-    errors = [f"rank {rank}: {failures[rank].get('error')}" for rank in sorted(failures, key=lambda r: (r == 0, r))]
+    errors = [f"rank {rank}: {failures[rank].error}" for rank in sorted(failures, key=lambda r: (r == 0, r))]
     if missing:
         errors.append(f"no outcome from rank(s) {', '.join(map(str, missing))}")
     if launch_problem:
         errors.append(launch_problem)
-    merged["error"] = "; ".join(errors)[:2000]
-    merged.write(work_dir / OUTCOME)
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (OSError, json.JSONDecodeError):
-        return None
+    merged.error = "; ".join(errors)[:2000]
+    merged.end().write(work_dir / OUTCOME)
 
 
 def _free_port() -> int:

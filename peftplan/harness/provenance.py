@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from peftplan.results import Provenance
+
 PACKAGES = (
     "torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna",
     "lm-eval", "datasets", "safetensors", "pydantic", "numpy",
@@ -84,17 +86,17 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance(device: str, started_at: str) -> dict[str, object]:
-    """The `Provenance` fields of a result file (finished_at is filled in when the trial ends)."""
-    return {
-        "peftplan_version": peftplan_version(),
-        "packages": package_versions(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "device": device,
-        "device_name": device_name(device),
-        "hostname": socket.gethostname(),
-        "git_commit": git_commit(),
-        "started_at": started_at,
-        "finished_at": None,
-    }
+def provenance(device: str, started_at: str) -> Provenance:
+    """A result's provenance on this host (finished_at is filled in when the trial ends)."""
+    return Provenance(
+        peftplan_version=peftplan_version(),
+        packages=package_versions(),
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        device=device,
+        device_name=device_name(device),
+        hostname=socket.gethostname(),
+        git_commit=git_commit(),
+        started_at=started_at,
+        finished_at=None,
+    )

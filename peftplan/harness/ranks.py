@@ -7,7 +7,8 @@ The trial makes the same calls either way (`Ranks`); for one process each is the
 - `agree(value)`: rank 0's value on every rank (the pruning decision, so that all ranks stop together);
 - `gather(value)`: every rank's value, in rank order;
 - `trained_model(model, rebuild)`: the trained model on rank 0, None on the others;
-- `describe()`: how the ranks ran, for the result's `distributed` section; `close()`: leave the process group.
+- `describe()`: how the ranks ran (the result's `distributed` section, without the ranks' figures);
+- `close()`: leave the process group.
 
 FSDP is torch's own `fully_shard`, applied here, not accelerate's FSDP plugin: accelerate 1.15 refuses FSDP1
 without a GPU and quietly runs DDP when asked for FSDP2 on CPU, so only this path can run (and be tested) on
@@ -21,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from peftplan.results import Distributed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,7 +64,7 @@ class Ranks(Protocol):
     def agree(self, value: T) -> T: ...
     def gather(self, value: T) -> list[T]: ...
     def trained_model(self, model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module | None: ...
-    def describe(self) -> dict[str, Any] | None: ...
+    def describe(self) -> Distributed | None: ...
     def close(self) -> None: ...
 
 
@@ -89,7 +92,7 @@ class SingleProcess:
     def trained_model(self, model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module | None:
         return model
 
-    def describe(self) -> dict[str, Any] | None:
+    def describe(self) -> Distributed | None:
         return None
 
     def close(self) -> None:
@@ -173,16 +176,16 @@ class DataParallelRanks:
         fresh.load_state_dict(full)
         return fresh
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Distributed:
         import torch.distributed as dist
 
-        return {
-            "world_size": self.world_size,
-            "parallel": self.parallel,
-            "backend": dist.get_backend() if dist.is_initialized() else None,
-            "distributed_type": str(self.accelerator.distributed_type.value),
-            "sharded_blocks": self.sharded_blocks,
-        }
+        return Distributed(
+            world_size=self.world_size,
+            parallel=self.parallel,
+            backend=dist.get_backend() if dist.is_initialized() else None,
+            distributed_type=str(self.accelerator.distributed_type.value),
+            sharded_blocks=self.sharded_blocks,
+        )
 
     def close(self) -> None:
         """Leave the process group; only after this rank finished (NCCL's tear-down may wait for its peers)."""

@@ -6,7 +6,7 @@ RUN/
   suite.json               the resolved suite (every default filled in)
   study.db                 the Optuna study (sqlite), unless storage.url points elsewhere
   data/                    train.jsonl, eval.jsonl, task.json, probe.txt: the exact split every trial used
-  trials/<method>-<n>.json one result file per trial (peftplan.harness.results schema), written atomically
+  trials/<method>-<n>.json one result file per trial (peftplan.results schema), written atomically
   work/<method>-<n>/       the trial's spec, outcome and log
   results.csv              every result flattened, one row per trial (and results.parquet with pyarrow)
 ```
@@ -22,8 +22,8 @@ from typing import Any
 from peftplan.atomic import atomic_path, atomic_write_text
 from peftplan.errors import BadInputError
 from peftplan.harness.provenance import now_iso, peftplan_version
-from peftplan.harness.storage_url import redact
 from peftplan.harness.suite import LoadedSuite
+from peftplan.storage_url import redact
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

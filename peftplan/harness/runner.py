@@ -38,12 +38,13 @@ from peftplan.harness.launch import launch_trial
 from peftplan.harness.loading import WeightsSource, weights_source
 from peftplan.harness.progress import LineProgress, Progress
 from peftplan.harness.published import publish_suite
-from peftplan.harness.results import TrialResult, TrialStatus, config_hash, read_result, write_result
 from peftplan.harness.rundir import RunDir, study_name, write_tables
 from peftplan.harness.space import SampledConfig, as_choice, recipe_params, sample_config
-from peftplan.harness.storage_url import check_reachable, normalize_storage_url
 from peftplan.harness.studylock import SCHEMA_LOCK, study_lock
-from peftplan.harness.trial import OUTCOME, TrialSpec
+from peftplan.harness.trial.outcome import OUTCOME, TrialOutcome, read_outcome
+from peftplan.harness.trial.recipe import TrialSpec
+from peftplan.results import TrialResult, TrialStatus, config_hash, read_result, write_result
+from peftplan.storage_url import check_reachable, normalize_storage_url
 
 if TYPE_CHECKING:
     import optuna
@@ -59,7 +60,8 @@ CONFIRM_SUFFIX = "+confirm"  # a method entry's confirmation study and result fi
 CONFIRM_OF_ATTR = "peftplan_confirm_of"  # the search trial a confirmation run re-runs
 CONFIRM_SEED_ATTR = "peftplan_confirm_seed"  # its seed
 CONFIRM_SEED_STRIDE = 100_000  # confirmation seeds: training.seed + stride * (1..n) + the search trial's number
-FINISHED = ("success", "pruned", "oom", "failed")  # an outcome.json status that ends a trial
+# An outcome.json status that ends a trial (a trial never writes timeout or canceled: the runner decides those).
+FINISHED = frozenset({TrialStatus.SUCCESS, TrialStatus.PRUNED, TrialStatus.OOM, TrialStatus.FAILED})
 
 
 @dataclass
@@ -287,10 +289,10 @@ class BenchRunner:
         if frozen.state.is_finished():
             return  # its result was recorded before the interrupt took effect
         config = frozen.user_attrs.get(CONFIG_ATTR) or {"method": entry.name, "params": frozen.params}
-        outcome = _read_json(self.run_dir.work_dir(key, trial.number) / OUTCOME)
-        if outcome is not None and outcome.get("status") in FINISHED:  # it ended just before the interrupt
-            wall = float((outcome.get("metrics") or {}).get("wall_time_s") or 0.0)
-            self._record(key, entry, study, trial, config, outcome["status"], outcome, outcome.get("error"), wall)
+        outcome = read_outcome(self.run_dir.work_dir(key, trial.number) / OUTCOME)
+        if outcome is not None and outcome.status in FINISHED:  # it ended just before the interrupt
+            wall = outcome.metrics.wall_time_s or 0.0
+            self._record(key, entry, study, trial, config, outcome.status.value, outcome, outcome.error, wall)
             return
         study.tell(trial, state=TrialState.FAIL)
         # Optuna's retry of a stale trial: same params and distributions, and `failed_trial` (our `retry_of`)
@@ -301,7 +303,7 @@ class BenchRunner:
                     frozen.system_attrs.get("failed_trial"), frozen.user_attrs.get(CONFIRM_OF_ATTR))
 
     def _record(self, key: str, entry: MethodEntry, study: optuna.Study, trial: optuna.Trial,
-                config: dict[str, Any] | None, status: str, outcome: dict[str, Any] | None, error: str | None,
+                config: dict[str, Any] | None, status: str, outcome: TrialOutcome | None, error: str | None,
                 wall: float) -> None:
         """Tell Optuna, then write the result file (see the module docstring for why in this order)."""
         from optuna.trial import TrialState
@@ -336,15 +338,13 @@ class BenchRunner:
         }
 
     def _result(self, key: str, entry: MethodEntry, number: int, config: dict[str, Any], params: dict[str, Any],
-                status: str, outcome: dict[str, Any] | None, error: str | None, wall: float,
+                status: str, outcome: TrialOutcome | None, error: str | None, wall: float,
                 retry_of: int | None, confirm_of: int | None = None) -> TrialResult:
-        from peftplan.harness.provenance import now_iso, provenance
-
-        outcome = outcome or {}
-        metrics = dict(outcome.get("metrics") or {})
-        metrics["wall_time_s"] = wall or metrics.get("wall_time_s")
-        prov = outcome.get("provenance") or {**provenance(self._device_guess(), now_iso()), "finished_at": now_iso()}
-        memory = outcome.get("memory")
+        """The result file of a trial: what it was, and what its outcome measured (none: a trial that left no
+        outcome, e.g. killed or timed out before writing one)."""
+        if outcome is None:
+            outcome = TrialOutcome.start(self._device_guess()).end()
+        metrics = outcome.metrics.model_copy(update={"wall_time_s": wall or outcome.metrics.wall_time_s})
         return TrialResult(
             suite_name=self.suite.name,
             suite_hash=self.loaded.hash,
@@ -362,16 +362,16 @@ class BenchRunner:
             status=TrialStatus(status),
             error=error,
             metrics=metrics,
-            forgetting=outcome.get("forgetting"),
-            latency=outcome.get("latency"),
-            memory=memory,
-            distributed=outcome.get("distributed"),
-            intermediate=outcome.get("intermediate") or [],
-            provenance=prov,
+            forgetting=outcome.forgetting,
+            latency=outcome.latency,
+            memory=outcome.memory,
+            distributed=outcome.distributed,
+            intermediate=outcome.intermediate,
+            provenance=outcome.provenance,
         )
 
     def _write(self, key: str, entry: MethodEntry, number: int, config: dict[str, Any], params: dict[str, Any],
-               status: str, outcome: dict[str, Any] | None, error: str | None, wall: float,
+               status: str, outcome: TrialOutcome | None, error: str | None, wall: float,
                retry_of: int | None, confirm_of: int | None = None) -> None:
         result = self._result(key, entry, number, config, params, status, outcome, error, wall, retry_of, confirm_of)
         write_result(result, self.run_dir.trial_path(key, number))
@@ -396,11 +396,11 @@ class BenchRunner:
             if trial.user_attrs.get(OWNER_ATTR, self.owner) != self.owner:
                 continue  # another runner's trial: its result file is in its own run directory
             source = trial.user_attrs.get(RECOVERED_ATTR, trial.number)
-            outcome = _read_json(self.run_dir.work_dir(key, source) / OUTCOME)
+            outcome = read_outcome(self.run_dir.work_dir(key, source) / OUTCOME)
             config = trial.user_attrs.get(CONFIG_ATTR) or {"method": entry.name, "params": trial.params}
-            wall = float(((outcome or {}).get("metrics") or {}).get("wall_time_s") or 0.0)
+            wall = (outcome.metrics.wall_time_s or 0.0) if outcome is not None else 0.0
             self._write(key, entry, trial.number, config, trial.params, status, outcome,
-                        (outcome or {}).get("error"), wall, trial.system_attrs.get("failed_trial"),
+                        outcome.error if outcome is not None else None, wall, trial.system_attrs.get("failed_trial"),
                         trial.user_attrs.get(CONFIRM_OF_ATTR))
 
     def _on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -413,12 +413,12 @@ class BenchRunner:
         if entry is None:
             return
         mine = trial.user_attrs.get(OWNER_ATTR, self.owner) == self.owner
-        outcome = _read_json(self.run_dir.work_dir(key, trial.number) / OUTCOME) if mine else None
+        outcome = read_outcome(self.run_dir.work_dir(key, trial.number) / OUTCOME) if mine else None
         config = trial.user_attrs.get(CONFIG_ATTR) or {"method": entry.name, "params": trial.params}
-        if outcome is not None and outcome.get("status") in ("success", "pruned", "oom", "failed"):
-            status = outcome["status"]
+        if outcome is not None and outcome.status in FINISHED:
+            status = outcome.status.value
             result = self._result(key, entry, trial.number, config, trial.params, status, outcome,
-                                  outcome.get("error"), 0.0, None, trial.user_attrs.get(CONFIRM_OF_ATTR))
+                                  outcome.error, 0.0, None, trial.user_attrs.get(CONFIRM_OF_ATTR))
             value = _objective_value(result, self.suite.search.objective)
             finished = status == "success" and value is not None
             peak = float(_peak_bytes(result) or 0)
@@ -517,11 +517,3 @@ def _objective_value(result: TrialResult, objective: str) -> float | None:
     if objective == "eval_loss":
         return result.metrics.eval_loss
     return result.metrics.task_metric
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (OSError, json.JSONDecodeError):
-        return None

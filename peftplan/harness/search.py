@@ -29,7 +29,7 @@ def make_storage(
     """Optuna RDB storage with heartbeats; `on_stale` runs for each trial whose heartbeat expired."""
     from optuna.storages import RDBStorage
 
-    from peftplan.harness.storage_url import engine_kwargs, quiet_optuna
+    from peftplan.storage_url import engine_kwargs, quiet_optuna
 
     quiet_optuna()
 

@@ -63,7 +63,7 @@ def study_lock(url: str, study_name: str, *, timeout: float = LOCK_TIMEOUT_S) ->
         return
     import sqlalchemy
 
-    from peftplan.harness.storage_url import engine_kwargs
+    from peftplan.storage_url import engine_kwargs
 
     engine = sqlalchemy.create_engine(url, **engine_kwargs(url), poolclass=sqlalchemy.pool.NullPool)
     try:
@@ -91,7 +91,7 @@ def _me() -> str:
 def _postgres_lock(engine: Any, url: str, study_name: str, timeout: float) -> Iterator[None]:
     import sqlalchemy
 
-    from peftplan.harness.storage_url import redact_safe
+    from peftplan.storage_url import redact_safe
 
     key = lock_key(study_name)
     with engine.begin() as connection:  # the lock lives as long as this transaction
@@ -139,7 +139,7 @@ def _mysql_lock(engine: Any, url: str, study_name: str, timeout: float) -> Itera
 
     import sqlalchemy
 
-    from peftplan.harness.storage_url import redact_safe
+    from peftplan.storage_url import redact_safe
 
     name = f"peftplan-{lock_key(study_name) & 0xFFFFFFFFFFFFFFFF:x}"
     with engine.connect() as connection:  # GET_LOCK belongs to the session, not a transaction

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from peftplan.harness.stats import separated
 from peftplan.reports.fmt import fmt_bytes, fmt_num, fmt_rate, is_missing
 from peftplan.reports.pareto import pareto_mask
+from peftplan.stats import separated
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from peftplan.harness.results import TrialResult, TrialStatus
 from peftplan.reports.rundir import method_key
+from peftplan.results import TrialResult, TrialStatus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,7 +133,7 @@ def confirmed(frame: pd.DataFrame) -> pd.DataFrame:
 
     import pandas as pd
 
-    from peftplan.harness.stats import t_interval
+    from peftplan.stats import t_interval
 
     columns = ["method", "confirmed_mean", "confirmed_sd", "confirmed_n", "confirmed_trial", "confirmed_ci"]
     if "confirm_of" not in frame:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftplan.errors import BadInputError
-from peftplan.harness.results import TrialResult, read_result
+from peftplan.results import TrialResult, read_result
 
 SUITE_FILES = ("suite.json", "suite.yaml", "suite.yml")
 MANIFEST = "run.json"

@@ -17,7 +17,7 @@ from peftplan.reports.chart import Chart, Series, slug
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from peftplan.harness.results import TrialResult
+    from peftplan.results import TrialResult
 
 # fANOVA fits a random forest to (params -> objective) over the completed trials. With a handful of trials
 # one lucky trial decides which parameter "matters", so below this the chart is left out and Notes say why.
@@ -97,7 +97,7 @@ def load_study_views(storages: list[str], results: list[TrialResult], *,
             notes.append(f"no Optuna storage at {url}: no such file")  # optuna would create an empty one
             continue
         try:
-            from peftplan.harness.storage_url import normalize_storage_url
+            from peftplan.storage_url import normalize_storage_url
 
             storage = optuna.storages.get_storage(normalize_storage_url(url))  # an installed driver for postgresql://
             opened[url] = (storage, optuna.study.get_all_study_names(storage=storage))

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from peftplan.harness.results import TrialStatus, read_result
+from peftplan.results import TrialStatus, read_result
 from tests.harness.tiny import write_suite
 from tests.processes import processes_with
 

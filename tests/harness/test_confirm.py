@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from peftplan.errors import BadInputError
-from peftplan.harness.results import TrialStatus, read_result
 from peftplan.harness.suite import parse_suite
+from peftplan.results import TrialStatus, read_result
 from tests.harness.tiny import TINY_SUITE, deep_update, write_suite
 
 

@@ -12,16 +12,18 @@ import pytest
 from peftplan.harness.channel import TrialChannel
 from peftplan.harness.data import prepare_task, write_task
 from peftplan.harness.loading import weights_source
-from peftplan.harness.results import TrialResult
 from peftplan.harness.rundir import open_run
 from peftplan.harness.suite import load_suite
-from peftplan.harness.trial import Outcome, TrialSpec, run_trial
+from peftplan.harness.trial.entry import run_trial
+from peftplan.harness.trial.outcome import TrialOutcome
+from peftplan.harness.trial.recipe import TrialSpec
 from peftplan.methods import get_method
+from peftplan.results import TrialResult
 from tests.harness.tiny import write_suite
 
 
-def run_one(tmp_path: Path, changes: dict[str, Any], method: str = "lora", **config: Any) -> dict[str, Any]:
-    """Run one trial of the tiny suite with `changes`; returns its outcome (checked against the result schema)."""
+def run_one(tmp_path: Path, changes: dict[str, Any], method: str = "lora", **config: Any) -> TrialOutcome:
+    """Run one trial of the tiny suite with `changes`; returns its outcome (put into a result, as the runner does)."""
     loaded = load_suite(write_suite(tmp_path, {"training": {"steps": 2, "batch_size": 4, "threads": 1},
                                                **changes}))
     run = open_run(tmp_path / "run", loaded, storage_url=None, resume=False)
@@ -30,14 +32,13 @@ def run_one(tmp_path: Path, changes: dict[str, Any], method: str = "lora", **con
     spec = TrialSpec(run_dir=str(run.path), suite=loaded.normalized(), suite_dir=str(loaded.base_dir),
                      method_key=method, method=method, method_config=cfg.model_dump(mode="json"), lr=1e-3,
                      trial_number=0, pruning=False, weights=vars(weights_source(loaded.suite.model, loaded)))
-    outcome = Outcome("cpu")
+    outcome = TrialOutcome.start("cpu")
     run_trial(spec, TrialChannel(None, None), outcome, "cpu")
-    data = outcome.data
     TrialResult(suite_name="t", suite_hash="h", study_name="t/x", model="m", task="t", method=method, trial_number=0,
-                config={}, config_hash="c", status=data["status"], metrics=data["metrics"],
-                forgetting=data["forgetting"], latency=data["latency"], memory=data["memory"],
-                intermediate=data["intermediate"], provenance={**data["provenance"], "finished_at": None})
-    return data
+                config={}, config_hash="c", status=outcome.status, metrics=outcome.metrics,
+                forgetting=outcome.forgetting, latency=outcome.latency, memory=outcome.memory,
+                intermediate=outcome.intermediate, provenance=outcome.provenance)
+    return outcome
 
 
 def lm_eval_task(directory: Path) -> dict[str, Any]:
@@ -57,16 +58,16 @@ def lm_eval_task(directory: Path) -> dict[str, Any]:
 
 def test_forgetting_with_only_lm_eval_probes_is_null_not_zero(tmp_path: Path) -> None:
     pytest.importorskip("lm_eval")
-    data = run_one(tmp_path, {"eval": {"forgetting": None, "latency": None, "task_examples": 8, "loss_examples": 8,
-                                       "lm_eval": lm_eval_task(tmp_path)}})
-    forgetting = data["forgetting"]
-    assert forgetting["probe"] == "lm-eval"
-    assert forgetting["delta"] is None and forgetting["loss_base"] is None and forgetting["loss_adapted"] is None
-    assert forgetting["tokens"] is None
-    assert set(forgetting["lm_eval"]) == {"tiny_probe/acc"}
+    outcome = run_one(tmp_path, {"eval": {"forgetting": None, "latency": None, "task_examples": 8,
+                                          "loss_examples": 8, "lm_eval": lm_eval_task(tmp_path)}})
+    forgetting = outcome.forgetting
+    assert forgetting is not None and forgetting.probe == "lm-eval"
+    assert forgetting.delta is None and forgetting.loss_base is None and forgetting.loss_adapted is None
+    assert forgetting.tokens is None
+    assert set(forgetting.lm_eval) == {"tiny_probe/acc"}
     # Its interval: a paired bootstrap over the documents both runs scored.
-    low, high = forgetting["lm_eval_ci"]["tiny_probe/acc"]
-    assert low - 1e-9 <= forgetting["lm_eval"]["tiny_probe/acc"] <= high + 1e-9
+    low, high = forgetting.lm_eval_ci["tiny_probe/acc"]
+    assert low - 1e-9 <= forgetting.lm_eval["tiny_probe/acc"] <= high + 1e-9
 
 
 def test_a_failing_planner_is_recorded_as_prediction_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,8 +77,8 @@ def test_a_failing_planner_is_recorded_as_prediction_error(tmp_path: Path, monke
         raise ZeroDivisionError("a planner bug")
 
     monkeypatch.setattr(peftplan, "plan", broken_planner)
-    data = run_one(tmp_path, {"eval": {"forgetting": None, "latency": None, "task_examples": 8,
-                                       "loss_examples": 8}})
-    memory = data["memory"]
-    assert data["status"] == "success" and memory["peak_allocated"] > 0
-    assert memory["predicted"] is None and memory["prediction_error"] == "ZeroDivisionError: a planner bug"
+    outcome = run_one(tmp_path, {"eval": {"forgetting": None, "latency": None, "task_examples": 8,
+                                          "loss_examples": 8}})
+    memory = outcome.memory
+    assert outcome.status == "success" and memory is not None and memory.peak_allocated
+    assert memory.predicted is None and memory.prediction_error == "ZeroDivisionError: a planner bug"

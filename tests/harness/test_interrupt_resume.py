@@ -28,7 +28,7 @@ import pytest
 
 from peftplan.errors import BadInputError
 from peftplan.harness.progress import make_progress
-from peftplan.harness.results import TrialStatus, read_result
+from peftplan.results import TrialStatus, read_result
 from tests.harness.tiny import write_suite
 from tests.processes import processes_with
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from peftplan import stats as intervals
 from peftplan.harness import stats
 from tests.harness.test_honest_measurements import run_one
 
@@ -45,11 +46,11 @@ def test_paired_forgetting_interval_cancels_the_windows_own_difficulty() -> None
 
 
 def test_t_interval_and_separation() -> None:
-    mean, low, high = stats.t_interval([1.0, 2.0, 3.0])
+    mean, low, high = intervals.t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and high - mean == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-6)
-    assert stats.relative_half_width((2.0, 1.9, 2.1)) == pytest.approx(0.05)
-    assert stats.separated([0.1, 0.2], [0.25, 0.3]) and not stats.separated([0.1, 0.26], [0.25, 0.3])
-    assert not stats.separated(None, [0.0, 1.0])
+    assert intervals.relative_half_width((2.0, 1.9, 2.1)) == pytest.approx(0.05)
+    assert intervals.separated([0.1, 0.2], [0.25, 0.3]) and not intervals.separated([0.1, 0.26], [0.25, 0.3])
+    assert not intervals.separated(None, [0.0, 1.0])
 
 
 def test_timings_repeat_until_precise_or_capped() -> None:
@@ -72,13 +73,14 @@ def test_timings_repeat_until_precise_or_capped() -> None:
 
 
 def test_a_trial_records_intervals_next_to_its_numbers(tmp_path: Path) -> None:
-    data = run_one(tmp_path, {"eval": {"task_examples": 16, "loss_examples": 8,
-                                       "forgetting": {"probe": "self-sampled", "tokens": 128, "window": 32}}})
-    metrics, forgetting, latency = data["metrics"], data["forgetting"], data["latency"]
-    assert inside(metrics["task_metric"], metrics["task_metric_ci"])
-    assert set(metrics["task_metrics_ci"]) == set(metrics["task_metrics"])
-    assert inside(metrics["train_tokens_per_s"], metrics["train_tokens_per_s_ci"])
-    assert inside(forgetting["delta"], forgetting["delta_ci"])
+    outcome = run_one(tmp_path, {"eval": {"task_examples": 16, "loss_examples": 8,
+                                          "forgetting": {"probe": "self-sampled", "tokens": 128, "window": 32}}})
+    metrics, forgetting, latency = outcome.metrics, outcome.forgetting, outcome.latency
+    assert forgetting is not None and latency is not None
+    assert inside(metrics.task_metric, metrics.task_metric_ci)
+    assert set(metrics.task_metrics_ci) == set(metrics.task_metrics)
+    assert inside(metrics.train_tokens_per_s, metrics.train_tokens_per_s_ci)
+    assert inside(forgetting.delta, forgetting.delta_ci)
     for variant in ("base", "unmerged", "merged"):
-        assert inside(latency[f"prefill_{variant}"], latency[f"prefill_{variant}_ci"])
-        assert latency["repeats"][variant] >= 3
+        assert inside(getattr(latency, f"prefill_{variant}"), getattr(latency, f"prefill_{variant}_ci"))
+        assert latency.repeats[variant] >= 3

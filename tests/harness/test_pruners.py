@@ -13,9 +13,9 @@ from types import ModuleType
 import optuna
 import pytest
 
-from peftplan.harness.results import TrialStatus, read_result
 from peftplan.harness.search import make_pruner
 from peftplan.harness.suite import parse_suite
+from peftplan.results import TrialStatus, read_result
 from tests.harness.tiny import TINY_SUITE, deep_update, write_suite
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pruners.py"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from peftplan.errors import BadInputError
-from peftplan.harness.results import TrialStatus, read_result
+from peftplan.results import TrialStatus, read_result
 from tests.harness.tiny import write_suite
 
 

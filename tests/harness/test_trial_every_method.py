@@ -14,11 +14,13 @@ import pytest
 from peftplan.harness.channel import TrialChannel
 from peftplan.harness.data import prepare_task, write_task
 from peftplan.harness.loading import weights_source
-from peftplan.harness.results import TrialResult
 from peftplan.harness.rundir import open_run
 from peftplan.harness.suite import load_suite
-from peftplan.harness.trial import Outcome, TrialSpec, run_trial
+from peftplan.harness.trial.entry import run_trial
+from peftplan.harness.trial.outcome import TrialOutcome
+from peftplan.harness.trial.recipe import TrialSpec
 from peftplan.methods import get_method, method_names
+from peftplan.results import TrialResult
 from tests.harness.tiny import write_suite
 
 
@@ -41,27 +43,27 @@ def test_every_method_runs_a_whole_trial(prepared_run: tuple, name: str) -> None
         method=name, method_config=method.make_config().model_dump(mode="json"), lr=1e-3, trial_number=0,
         pruning=False, weights=vars(weights_source(loaded.suite.model, loaded)),
     )
-    outcome = Outcome("cpu")
+    outcome = TrialOutcome.start("cpu")
     run_trial(spec, TrialChannel(None, None), outcome, "cpu")
-    data = outcome.data
-    assert data["status"] == "success"
-    metrics = data["metrics"]
-    assert metrics["steps"] == 2 and 0.0 <= metrics["task_metric"] <= 1.0
-    assert metrics["trainable_params"] > 0 and metrics["adapter_bytes"] > 0
-    assert data["memory"]["peak_allocated"] > 0
-    forgetting = data["forgetting"]
-    assert forgetting["probe"] == "self-sampled" and forgetting["tokens"] > 0
-    latency = data["latency"]
-    assert latency["prefill_base"] > 0 and latency["prefill_unmerged"] > 0 and latency["adapter_load_s"] >= 0
+    assert outcome.status == "success"
+    metrics = outcome.metrics
+    assert metrics.steps == 2 and metrics.task_metric is not None and 0.0 <= metrics.task_metric <= 1.0
+    assert metrics.trainable_params and metrics.adapter_bytes
+    assert outcome.memory is not None and outcome.memory.peak_allocated
+    forgetting = outcome.forgetting
+    assert forgetting is not None and forgetting.probe == "self-sampled" and forgetting.tokens
+    latency = outcome.latency
+    assert latency is not None and latency.prefill_base and latency.prefill_unmerged
+    assert latency.adapter_load_s is not None and latency.adapter_load_s >= 0
     # Decode is a difference of two timings; under heavy background load it may be withheld (None).
-    assert all(v is None or v > 0 for k, v in latency.items() if k.startswith("decode_") and not k.endswith("_ci"))
+    assert all(v is None or v > 0 for v in (latency.decode_base, latency.decode_unmerged, latency.decode_merged))
     merged_expected = method.mergeable and method.inference_overhead != "none"
-    assert (latency.get("prefill_merged") is not None) == merged_expected
-    # The outcome fits the result file schema.
+    assert (latency.prefill_merged is not None) == merged_expected
+    # The outcome's parts are the result file's.
     TrialResult(suite_name="t", suite_hash="h", study_name="t/x", model="m", task="t", method=name, trial_number=0,
-                config={}, config_hash="c", status=data["status"], metrics=metrics, forgetting=forgetting,
-                latency=latency, memory=data["memory"], intermediate=data["intermediate"],
-                provenance={**data["provenance"], "finished_at": None})
+                config={}, config_hash="c", status=outcome.status, metrics=metrics, forgetting=forgetting,
+                latency=latency, memory=outcome.memory, intermediate=outcome.intermediate,
+                provenance=outcome.provenance)
     assert Path(run.data_dir / "probe-self-sampled.txt").is_file()
 
 
@@ -78,11 +80,13 @@ def test_planner_prediction_is_recorded_next_to_the_measured_peak(tmp_path: Path
         method=name, method_config=method.make_config().model_dump(mode="json"), lr=1e-3, trial_number=0,
         pruning=False, weights=vars(weights_source(loaded.suite.model, loaded)), threads=1,
     )
-    outcome = Outcome("cpu")
+    outcome = TrialOutcome.start("cpu")
     run_trial(spec, TrialChannel(None, None), outcome, "cpu")
-    memory = outcome.data["memory"]
-    if memory["predicted"] is None:
+    memory = outcome.memory
+    assert memory is not None
+    if memory.predicted is None:
         pytest.skip("the planner is not importable here")
-    assert memory["measured_batch"] == 4 and memory["measured_seq_len"] > 0
-    predicted, measured = memory["predicted"]["peak_allocated"], memory["peak_allocated"]
+    assert memory.measured_batch == 4 and memory.measured_seq_len
+    predicted, measured = memory.predicted["peak_allocated"], memory.peak_allocated
+    assert measured is not None
     assert abs(predicted - measured) / measured < 0.10, (predicted, measured)

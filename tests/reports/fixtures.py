@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftplan.harness.results import (
+from peftplan.results import (
     Forgetting,
     IntermediateValue,
     Latency,

@@ -107,8 +107,8 @@ def test_one_study_shared_by_several_methods(run_dir: Path, tmp_path: Path) -> N
     """A study holding every method's trials is split by each trial's `method` attribute."""
     import optuna
 
-    from peftplan.harness.results import read_result
     from peftplan.reports.studies import load_study_views
+    from peftplan.results import read_result
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     shared = optuna.create_study(study_name="all", storage=url, direction="maximize")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from peftplan.harness.results import TrialResult, read_result
+from peftplan.results import TrialResult, read_result
 
 QUIET = {
     "eval": {"forgetting": None, "latency": None, "task_examples": 8, "loss_examples": 8},

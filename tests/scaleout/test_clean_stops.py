@@ -15,8 +15,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from peftplan.harness.results import TrialStatus, read_result
-from peftplan.harness.storage_url import normalize_storage_url
+from peftplan.results import TrialStatus, read_result
+from peftplan.storage_url import normalize_storage_url
 from tests.harness.tiny import write_suite
 from tests.processes import processes_with
 from tests.scaleout.helpers import ENV, QUIET, start, wait_for

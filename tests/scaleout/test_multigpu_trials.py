@@ -16,7 +16,7 @@ import pytest
 
 from peftplan.cli import main
 from peftplan.harness.measure import planner_prediction
-from peftplan.harness.results import TrialResult, TrialStatus, read_result
+from peftplan.results import TrialResult, TrialStatus, read_result
 from tests.harness.tiny import TINY_MODEL, write_suite
 from tests.scaleout.helpers import ENV
 

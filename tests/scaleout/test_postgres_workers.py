@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from peftplan.harness.results import TrialStatus
-from peftplan.harness.storage_url import normalize_storage_url
 from peftplan.reports.rundir import load_run
+from peftplan.results import TrialStatus
+from peftplan.storage_url import normalize_storage_url
 from tests.harness.tiny import write_suite
 from tests.processes import processes_with
 from tests.scaleout.helpers import QUIET, results_by_dir, start, study_ready, wait_for

@@ -16,13 +16,20 @@ import pytest
 import torch
 from torch import nn
 
-from peftplan.harness import multigpu, trial
+from peftplan.harness import multigpu
+from peftplan.harness.channel import TrialChannel
 from peftplan.harness.measure import MemoryPeak, planner_prediction
 from peftplan.harness.ranks import SingleProcess, decoder_blocks, even_share, mean_loss
 from peftplan.harness.suite import load_suite
 from peftplan.harness.tasks import IGNORE, Encoded
 from peftplan.harness.train import TrainStats, evaluate_loss
+from peftplan.harness.trial import entry
+from peftplan.harness.trial.outcome import OUTCOME, TrialOutcome
+from peftplan.harness.trial.recipe import SPEC, TrialContext, TrialSpec
+from peftplan.harness.trial.training import RankFigures, record_training
+from peftplan.methods import get_method
 from peftplan.models.build import build_model
+from peftplan.results import Distributed, MemoryMeasurement, TrialStatus
 from tests.harness.tiny import TINY_MODEL, write_suite
 
 T = TypeVar("T")
@@ -63,8 +70,8 @@ class FakeRanks(SingleProcess):
         out.insert(self.rank, value)
         return out
 
-    def describe(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "parallel": self.parallel}
+    def describe(self) -> Distributed:
+        return Distributed(world_size=self.world_size, parallel=self.parallel)
 
 
 def test_eval_loss_in_even_shares_sums_to_the_single_process_loss() -> None:
@@ -82,60 +89,81 @@ def test_eval_loss_in_even_shares_sums_to_the_single_process_loss() -> None:
     assert shared == pytest.approx(whole, rel=1e-6)
 
 
-def _context(tmp_path: Path) -> trial.TrialContext:
+def _context(tmp_path: Path) -> TrialContext:
     loaded = load_suite(write_suite(tmp_path, {"training": {"gpus": 2, "device": "cpu"}}))
-    spec = trial.TrialSpec(run_dir=str(tmp_path), suite=loaded.normalized(), suite_dir=str(tmp_path),
-                           method_key="lora", method="lora", method_config={"rank": 4}, lr=1e-3, trial_number=0,
-                           pruning=False, weights={})
-    return trial.TrialContext(spec, loaded, "cpu", None, trial.TrialChannel(None, None), None, None, None)
+    spec = TrialSpec(run_dir=str(tmp_path), suite=loaded.normalized(), suite_dir=str(tmp_path),
+                     method_key="lora", method="lora", method_config={"rank": 4}, lr=1e-3, trial_number=0,
+                     pruning=False, weights={})
+    method = get_method("lora")
+    return TrialContext(spec, loaded, "cpu", None, TrialChannel(None, None), None, method,
+                        method.make_config(rank=4))
 
 
 def test_the_reported_peak_and_its_prediction_are_the_same_ranks(tmp_path: Path) -> None:
     """Rank 1 padded to longer examples and peaked higher: the trial's shape and prediction are rank 1's."""
     ctx = _context(tmp_path)
-    peer = {"rank": 1, "source": "cpu-livebytes", "peak_allocated": 5_000_000, "peak_reserved": None,
-            "rss_peak": 1, "measured_batch": 8, "measured_seq_len": 48, "train_tokens": 300, "train_time_s": 2.0,
-            "train_loss": 1.0, "trainable_checksum": 0.0}
-    outcome = trial.Outcome("cpu")
-    outcome["memory"] = {"source": "cpu-livebytes"}
+    peer = RankFigures(rank=1, source="cpu-livebytes", peak_allocated=5_000_000, peak_reserved=None, rss_peak=1,
+                       measured_batch=8, measured_seq_len=48, train_tokens=300, train_time_s=2.0, train_loss=1.0,
+                       trainable_checksum=0.0)
+    outcome = TrialOutcome.start("cpu")
+    outcome.memory = MemoryMeasurement(source="cpu-livebytes")
     stats = TrainStats(steps=4, train_loss=2.0, eval_loss=1.5, tokens=100, train_time_s=1.0)
-    trial._record_training(ctx, outcome, FakeRanks(0, 2, [peer]), nn.Linear(2, 2), stats,
-                           MemoryPeak("cpu-livebytes", 4_000_000), (8, 40), "float32")
-    memory = outcome["memory"]
-    assert (memory["peak_allocated"], memory["measured_batch"], memory["measured_seq_len"]) == (5_000_000, 8, 48)
+    record_training(ctx, outcome, FakeRanks(0, 2, [peer]), nn.Linear(2, 2), stats,
+                    MemoryPeak("cpu-livebytes", 4_000_000), (8, 40), "float32")
+    memory = outcome.memory
+    assert (memory.peak_allocated, memory.measured_batch, memory.measured_seq_len) == (5_000_000, 8, 48)
     expected, _ = planner_prediction("tiny", TINY_MODEL, "lora", {"rank": 4}, seq_len=48, batch_size=8,
                                      grad_checkpointing=False, optimizer="adamw", dtype="fp32", device="cpu", gpus=2)
-    assert expected is not None and memory["predicted"] == expected
-    assert [r["measured_seq_len"] for r in memory["ranks"]] == [40, 48]
-    assert memory["ranks"][1]["predicted_peak_allocated"] == expected["peak_allocated"]
-    assert memory["ranks"][0]["predicted_peak_allocated"] < expected["peak_allocated"]  # its shorter sequences
-    metrics = outcome["metrics"]
-    assert metrics["train_loss"] == pytest.approx((2.0 * 100 + 1.0 * 300) / 400)  # weighted by tokens
-    assert (metrics["train_tokens"], metrics["train_time_s"], metrics["train_tokens_per_s"]) == (400, 2.0, 200.0)
+    assert expected is not None and memory.predicted == expected
+    assert memory.ranks is not None and [r.measured_seq_len for r in memory.ranks] == [40, 48]
+    assert memory.ranks[1].predicted_peak_allocated == expected["peak_allocated"]
+    assert memory.ranks[0].predicted_peak_allocated < expected["peak_allocated"]  # its shorter sequences
+    metrics = outcome.metrics
+    assert metrics.train_loss == pytest.approx((2.0 * 100 + 1.0 * 300) / 400)  # weighted by tokens
+    assert (metrics.train_tokens, metrics.train_time_s, metrics.train_tokens_per_s) == (400, 2.0, 200.0)
+    distributed = outcome.distributed
+    assert distributed is not None and (distributed.world_size, distributed.parallel) == (2, "ddp")
+    assert [r.train_tokens for r in distributed.ranks] == [100, 300]
 
 
 def test_the_trial_process_alone_writes_outcome_json(tmp_path: Path) -> None:
     """Rank 0's failure stays in outcome-rank0.json until the merge; the merge names every rank's error."""
-    outcomes = {0: {"status": "failed", "error": "RuntimeError: Connection closed by peer"}, 1: None}
-    multigpu.write_merged(tmp_path, outcomes, "cpu", "accelerate launch exited with code 1")
-    merged = json.loads((tmp_path / trial.OUTCOME).read_text())
+    rank0 = TrialOutcome.start("cpu")
+    rank0.error = "RuntimeError: Connection closed by peer"
+    multigpu.write_merged(tmp_path, {0: rank0, 1: None}, "cpu", "accelerate launch exited with code 1")
+    merged = json.loads((tmp_path / OUTCOME).read_text())
     assert merged["status"] == "failed"
     assert merged["error"] == ("rank 0: RuntimeError: Connection closed by peer; no outcome from rank(s) 1; "
                                "accelerate launch exited with code 1")
 
 
+def test_the_merge_is_rank_0s_outcome_once_it_finished_else_oom_if_any_rank_ran_out(tmp_path: Path) -> None:
+    finished, oom = TrialOutcome.start("cpu"), TrialOutcome.start("cpu")
+    finished.status, finished.metrics.steps = TrialStatus.SUCCESS, 4
+    oom.status, oom.error = TrialStatus.OOM, "OutOfMemoryError: CUDA out of memory"
+    multigpu.write_merged(tmp_path, {0: finished, 1: oom}, "cpu", None)  # rank 0 finished: the others had too
+    merged = TrialOutcome.model_validate_json((tmp_path / OUTCOME).read_text())
+    assert merged.status == TrialStatus.SUCCESS and merged.metrics.steps == 4 and merged.error is None
+    echo = TrialOutcome.start("cpu")
+    echo.error = "RuntimeError: Connection closed by peer"
+    multigpu.write_merged(tmp_path, {0: echo, 1: oom}, "cpu", None)
+    merged = TrialOutcome.model_validate_json((tmp_path / OUTCOME).read_text())
+    assert merged.status == TrialStatus.OOM
+    assert merged.error == "rank 1: OutOfMemoryError: CUDA out of memory; rank 0: RuntimeError: Connection closed by peer"
+
+
 def test_a_launch_that_raises_still_leaves_an_outcome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = _context(tmp_path)
-    spec_path = tmp_path / trial.SPEC
+    spec_path = tmp_path / SPEC
     spec_path.write_text(ctx.spec.model_dump_json())
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("accelerate is not installed")
 
     monkeypatch.setattr(multigpu, "run_ranks", broken)
-    monkeypatch.setattr(trial, "die_with_parent", lambda: None)  # not for the test process itself
-    assert trial.main([str(spec_path)]) == 0
-    outcome = json.loads((tmp_path / trial.OUTCOME).read_text())
+    monkeypatch.setattr(entry, "die_with_parent", lambda: None)  # not for the test process itself
+    assert entry.main([str(spec_path)]) == 0
+    outcome = json.loads((tmp_path / OUTCOME).read_text())
     assert outcome["status"] == "failed" and outcome["error"] == "OSError: accelerate is not installed"
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from peftplan.harness.storage_url import normalize_storage_url
 from peftplan.harness.studylock import StudyLockTimeout, lock_key, study_lock
 from peftplan.harness.workqueue import FILLED_ATTR
+from peftplan.storage_url import normalize_storage_url
 from tests.harness.tiny import write_suite
 from tests.scaleout.helpers import QUIET, start
 

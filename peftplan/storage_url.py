@@ -1,4 +1,7 @@
-"""Storage URLs: validated up front, given a driver that is installed, and checked to be reachable.
+"""Optuna storage URLs: validated up front, given a driver that is installed, and checked to be reachable.
+
+Below the harness and the reports: the CLI, the runner and the reports (which read a run's studies) all
+name storages the same way.
 
 SQLAlchemy 2.1 maps a bare `postgresql://` URL to the psycopg (v3) driver; peftplan's `postgres` extra
 installs psycopg2, so a bare URL gets whichever of the two is importable. A storage that cannot be

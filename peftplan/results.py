@@ -1,7 +1,8 @@
 """The result file every bench trial writes (`trials/<method>-<n>.json`): the contract reports read.
 
-Fields may be added (bump nothing); renaming or removing one needs `SCHEMA_VERSION` + 1 and a reader
-that still accepts the old files.
+The harness fills it (a trial's typed outcome, `harness/trial/outcome.py`, is made of these parts, under
+the same field names) and writes it; reports only read it. Fields may be added (bump nothing); renaming or
+removing one needs `SCHEMA_VERSION` + 1 and a reader that still accepts the old files.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ class TrialStatus(str, Enum):  # noqa: UP042 - readers compare and format it as 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields are errors; a value assigned later (a trial fills its outcome as it goes) is validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class Forgetting(_Strict):

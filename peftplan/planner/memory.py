@@ -74,6 +74,7 @@ def named_trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainConte
     base_size = 4 if master else base_itemsize(terms, ctx)
     size = ctx.adapter_itemsize
     tensors = [(name, shape, size) for name, adapter in terms.linear_adapters.items() for shape in adapter.tensors]
+    tensors += [(name, shape, size) for name, adapter in terms.param_adapters.items() for shape in adapter.tensors]
     tensors += [(name, shape, size) for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True)]
     if terms.trainable_base != "none":
         biases_only = terms.trainable_base == "biases"

@@ -160,7 +160,7 @@ def plan_method(
     served = price_serving(spec, method, terms, adapter_bytes=adapter_bytes, dtype=ctx.dtype, needs=needs,
                            train_seq=ctx.seq_len)
     trainable = spec.total_params if terms.trainable_base == "all" else method.trainable_params(spec, cfg)
-    notes = empty + list(served.notes) + context_notes
+    notes = empty + parameter_adapter_notes(terms) + list(terms.notes) + list(served.notes) + context_notes
     if terms.quant != "none":
         notes.append("bitsandbytes dequantizes each weight per matmul; the FLOP-based speed does not include it")
     return MethodPlan(
@@ -205,3 +205,15 @@ def plan_method(
 def _rank_meaning(terms: MemoryTerms) -> str | None:
     kind = rank_kind(terms)
     return kind.rank_meaning if kind is not None else None
+
+
+def parameter_adapter_notes(terms: MemoryTerms) -> list[str]:
+    """What the method puts on bare parameters (fused MoE experts, routers): names, ranks, parameters."""
+    if not terms.param_adapters:
+        return []
+    groups: dict[tuple[str, int], list[int]] = {}
+    for name, adapter in terms.param_adapters.items():
+        short = ".".join(name.split(".")[-2:])
+        groups.setdefault((short, adapter.rank), []).append(adapter.delta_params)
+    parts = [f"{short} at rank {rank} ({len(sizes)}x, {sum(sizes):,} params)" for (short, rank), sizes in groups.items()]
+    return ["adapts parameters through peft's target_parameters: " + "; ".join(parts)]

@@ -133,6 +133,9 @@ def _signature(spec: ModelSpec, terms: MemoryTerms, linears: BlockLinears) -> tu
             adapter = terms.linear_adapters.get(lin.name)
             parts.append((lin.leaf, lin.in_features, lin.out_features, lin.bias, adapter,
                           lin.name in terms.bottleneck_sites))
+    for name in (*linears.experts, linears.router):  # adapters on an MoE block's parameters
+        wrapper = terms.param_adapters.get(name) if name is not None else None
+        parts.append((name.rsplit(".", 1)[-1], wrapper.shape, wrapper.rank) if wrapper is not None and name else None)
     return tuple(parts)
 
 

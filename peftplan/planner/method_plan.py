@@ -152,7 +152,8 @@ def plan_method(
             empty.append(empty_fit_note(model, vram, ctx.seq_len, max_seq_len(model, vram, 1, limit)))
     adapter_bytes = adapter_file_bytes(spec, method, terms, dtype=ctx.dtype)
     a = arch_of(spec)
-    flops = training_flops_per_token(spec, a, terms, ctx.seq_len, checkpointing=ctx.grad_checkpointing)
+    flops = training_flops_per_token(spec, a, terms, ctx.seq_len, checkpointing=ctx.grad_checkpointing,
+                                     batch=ctx.batch_size)
     speed = throughput(flops, tflops=budget.gpu.bf16_tflops, gpus=budget.gpus, mfu=mfu,
                        train_tokens=train_tokens, usd_per_hour=budget.gpu.usd_per_hour)
     needs = serving or ServingNeeds(vram_bytes=vram, gpu=budget.gpu, tasks=tasks, switching=switching,

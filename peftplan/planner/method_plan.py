@@ -162,6 +162,7 @@ def plan_method(
                            train_seq=ctx.seq_len)
     trainable = spec.total_params if terms.trainable_base == "all" else method.trainable_params(spec, cfg)
     notes = empty + parameter_adapter_notes(terms) + list(terms.notes) + list(served.notes) + context_notes
+    notes += unquantized_expert_notes(spec, terms, ctx)
     if terms.quant != "none":
         notes.append("bitsandbytes dequantizes each weight per matmul; the FLOP-based speed does not include it")
     return MethodPlan(
@@ -218,3 +219,30 @@ def parameter_adapter_notes(terms: MemoryTerms) -> list[str]:
         groups.setdefault((short, adapter.rank), []).append(adapter.delta_params)
     parts = [f"{short} at rank {rank} ({len(sizes)}x, {sum(sizes):,} params)" for (short, rank), sizes in groups.items()]
     return ["adapts parameters through peft's target_parameters: " + "; ".join(parts)]
+
+
+def unquantized_expert_notes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> list[str]:
+    """On a 4/8-bit base: the fused MoE experts bitsandbytes leaves unquantized, what they cost, and what helps.
+
+    transformers 5.23 swaps only `nn.Linear` layers for bitsandbytes ones, so fused 3D experts (and
+    routers) load in the load dtype; peft's `prepare_model_for_kbit_training` then casts every 16-bit
+    parameter that is not 4-bit, experts included, to fp32 (docs/models.md).
+    """
+    moe = spec.moe
+    if terms.quant == "none" or moe is None or not moe.fused:
+        return []
+    from peftplan.planner.activations import base_itemsize
+    from peftplan.planner.context import DTYPE_BYTES
+
+    numel = moe.routed_params
+    size = base_itemsize(terms, ctx)
+    dtype = DTYPE_BYTES[ctx.dtype]
+    gib = numel * size / 2**30
+    what = (f"{numel / 1e9:.1f}B fused expert parameters ({numel / spec.total_params:.0%} of the model) are not "
+            f"quantized by bitsandbytes (they are 3D parameters, not Linear layers)")
+    if size > dtype:
+        return [f"{what}, and peft's k-bit preparation (--kbit-prep peft) upcasts them to fp32: {gib:.1f} GiB; "
+                f"--kbit-prep none keeps them in {ctx.dtype} ({numel * dtype / 2**30:.1f} GiB, as LLaMA-Factory and "
+                f"Unsloth do), or train 16-bit LoRA sharded over more GPUs (--gpus N --shard fsdp)"]
+    return [f"{what}: they stay in {ctx.dtype} ({gib:.1f} GiB), so the 4/8-bit base saves little; 16-bit LoRA "
+            "sharded over more GPUs (--gpus N --shard fsdp) costs about the same per GPU"]

@@ -192,16 +192,18 @@ def _expert_weight(ops: Ops, name: str | None, numel: int) -> tuple[int, bool, S
     return (copy.itemsize if copy is not None else r.base_itemsize), True, copy
 
 
-def _grouped(ops: Ops, x: Sym, weight: tuple[int, bool, Sym | None], out_width: int) -> Sym:
+def _grouped(ops: Ops, x: Sym, weight: tuple[int, bool, Sym | None], out_width: int, *, track: bool = True) -> Sym:
     """transformers' `_grouped_mm(input.to(weight.dtype), weight)`: not autocast, it runs in the weight's
-    dtype; saves its input when the weight trains and the weight when the input needs a gradient."""
+    dtype; saves its input when the weight trains and the weight when the input needs a gradient.
+    `track` False: the output's size does not set the block's backward temporaries (the caller does)."""
     itemsize, trains, copy = weight
     xin = ops.cast(x, itemsize)
     if trains:
         ops.g.save(xin)
     if xin.grad and copy is not None:
         ops.g.save(copy)
-    return ops.tok(out_width, itemsize, x.grad or trains)
+    out = Sym.fresh(ops.r.tok(out_width), itemsize, x.grad or trains)
+    return ops.g.created(out) if track else out
 
 
 def _moe(ops: Ops, h: Sym, block: BlockLinears) -> Sym:
@@ -228,11 +230,18 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears) -> Sym:
     rows = ops.tok(a.hidden * k, h.itemsize, h.grad)
     weights = ops.tok(k, 4, top.grad)
     gate_up = _expert_weight(ops, _leaf(block.experts, "gate_up_proj"), 0)
-    proj = _grouped(ops, rows, gate_up, 2 * a.intermediate * k)
+    # Its backward holds three gradients of the expert width at once (the product's, the activation's and
+    # up's) while the activation's output is still saved; gate_up's output gradient comes once those and
+    # the output itself are freed, beside the adapted weight's gradient. Not two of gate_up's output.
+    proj = _grouped(ops, rows, gate_up, 2 * a.intermediate * k, track=False)
+    width = r.tok(a.intermediate * k) * proj.itemsize
+    ops.g.backward_option(width * 3)
     gate = proj.view(r.tok(a.intermediate * k))
     mixed = ops.mul(ops.act(gate, a.act), gate)
     down = _expert_weight(ops, _leaf(block.experts, "down_proj"), 0)
     out = _grouped(ops, mixed, down, a.hidden * k)
+    if down[2] is not None:  # the product's gradient beside the adapted weight's
+        ops.g.backward_option(width + down[2].storage_bytes)
     weighted = ops.mul(out, weights)  # bf16 rows x fp32 weights: fp32
     ops.g.save(ops.tok(k, 8, False))  # the inverse permutation's index
     ops.g.live(*ops.held, h, proj, mixed, out, weighted)

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from peftplan.replay.symbolic import const
+from peftplan.replay.symbolic import Sym, const
 from peftplan.replay.terms import ParamAdapter, ParamAdapterKind
 
 if TYPE_CHECKING:
     from peftplan.replay.ops import Ops
-    from peftplan.replay.symbolic import Sym
 
 
 class LoraParamKind(ParamAdapterKind):
@@ -42,7 +41,8 @@ class LoraParamKind(ParamAdapterKind):
         factors = adapter.delta_params
         if itemsize != r.adapter_itemsize:
             ops.g.save(ops.fresh(const(factors), itemsize, True))  # baddbmm saves lhs and rhs (cast copies)
-        copy = ops.fresh(const(adapter.weight_numel), itemsize, True)
+        # Not the block's "largest tensor": its gradient exists once, beside others (`planner/blocks.py: _moe`).
+        copy = Sym.fresh(const(adapter.weight_numel), itemsize, True)
         if adapter.experts == 1:  # `_LoraParameterProxy`: the delta B·A exists beside W + delta
             ops.g.transient(const(adapter.weight_numel * itemsize))
         return copy

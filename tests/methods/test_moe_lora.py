@@ -131,3 +131,18 @@ def test_refusals_are_one_line() -> None:
     assert dora.trainable_params(spec, dora.make_config()) > 0
     with pytest.raises(BadInputError):
         dora.trainable_params(spec, dora.make_config(targets=["mlp"]))
+
+
+def test_reads_a_peft_config_with_target_parameters(peft: Any, tmp_path: Any) -> None:
+    from peftplan.methods.peft_config import read_peft_config
+
+    peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                    target_parameters=["experts.gate_up_proj", "experts.down_proj"]).save_pretrained(str(tmp_path))
+    method, cfg = read_peft_config(tmp_path)
+    targets = cfg.model_dump()["targets"]
+    assert method.name == "lora" and targets == ["q_proj", "v_proj", "experts.gate_up_proj", "experts.down_proj"]
+    model = _tiny("mixtral")
+    spec = ModelSpec.from_model(model)
+    real = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                     target_parameters=["experts.gate_up_proj", "experts.down_proj"]))
+    assert method.trainable_params(spec, cfg) == sum(p.numel() for p in real.parameters() if p.requires_grad)

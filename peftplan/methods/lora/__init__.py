@@ -40,7 +40,8 @@ class Lora(PeftMethod[LoraConfig]):
     use_dora: ClassVar[bool] = False
     use_rslora: ClassVar[bool] = False
     peft_type = "LORA"
-    peft_fields = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora"})
+    peft_fields = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "target_parameters", "use_dora",
+                             "use_rslora"})
     peft_required = ("target_modules",)
 
     def selection(self, spec: ModelSpec, cfg: TargetedConfig) -> Selection:
@@ -110,8 +111,13 @@ class Lora(PeftMethod[LoraConfig]):
 
     def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         name = "dora" if raw.get("use_dora") else "rslora" if raw.get("use_rslora") else "lora"
+        targets = targets_from_peft(raw["target_modules"])
+        parameters = [str(p) for p in raw.get("target_parameters") or []]
+        if parameters and targets and targets[0].startswith("re:"):
+            raise UnsupportedError("adapter_config.json: a regex target_modules with target_parameters is not "
+                                   "planned; list the module names")
         return name, {"rank": raw.get("r", 8), "alpha": raw.get("lora_alpha", 8), "dropout": raw.get("lora_dropout", 0.0),
-                      "targets": targets_from_peft(raw["target_modules"])}
+                      "targets": targets + parameters}
 
     def peft_config(self, spec: ModelSpec, cfg: LoraConfig) -> PeftConfig:
         from peft import LoraConfig as PeftLoraConfig

@@ -243,6 +243,8 @@ def unquantized_expert_notes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainCont
     if size > dtype:
         return [f"{what}, and peft's k-bit preparation (--kbit-prep peft) upcasts them to fp32: {gib:.1f} GiB; "
                 f"--kbit-prep none keeps them in {ctx.dtype} ({numel * dtype / 2**30:.1f} GiB, as LLaMA-Factory and "
-                f"Unsloth do), or train 16-bit LoRA sharded over more GPUs (--gpus N --shard fsdp)"]
+                f"Unsloth do), or train 16-bit LoRA sharded over more GPUs (--gpus N --shard fsdp); fp32 experts may "
+                "not run at all on a GPU: torch's grouped_mm, transformers' default for experts, takes bf16 only "
+                "(not checked on a GPU)"]
     return [f"{what}: they stay in {ctx.dtype} ({gib:.1f} GiB), so the 4/8-bit base saves little; 16-bit LoRA "
             "sharded over more GPUs (--gpus N --shard fsdp) costs about the same per GPU"]

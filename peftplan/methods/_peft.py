@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from peftplan.errors import BadInputError, UnsupportedError
 from peftplan.methods.base import ConfigT, Method, MethodConfig, Quant
-from peftplan.methods.targets import parse_targets, select_linears
+from peftplan.methods.targets import Selection, parse_targets, select_linears, select_targets
 
 if TYPE_CHECKING:
     import optuna
@@ -77,6 +77,13 @@ def selected_linears(spec: ModelSpec, cfg: TargetedConfig) -> list[LinearInfo]:
     return select_linears(spec, cfg.targets)
 
 
+def selected_targets(spec: ModelSpec, cfg: TargetedConfig, *, parameters: bool = True) -> Selection:
+    """The Linears and parameters (fused MoE experts, routers) `cfg.targets` selects, as peft's LoRA adapts them."""
+    if cfg.targets[0].startswith(REGEX_PREFIX):
+        return select_targets(spec, [], regex=cfg.targets[0][len(REGEX_PREFIX) :], parameters=parameters)
+    return select_targets(spec, cfg.targets, parameters=parameters)
+
+
 def task_type(spec: ModelSpec) -> str | None:
     """peft's task type: causal LM for decoders and VLMs; feature extraction for encoders."""
     return "CAUSAL_LM" if spec.kind in ("decoder", "vlm") else "FEATURE_EXTRACTION"
@@ -96,10 +103,14 @@ class PeftMethod(Method[ConfigT]):
     supports_conv1d: bool = True  # GPT-2 style transformers Conv1D layers
     reload_trainable: bool = True  # peft reloads prompt-learning adapters for inference only
 
+    def selection(self, spec: ModelSpec, cfg: TargetedConfig) -> Selection:
+        """What `cfg.targets` adapts with this method (Linears only, unless the method adapts parameters)."""
+        return Selection(tuple(selected_linears(spec, cfg)))
+
     def check(self, spec: ModelSpec, cfg: ConfigT) -> None:
         if not isinstance(cfg, TargetedConfig):
             return
-        selected = selected_linears(spec, cfg)  # raises on unknown targets
+        selected = self.selection(spec, cfg).linears  # raises on unknown targets
         conv1d = sorted({lin.leaf for lin in selected if lin.conv1d})
         if conv1d and not self.supports_conv1d:
             raise UnsupportedError(

@@ -11,6 +11,16 @@ import re
 from collections.abc import Sequence
 
 from peftplan.errors import BadInputError, UnknownNameError, UnsupportedError
+from peftplan.methods.moe_targets import (
+    REWRITE_MAPPING,
+    ParamTarget,
+    Selection,
+    apply_rewrite,
+    explicit_params,
+    parameter_names,
+    preset_params,
+    rewrite_pattern,
+)
 from peftplan.models.spec import LinearInfo, ModelSpec
 
 PRESETS = ("attn", "mlp", "all-linear")
@@ -63,7 +73,9 @@ def _not_linear(spec: ModelSpec, target: str, found: list[str]) -> UnusableTarge
     )
 
 
-def select_linears(spec: ModelSpec, targets: Sequence[str], *, regex: str | None = None) -> list[LinearInfo]:
+def select_linears(
+    spec: ModelSpec, targets: Sequence[str], *, regex: str | None = None, extra: Sequence[str] = (),
+) -> list[LinearInfo]:
     """The Linear layers a target list (or a peft regex) selects, in model order.
 
     Raises:
@@ -103,11 +115,12 @@ def select_linears(spec: ModelSpec, targets: Sequence[str], *, regex: str | None
                 if others:
                     raise _not_linear(spec, target, others)
                 leaves = sorted({lin.leaf for lin in spec.linears if lin.role != "output"})
+                params = f"; expert parameters: {', '.join(extra)}" if extra else ""
                 raise UnknownTargetError(
                     "target module",
                     target,
-                    [*PRESETS, *leaves],
-                    hint=f"Linear layers of {model}: {', '.join(leaves)}.",
+                    [*PRESETS, *leaves, *extra],
+                    hint=f"Linear layers of {model}: {', '.join(leaves)}{params}.",
                 )
             chosen.update(lin.name for lin in hits)
     return [lin for lin in spec.linears if lin.name in chosen]
@@ -125,3 +138,60 @@ def peft_target_pattern(spec: ModelSpec, selected: Sequence[LinearInfo]) -> str 
     if {lin.name for lin in spec.linears if compiled.fullmatch(lin.name)} == names:
         return regex
     return sorted(names)
+
+
+def select_targets(
+    spec: ModelSpec, targets: Sequence[str], *, regex: str | None = None, parameters: bool = True,
+) -> Selection:
+    """The Linears and the parameters (fused MoE experts, routers) a target list selects, as peft adapts them.
+
+    `parameters` False: the method cannot adapt parameters (peft's DoRA), so presets keep to Linears and a
+    target that names parameters is refused. On a dense model this is `select_linears`.
+
+    Raises:
+        UnknownTargetError: a name that matches no module or parameter (did-you-mean over both).
+        UnsupportedError: parameters for a method that cannot adapt them, or half of a fused projection.
+    """
+    candidates = parameter_names(spec)
+    if not candidates:
+        return Selection(tuple(select_linears(spec, targets, regex=regex)))
+    if regex is not None:
+        return _check_parameters(spec, apply_rewrite(spec, [], select_linears(spec, [], regex=regex), []), parameters)
+    pattern = rewrite_pattern(spec)
+    old_names = REWRITE_MAPPING[pattern] if pattern is not None else {}
+    chosen: set[str] = set()
+    params: list[ParamTarget] = []
+    for target in targets:
+        if target in ("mlp", "all-linear"):
+            hits = _preset(spec, target)
+            added = preset_params(spec) if parameters else []
+            if not hits and not added:
+                select_linears(spec, [target])  # raises: the preset selects nothing
+            chosen.update(lin.name for lin in hits)
+            params += added
+            continue
+        if target in PRESETS:
+            chosen.update(lin.name for lin in select_linears(spec, [target]))
+            continue
+        named = explicit_params(spec, target)
+        hits = [lin for lin in spec.linears if _matches_name(lin, target)]
+        if named and not parameters:
+            raise UnsupportedError(f"target {target!r} names expert parameters, which peft's LoRA adapts through "
+                                   "target_parameters; this method (DoRA) cannot: use lora, qlora or rslora")
+        if not named and not hits and not any(target == o or target.endswith("." + o) for o in old_names):
+            select_linears(spec, [target], extra=candidates)  # raises with a did-you-mean
+        chosen.update(lin.name for lin in hits)
+        params += named
+    linears = [lin for lin in spec.linears if lin.name in chosen]
+    return _check_parameters(spec, apply_rewrite(spec, targets, linears, params), parameters)
+
+
+def _check_parameters(spec: ModelSpec, selection: Selection, parameters: bool) -> Selection:
+    if selection.params and not parameters:
+        raise UnsupportedError(
+            f"on {spec.model_type} peft rewrites these targets to the fused experts (target_parameters), where "
+            "DoRA does not work; target attention layers only (--targets attn)"
+        )
+    if not selection.linears and not selection.params:
+        raise UnusableTargetError(f"the targets select nothing peft can adapt on {spec.model_id or spec.architecture}")
+    return selection

@@ -34,6 +34,8 @@ class BlockLinears:
     mlp_out: LinearInfo | None
     other: tuple[LinearInfo, ...]
     shared: tuple[LinearInfo, ...] = ()  # an MoE block's always-on shared experts (DeepSeek, Qwen2-MoE)
+    experts: tuple[str, ...] = ()  # an MoE block's fused expert parameters (full names)
+    router: str | None = None  # its router's weight (full name) when the router is not a Linear
 
 
 @dataclass(frozen=True)
@@ -201,4 +203,7 @@ def block_linears(spec: ModelSpec, index: int) -> BlockLinears:
         other=tuple(lin for lin in block if lin.role == "other"
                     or (lin.role == "mlp" and lin is not mlp_out and lin.in_features != spec.hidden_size)),
         shared=shared,
+        experts=tuple(p.name for p in moe_layer.experts) if moe_layer is not None else (),
+        router=f"{moe_layer.router.name}.weight" if moe_layer is not None and moe_layer.router is not None
+        and not moe_layer.router.linear else None,
     )

@@ -36,11 +36,16 @@ class BlockCost:
     saved: Poly
     working: tuple[Poly, ...] = ()
     backward_temp: Poly = ZERO
+    backward_options: tuple[Poly, ...] = ()  # other sets of gradient temporaries (the largest counts)
+
+    def temporaries(self, at: Callable[[Poly], int]) -> int:
+        """The gradient temporaries of its backward at the step's shape."""
+        return max([at(self.backward_temp), *(at(o) for o in self.backward_options)])
 
     def rebuilt(self, at: Callable[[Poly], int]) -> int:
         """A checkpointed block's backward: its recomputed activations, its working tensors or its
         gradient temporaries on top."""
-        return at(self.saved) + max(max((at(w) for w in self.working), default=0), at(self.backward_temp))
+        return at(self.saved) + max(max((at(w) for w in self.working), default=0), self.temporaries(at))
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,9 @@ def _signature(spec: ModelSpec, terms: MemoryTerms, linears: BlockLinears) -> tu
             adapter = terms.linear_adapters.get(lin.name)
             parts.append((lin.leaf, lin.in_features, lin.out_features, lin.bias, adapter,
                           lin.name in terms.bottleneck_sites))
+    for name in (*linears.experts, linears.router):  # adapters on an MoE block's parameters
+        wrapper = terms.param_adapters.get(name) if name is not None else None
+        parts.append((name.rsplit(".", 1)[-1], wrapper.shape, wrapper.rank) if wrapper is not None and name else None)
     return tuple(parts)
 
 
@@ -335,6 +343,7 @@ class _BlockReplay:
     keeps_input: bool
     backward_temp: Poly
     kept: Poly = ZERO
+    backward_options: tuple[Poly, ...] = ()
 
 
 def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
@@ -402,7 +411,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
             replay = cache[key] = _BlockReplay(graph.total(), list(graph.moments), graph.live_moments,
                                                graph.forward_live, set(graph.used_external), out.grad,
                                                out.itemsize, embeddings.storage in graph.saved,
-                                               graph.largest * 2 + graph.backward_extra, graph.kept_total())
+                                               graph.largest * 2 + graph.backward_extra, graph.kept_total(),
+                                               tuple(graph.backward_options))
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
         ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input
@@ -416,7 +426,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         ckpt_moments.extend(ckpt_inputs + everything for _, everything in replay.live)
         # In a block's backward, gradients of its largest tensors are alive together (about two).
         costs[key] = BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.live),
-                               replay.backward_temp)
+                               replay.backward_temp, replay.backward_options)
         running = running + replay.saved
         kept_blocks = kept_blocks + replay.kept
         used |= replay.used_external

@@ -10,7 +10,7 @@ from __future__ import annotations
 from peftplan.models.arch import BlockLinears
 from peftplan.models.spec import LinearInfo
 from peftplan.planner.adapters import adapted_linear
-from peftplan.replay.ops import Ops, promote
+from peftplan.replay.ops import Ops, Weight, promote
 from peftplan.replay.symbolic import Poly, Sym
 
 __all__ = ["attention", "block"]
@@ -161,7 +161,7 @@ def _mlp(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     """The MLP; `held` are tensors the caller keeps alive meanwhile (for the forward's live moment)."""
     a = ops.r.arch
     if a.moe_experts and not block.mlp_in:
-        return _moe(ops, h)
+        return _moe(ops, h, block)
     if a.gated:
         if len(block.mlp_in) == 1:  # fused gate_up: gate and up are views of one output
             fused = _linear(ops, h, block.mlp_in[0], 2 * a.intermediate)
@@ -181,23 +181,78 @@ def _mlp(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     return _linear(ops, mixed, block.mlp_out, a.hidden)
 
 
-def _moe(ops: Ops, h: Sym) -> Sym:
-    """A routed MoE with fused expert weights: each token visits top_k experts' gated MLPs."""
+def _expert_weight(ops: Ops, name: str | None, numel: int) -> tuple[int, bool, Sym | None]:
+    """(itemsize, trains, adapted copy) of a fused parameter: the parameter itself, or the copy an
+    adapter on it (`ParamAdapterKind.replay_weight`) builds for the forward."""
+    r = ops.r
+    wrapper = r.terms.param_adapters.get(name) if name is not None else None
+    if wrapper is None:
+        return r.param_itemsize(r.trains_all), r.trains_all, None
+    copy = wrapper.kind.replay_weight(ops, wrapper)
+    return (copy.itemsize if copy is not None else r.base_itemsize), True, copy
+
+
+def _grouped(ops: Ops, x: Sym, weight: tuple[int, bool, Sym | None], out_width: int, *, track: bool = True) -> Sym:
+    """transformers' `_grouped_mm(input.to(weight.dtype), weight)`: not autocast, it runs in the weight's
+    dtype; saves its input when the weight trains and the weight when the input needs a gradient.
+    `track` False: the output's size does not set the block's backward temporaries (the caller does)."""
+    itemsize, trains, copy = weight
+    xin = ops.cast(x, itemsize)
+    if trains:
+        ops.g.save(xin)
+    if xin.grad and copy is not None:
+        ops.g.save(copy)
+    out = Sym.fresh(ops.r.tok(out_width), itemsize, x.grad or trains)
+    return ops.g.created(out) if track else out
+
+
+def _moe(ops: Ops, h: Sym, block: BlockLinears) -> Sym:
+    """A routed MoE block with fused experts, as transformers 5.23 runs it by default (`grouped_mm`,
+    `integrations/moe.py: grouped_mm_experts_forward`): the top-k router, the tokens gathered per
+    expert (S = tokens·top_k rows, whatever the routing), two grouped matmuls in the weights' dtype,
+    the routing weights (fp32) applied, and the rows summed back per token."""
     r = ops.r
     a = r.arch
-    router = ops.matmul(h, ops.linear_weight("router", a.hidden, a.moe_experts), a.moe_experts)
-    probs = ops.fresh(router.numel, 4, router.grad)
-    ops.g.save(probs)
-    k = a.moe_top_k
-    routed = ops.fresh(r.tok(a.hidden * k), h.itemsize, h.grad)  # gathered token copies
-    w_in = ops.linear_weight("experts.gate_up", a.hidden, 2 * a.intermediate * a.moe_experts)
-    gate_up = ops.matmul(routed, w_in, 2 * a.intermediate * k)
-    gate = gate_up.view(r.tok(a.intermediate * k))
+    k, experts = a.moe_top_k, a.moe_experts
+    # Router: F.linear under autocast, softmax of its fp32 copy (saved), top-k (indices saved).
+    router_itemsize, router_trains, router_copy = _expert_weight(ops, block.router, a.hidden * experts)
+    if router_copy is None:
+        logits = ops.matmul(h, ops.linear_weight(block.router or "router", a.hidden, experts), experts)
+    else:
+        xa = ops.autocast_in(h)
+        ops.g.save(xa, ops.weight_operand(Weight(router_copy.numel.c, router_itemsize, True)) or router_copy)
+        logits = ops.tok(experts, r.low or max(h.itemsize, router_itemsize), True)
+    ops.g.save(ops.fresh(logits.numel, 4, logits.grad))  # softmax's fp32 output
+    ops.g.save(ops.tok(k, 8, False))  # top-k indices
+    top = ops.tok(k, 4, logits.grad)  # routing weights, normalised in place
+    # Experts: sort the (token, expert) pairs, gather the rows, weights per row.
+    ops.g.save(ops.tok(2 * k, 8, False))  # the gather's and the weights' indices (perm // k, perm)
+    rows = ops.tok(a.hidden * k, h.itemsize, h.grad)
+    weights = ops.tok(k, 4, top.grad)
+    gate_up = _expert_weight(ops, _leaf(block.experts, "gate_up_proj"), 0)
+    # Its backward holds three gradients of the expert width at once (the product's, the activation's and
+    # up's) while the activation's output is still saved; gate_up's output gradient comes once those and
+    # the output itself are freed, beside the adapted weight's gradient. Not two of gate_up's output.
+    proj = _grouped(ops, rows, gate_up, 2 * a.intermediate * k, track=False)
+    width = r.tok(a.intermediate * k) * proj.itemsize
+    ops.g.backward_option(width * 3)
+    gate = proj.view(r.tok(a.intermediate * k))
     mixed = ops.mul(ops.act(gate, a.act), gate)
-    w_out = ops.linear_weight("experts.down", a.intermediate * a.moe_experts, a.hidden)
-    out = ops.matmul(mixed, w_out, a.hidden * k)
-    ops.mul(out, ops.fresh(r.tok(k), 4, True))  # weighted by the routing probabilities
-    return ops.tok(a.hidden, h.itemsize, True)
+    down = _expert_weight(ops, _leaf(block.experts, "down_proj"), 0)
+    out = _grouped(ops, mixed, down, a.hidden * k)
+    if down[2] is not None:  # the product's gradient beside the adapted weight's
+        ops.g.backward_option(width + down[2].storage_bytes)
+    weighted = ops.mul(out, weights)  # bf16 rows x fp32 weights: fp32
+    ops.g.save(ops.tok(k, 8, False))  # the inverse permutation's index
+    ops.g.live(*ops.held, h, proj, mixed, out, weighted)
+    ordered = ops.fresh(weighted.numel, weighted.itemsize, weighted.grad)
+    summed = ops.tok(a.hidden, ordered.itemsize, ordered.grad)
+    del ordered
+    return ops.cast(summed, h.itemsize)
+
+
+def _leaf(names: tuple[str, ...], leaf: str) -> str | None:
+    return next((n for n in names if n.endswith("." + leaf)), None)
 
 
 # -- blocks --------------------------------------------------------------------------------------------

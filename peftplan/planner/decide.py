@@ -555,7 +555,8 @@ class Search:
 
         spec, budget = inputs.spec, inputs.budget
         memory, moment = price(model, ctx.batch_size, ctx.seq_len)
-        flops = training_flops_per_token(spec, arch_of(spec), terms, ctx.seq_len, checkpointing=ctx.grad_checkpointing)
+        flops = training_flops_per_token(spec, arch_of(spec), terms, ctx.seq_len, checkpointing=ctx.grad_checkpointing,
+                                         batch=ctx.batch_size)
         tokens = inputs.train_tokens
         if tokens is None and inputs.examples is not None:
             per_example = inputs.tokens_per_example if inputs.tokens_per_example is not None else inputs.ctx.seq_len

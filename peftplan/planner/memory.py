@@ -74,6 +74,7 @@ def named_trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainConte
     base_size = 4 if master else base_itemsize(terms, ctx)
     size = ctx.adapter_itemsize
     tensors = [(name, shape, size) for name, adapter in terms.linear_adapters.items() for shape in adapter.tensors]
+    tensors += [(name, shape, size) for name, adapter in terms.param_adapters.items() for shape in adapter.tensors]
     tensors += [(name, shape, size) for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True)]
     if terms.trainable_base != "none":
         biases_only = terms.trainable_base == "biases"
@@ -188,10 +189,10 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             # Each block's saved tensors come back from the host for its backward.
             forward = max((at(p) for p in act.recompute_moments), default=0) + saved - at(act.head_saved)
             # The block's saved tensors and its gradient temporaries.
-            block_bwd = saved - at(act.head_saved) + max(at(c.saved) + at(c.backward_temp) for c in act.blocks)
+            block_bwd = saved - at(act.head_saved) + max(at(c.saved) + c.temporaries(at) for c in act.blocks)
         else:
             forward = max((at(p) for p in act.moments), default=0)
-            block_bwd = saved - at(act.head_saved) + max(at(c.backward_temp) for c in act.blocks)
+            block_bwd = saved - at(act.head_saved) + max(c.temporaries(at) for c in act.blocks)
         moments = [_Moment("forward", forward + previous, 0, 0, 0),
                    _Moment("block-bwd", block_bwd + at(act.grad_stream) + held, 0, head_grad, 0)]
     forward_end = saved + at(act.forward_extra)

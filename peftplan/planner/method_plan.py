@@ -152,7 +152,8 @@ def plan_method(
             empty.append(empty_fit_note(model, vram, ctx.seq_len, max_seq_len(model, vram, 1, limit)))
     adapter_bytes = adapter_file_bytes(spec, method, terms, dtype=ctx.dtype)
     a = arch_of(spec)
-    flops = training_flops_per_token(spec, a, terms, ctx.seq_len, checkpointing=ctx.grad_checkpointing)
+    flops = training_flops_per_token(spec, a, terms, ctx.seq_len, checkpointing=ctx.grad_checkpointing,
+                                     batch=ctx.batch_size)
     speed = throughput(flops, tflops=budget.gpu.bf16_tflops, gpus=budget.gpus, mfu=mfu,
                        train_tokens=train_tokens, usd_per_hour=budget.gpu.usd_per_hour)
     needs = serving or ServingNeeds(vram_bytes=vram, gpu=budget.gpu, tasks=tasks, switching=switching,
@@ -160,7 +161,8 @@ def plan_method(
     served = price_serving(spec, method, terms, adapter_bytes=adapter_bytes, dtype=ctx.dtype, needs=needs,
                            train_seq=ctx.seq_len)
     trainable = spec.total_params if terms.trainable_base == "all" else method.trainable_params(spec, cfg)
-    notes = empty + list(served.notes) + context_notes
+    notes = empty + parameter_adapter_notes(terms) + list(terms.notes) + list(served.notes) + context_notes
+    notes += unquantized_expert_notes(spec, terms, ctx)
     if terms.quant != "none":
         notes.append("bitsandbytes dequantizes each weight per matmul; the FLOP-based speed does not include it")
     return MethodPlan(
@@ -205,3 +207,44 @@ def plan_method(
 def _rank_meaning(terms: MemoryTerms) -> str | None:
     kind = rank_kind(terms)
     return kind.rank_meaning if kind is not None else None
+
+
+def parameter_adapter_notes(terms: MemoryTerms) -> list[str]:
+    """What the method puts on bare parameters (fused MoE experts, routers): names, ranks, parameters."""
+    if not terms.param_adapters:
+        return []
+    groups: dict[tuple[str, int], list[int]] = {}
+    for name, adapter in terms.param_adapters.items():
+        short = ".".join(name.split(".")[-2:])
+        groups.setdefault((short, adapter.rank), []).append(adapter.delta_params)
+    parts = [f"{short} at rank {rank} ({len(sizes)}x, {sum(sizes):,} params)" for (short, rank), sizes in groups.items()]
+    return ["adapts parameters through peft's target_parameters: " + "; ".join(parts)]
+
+
+def unquantized_expert_notes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> list[str]:
+    """On a 4/8-bit base: the fused MoE experts bitsandbytes leaves unquantized, what they cost, and what helps.
+
+    transformers 5.23 swaps only `nn.Linear` layers for bitsandbytes ones, so fused 3D experts (and
+    routers) load in the load dtype; peft's `prepare_model_for_kbit_training` then casts every 16-bit
+    parameter that is not 4-bit, experts included, to fp32 (docs/models.md).
+    """
+    moe = spec.moe
+    if terms.quant == "none" or moe is None or not moe.fused:
+        return []
+    from peftplan.planner.activations import base_itemsize
+    from peftplan.planner.context import DTYPE_BYTES
+
+    numel = moe.routed_params
+    size = base_itemsize(terms, ctx)
+    dtype = DTYPE_BYTES[ctx.dtype]
+    gib = numel * size / 2**30
+    what = (f"{numel / 1e9:.1f}B fused expert parameters ({numel / spec.total_params:.0%} of the model) are not "
+            f"quantized by bitsandbytes (they are 3D parameters, not Linear layers)")
+    if size > dtype:
+        return [f"{what}, and peft's k-bit preparation (--kbit-prep peft) upcasts them to fp32: {gib:.1f} GiB; "
+                f"--kbit-prep none keeps them in {ctx.dtype} ({numel * dtype / 2**30:.1f} GiB, as LLaMA-Factory and "
+                f"Unsloth do), or train 16-bit LoRA sharded over more GPUs (--gpus N --shard fsdp); fp32 experts may "
+                "not run at all on a GPU: torch's grouped_mm, transformers' default for experts, takes bf16 only "
+                "(not checked on a GPU)"]
+    return [f"{what}: they stay in {ctx.dtype} ({gib:.1f} GiB), so the 4/8-bit base saves little; 16-bit LoRA "
+            "sharded over more GPUs (--gpus N --shard fsdp) costs about the same per GPU"]

@@ -255,7 +255,7 @@ def _unmerged_pct(spec: ModelSpec, terms: MemoryTerms, context: int) -> float:
     """Per-token cost of running the method unmerged (virtual tokens and extra layers included)."""
     if terms.extra_tokens or terms.prefix_tokens:
         return round(100.0 * (terms.extra_tokens or terms.prefix_tokens) / max(context, 1), 3)
-    extra = adapter_flops(spec, terms, forward_only=True)
+    extra = adapter_flops(spec, terms, forward_only=True, tokens=context)
     if terms.bottleneck:
         extra = 2.0 * sum(numel(shape) for shape in terms.extra_tensors)
     return _per_token_pct(spec, terms, context, extra)

@@ -60,6 +60,10 @@ def adapter_entries(spec: ModelSpec, terms: MemoryTerms, *, peft: bool, dtype: s
     for module, adapter in terms.linear_adapters.items():
         for suffix, shape in zip(adapter.names, adapter.tensors, strict=True):
             entries.append(Entry(f"{prefix}{module}.{suffix}", shape, 4))
+    for name, wrapper in terms.param_adapters.items():
+        # peft names it after the module (nested wrappers add `base_layer.`); the key's length barely matters
+        for suffix, shape in zip(wrapper.names, wrapper.tensors, strict=True):
+            entries.append(Entry(f"{prefix}{name}.{suffix}", shape, 4))
     for name, shape in zip(terms.extra_names, terms.extra_tensors, strict=True):
         entries.append(Entry(name, shape, 4))
     for name, shape in terms.frozen_saved:

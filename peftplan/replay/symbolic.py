@@ -104,6 +104,7 @@ class Graph:
         self.largest = ZERO  # the largest tensor created (its gradient is a backward temporary)
         self.backward_extra = ZERO  # the largest temporaries one module's backward needs on its own
         self.kept: dict[int, Poly] = {}  # saved storages backward never releases (see `keep`)
+        self.backward_options: list[Poly] = []  # whole sets of backward temporaries (see `backward_option`)
 
     def save(self, *tensors: Sym | None) -> None:
         for t in tensors:
@@ -156,6 +157,11 @@ class Graph:
         """A module whose backward briefly needs `extra` bytes (e.g. LoHa rebuilding its factors)."""
         if extra.at(1, 1024) > self.backward_extra.at(1, 1024):
             self.backward_extra = extra
+
+    def backward_option(self, total: Poly) -> None:
+        """A set of gradient temporaries the block's backward holds at once at some moment, in total (not on
+        top of the two largest tensors' gradients); the block prices the largest at the step's shape."""
+        self.backward_options.append(total)
 
     def total(self) -> Poly:
         out = ZERO

@@ -85,6 +85,54 @@ class LinearAdapter:
         return sum(numel(shape) for shape in self.tensors)
 
 
+class ParamAdapterKind(ABC):
+    """One kind of adapter peft puts on a bare parameter (`target_parameters`: fused MoE experts, routers).
+
+    Attributes:
+        name: shown in plans and traces.
+    """
+
+    name: ClassVar[str]
+
+    def __repr__(self) -> str:
+        return self.name
+
+    @abstractmethod
+    def replay_weight(self, ops: Ops, adapter: ParamAdapter) -> Sym | None:
+        """The weight the module reads in the forward (None: the parameter itself, unchanged)."""
+
+    @abstractmethod
+    def flops(self, adapter: ParamAdapter, *, train: bool, tokens: int, active: float) -> float:
+        """FLOPs per token this adapter adds, in a step of `tokens` tokens; `active` is the share of the
+        parameter one token multiplies by (top_k / E for routed experts)."""
+
+
+@dataclass(frozen=True)
+class ParamAdapter:
+    """The adapter peft puts on one parameter [E, d1, d2] (or [out, in], E = 1): `param` is its full name.
+
+    `in_features` and `out_features` are peft's reading of the parameter (lora_A is [r·E, in]).
+    """
+
+    kind: ParamAdapterKind
+    param: str
+    shape: Shape
+    rank: int
+    experts: int
+    in_features: int
+    out_features: int
+    tensors: tuple[Shape, ...] = ()
+    names: tuple[str, ...] = ()
+
+    @property
+    def delta_params(self) -> int:
+        return sum(numel(shape) for shape in self.tensors)
+
+    @property
+    def weight_numel(self) -> int:
+        return numel(self.shape)
+
+
 @dataclass(frozen=True)
 class MemoryTerms:
     """A method's memory-relevant description (see the module docstring).
@@ -96,6 +144,7 @@ class MemoryTerms:
         frozen_adapter_params: non-trainable tensors the method adds (VeRA's shared projections), fp32.
         quant: bitsandbytes storage of the base Linears (none, nf4, fp4, int8).
         linear_adapters: adapted Linear name -> its adapter.
+        param_adapters: adapted parameter name (fused experts, routers) -> its adapter.
         extra_tensors: trainable tensors the method adds outside `linear_adapters`.
         extra_tokens: virtual tokens prepended to every sequence (prompt tuning).
         prefix_tokens: extra key/value positions in every attention layer (prefix tuning).
@@ -108,6 +157,7 @@ class MemoryTerms:
     frozen_adapter_params: int = 0
     quant: Quant = "none"
     linear_adapters: dict[str, LinearAdapter] = field(default_factory=dict)
+    param_adapters: dict[str, ParamAdapter] = field(default_factory=dict)
     extra_tokens: int = 0
     prefix_tokens: int = 0
     bottleneck: int = 0
@@ -116,10 +166,12 @@ class MemoryTerms:
     extra_tensors: tuple[Shape, ...] = ()  # shapes of trainable tensors not tied to a Linear
     extra_names: tuple[str, ...] = ()  # their keys in a saved adapter file
     frozen_saved: tuple[tuple[str, Shape], ...] = ()  # frozen tensors a save also writes (VeRA projections)
+    notes: tuple[str, ...] = ()  # what the plan should say about how the method adapts this model
 
     def adapter_tensors(self) -> list[Shape]:
         """Shapes of every trainable tensor the method adds."""
         shapes = [shape for adapter in self.linear_adapters.values() for shape in adapter.tensors]
+        shapes += [shape for adapter in self.param_adapters.values() for shape in adapter.tensors]
         return shapes + list(self.extra_tensors)
 
 

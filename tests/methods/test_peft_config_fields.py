@@ -164,7 +164,6 @@ LORA = {"peft_type": "LORA", "r": 8, "target_modules": ["q_proj", "v_proj"]}
         ({**LORA, "rank_pattern": {"q_proj": 4}}, "rank_pattern="),
         ({**LORA, "exclude_modules": ["v_proj"]}, "exclude_modules="),
         ({**LORA, "trainable_token_indices": [1, 2]}, "trainable_token_indices="),
-        ({**LORA, "target_parameters": ["experts.gate_up_proj"]}, "target_parameters="),
         ({**LORA, "use_qalora": True}, "use_qalora=true"),
         ({**LORA, "a_field_from_the_future": 3}, "a_field_from_the_future=3"),
         ({**LORA, "target_modules": None}, "target_modules=null"),
@@ -186,3 +185,11 @@ def test_unmodelled_fields_are_refused_by_name(
     assert len(err.strip().splitlines()) == 1, err
     assert field in err and "cannot plan this adapter exactly" in err, err
     assert out == ""
+
+
+def test_target_parameters_are_modelled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """LoRA on parameters is planned (tests/methods/test_moe_lora.py); a dense model has no experts to name."""
+    path = write(tmp_path, {**LORA, "target_parameters": ["experts.gate_up_proj"]})
+    assert main(["plan", "-m", "llama-3.2-3b", "--vram", "24", "--peft-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Unknown target module 'experts.gate_up_proj'" in err

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from peftplan.errors import UnsupportedError
 from peftplan.methods._peft import (
     PeftMethod,
     QuantizableConfig,
+    TargetedConfig,
     peft_alpha,
-    peft_targets,
-    selected_linears,
+    selected_targets,
     suggest_low_rank,
     targets_from_peft,
 )
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from peft import PeftConfig
     from torch import nn
 
+    from peftplan.methods.targets import Selection
     from peftplan.models.spec import ModelSpec
     from peftplan.replay.terms import AdapterKind, MemoryTerms
 
@@ -38,18 +40,34 @@ class Lora(PeftMethod[LoraConfig]):
     use_dora: ClassVar[bool] = False
     use_rslora: ClassVar[bool] = False
     peft_type = "LORA"
-    peft_fields = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora"})
+    peft_fields = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "target_parameters", "use_dora",
+                             "use_rslora"})
     peft_required = ("target_modules",)
 
+    def selection(self, spec: ModelSpec, cfg: TargetedConfig) -> Selection:
+        """Linears and, on MoE models, fused experts and routers (peft's `target_parameters`; not for DoRA)."""
+        return selected_targets(spec, cfg, parameters=not self.use_dora)
+
+    def check(self, spec: ModelSpec, cfg: LoraConfig) -> None:
+        super().check(spec, cfg)
+        if self.selection(spec, cfg).params and cfg.dropout > 0:
+            raise UnsupportedError(
+                f"peft's LoRA on expert parameters (target_parameters) cannot use dropout ({cfg.dropout:g}): "
+                "pass --dropout 0, or target Linear layers only (--targets attn)"
+            )
+
     def trainable_params(self, spec: ModelSpec, cfg: LoraConfig) -> int:
-        per_layer = [cfg.rank * (lin.in_features + lin.out_features) for lin in selected_linears(spec, cfg)]
+        selection = self.selection(spec, cfg)
+        per_layer = [cfg.rank * (lin.in_features + lin.out_features) for lin in selection.linears]
         # DoRA adds a learned magnitude per output feature.
-        magnitudes = [lin.out_features for lin in selected_linears(spec, cfg)] if self.use_dora else []
-        return sum(per_layer) + sum(magnitudes)
+        magnitudes = [lin.out_features for lin in selection.linears] if self.use_dora else []
+        return sum(per_layer) + sum(magnitudes) + sum(p.trainable(cfg.rank) for p in selection.params)
 
     def memory_terms(self, spec: ModelSpec, cfg: LoraConfig) -> MemoryTerms:
-        from peftplan.replay.terms import LinearAdapter, MemoryTerms
+        from peftplan.methods.lora.experts import LORA_PARAM
+        from peftplan.replay.terms import LinearAdapter, MemoryTerms, ParamAdapter
 
+        selection = self.selection(spec, cfg)
         kind: AdapterKind = self.adapter_kind()
         adapters = {
             lin.name: LinearAdapter(
@@ -60,10 +78,27 @@ class Lora(PeftMethod[LoraConfig]):
                 + (((lin.out_features,),) if self.use_dora else ()),
                 names=("lora_A.weight", "lora_B.weight") + (("lora_magnitude_vector",) if self.use_dora else ()),
             )
-            for lin in selected_linears(spec, cfg)
+            for lin in selection.linears
         }
-        total = sum(a.delta_params for a in adapters.values())
-        return MemoryTerms(adapter_params=total, quant=cfg.quant, linear_adapters=adapters)
+        params = {}
+        for target in selection.params:
+            rank = cfg.rank * target.rank_factor
+            d_in, d_out = target.in_out
+            params[target.param.name] = ParamAdapter(
+                LORA_PARAM, param=target.param.name, shape=target.param.shape, rank=rank, experts=target.experts,
+                in_features=d_in, out_features=d_out,
+                tensors=((rank * target.experts, d_in), (d_out, rank * target.experts)),
+                names=("lora_A.weight", "lora_B.weight"),
+            )
+        total = sum(a.delta_params for a in adapters.values()) + sum(a.delta_params for a in params.values())
+        notes: tuple[str, ...] = ()
+        if selection.rewritten:
+            leaves = sorted({name.rsplit(".", 1)[-1] for name in selection.rewritten})
+            notes = (f"peft rewrites {', '.join(leaves)} on {spec.model_type} to the fused experts, so "
+                     f"{len(selection.rewritten)} Linear layers of that name (dense MLPs, shared experts) keep no "
+                     "adapter",)
+        return MemoryTerms(adapter_params=total, quant=cfg.quant, linear_adapters=adapters, param_adapters=params,
+                           notes=notes)
 
     def adapter_kind(self) -> AdapterKind:
         if self.use_dora:
@@ -76,21 +111,41 @@ class Lora(PeftMethod[LoraConfig]):
 
     def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         name = "dora" if raw.get("use_dora") else "rslora" if raw.get("use_rslora") else "lora"
+        targets = targets_from_peft(raw["target_modules"])
+        parameters = [str(p) for p in raw.get("target_parameters") or []]
+        if parameters and targets and targets[0].startswith("re:"):
+            raise UnsupportedError("adapter_config.json: a regex target_modules with target_parameters is not "
+                                   "planned; list the module names")
         return name, {"rank": raw.get("r", 8), "alpha": raw.get("lora_alpha", 8), "dropout": raw.get("lora_dropout", 0.0),
-                      "targets": targets_from_peft(raw["target_modules"])}
+                      "targets": targets + parameters}
 
     def peft_config(self, spec: ModelSpec, cfg: LoraConfig) -> PeftConfig:
         from peft import LoraConfig as PeftLoraConfig
 
+        from peftplan.methods.moe_targets import RANK_PATTERN_KEY, peft_target_parameters, rewrite_pattern
+        from peftplan.methods.targets import peft_target_pattern
+
+        selection = self.selection(spec, cfg)
+        extra: dict[str, Any] = {}
+        if selection.params:
+            extra["target_parameters"] = peft_target_parameters(spec, selection.params)
+        if selection.doubled:  # what peft's own rewrite sets for the fused gate_up (alpha/r unchanged)
+            extra["rank_pattern"] = {RANK_PATTERN_KEY: 2 * cfg.rank}
+            extra["alpha_pattern"] = {RANK_PATTERN_KEY: peft_alpha(2 * cfg.alpha)}
+        # peft rewrites a regex on these model types to leaf names; full names keep exactly the selection.
+        explicit = rewrite_pattern(spec) is not None or not selection.linears
+        targets = sorted(lin.name for lin in selection.linears) if explicit else peft_target_pattern(
+            spec, selection.linears)
         return PeftLoraConfig(
             r=cfg.rank,
             lora_alpha=peft_alpha(cfg.alpha),
             lora_dropout=cfg.dropout,
-            target_modules=peft_targets(spec, cfg),
+            target_modules=targets,
             use_dora=self.use_dora,
             use_rslora=self.use_rslora,
             bias="none",
             task_type=peft_task_type(spec),
+            **extra,
         )
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -57,7 +57,7 @@ def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> Weig
     """Bytes of every parameter at rest, for the method's `terms` under `ctx`."""
     dtype = DTYPE_BYTES[ctx.dtype]
     master = ctx.optimizer == "adamw-fp32"  # trainable parameters are kept in fp32
-    adapter = ctx.adapter_itemsize * (terms.adapter_params + terms.frozen_adapter_params)
+    adapter = ctx.adapter_itemsize * (terms.adapter_params + terms.frozen_adapter_params) + terms.buffer_bytes
     if terms.quant != "none":
         data = constants = packed_params = 0
         for lin in quantized_linears(spec, ctx.kbit_prep):

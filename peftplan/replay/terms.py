@@ -142,6 +142,8 @@ class MemoryTerms:
             "biases" for BitFit), in the base dtype.
         adapter_params: trainable parameters the method adds; peft keeps them in fp32.
         frozen_adapter_params: non-trainable tensors the method adds (VeRA's shared projections), fp32.
+        buffer_bytes: bytes of integer buffers the method adds (OFT's triangle indices), which no
+            dtype setting casts.
         quant: bitsandbytes storage of the base Linears (none, nf4, fp4, int8).
         linear_adapters: adapted Linear name -> its adapter.
         param_adapters: adapted parameter name (fused experts, routers) -> its adapter.
@@ -155,6 +157,7 @@ class MemoryTerms:
     trainable_base: TrainableBase = "none"
     adapter_params: int = 0
     frozen_adapter_params: int = 0
+    buffer_bytes: int = 0
     quant: Quant = "none"
     linear_adapters: dict[str, LinearAdapter] = field(default_factory=dict)
     param_adapters: dict[str, ParamAdapter] = field(default_factory=dict)

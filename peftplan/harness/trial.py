@@ -211,6 +211,7 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: Outcome, device: 
                        method, method.make_config(**spec.method_config))
     metrics["seed"] = ctx.seed
     data = _read_data(ctx, ranks)
+    ctx.cfg = method.for_steps(ctx.cfg, _steps(suite, len(data.all_train), ranks.world_size))  # AdaLoRA's total_step
 
     # 2. The base measurements, then the method, as the registry builds it (peft, bitsandbytes, or a hand-written
     #    module). DDP's peers wait for rank 0 meanwhile (up to the process group's timeout, `_group_timeout`).
@@ -306,7 +307,7 @@ def _train(ctx: TrialContext, data: TrialData, model: nn.Module, ranks: Ranks,
     )
     outcome["memory"] = {"source": "cuda" if ctx.device.startswith("cuda") else "cpu-livebytes"}
     memory = StepMemoryProbe(model, ctx.device, cap=suite.budget.memory_cap, steps=steps,
-                             sharded=ranks.parallel == "fsdp")
+                             sharded=ranks.parallel == "fsdp", held=lambda: ctx.method.state_tensors(model))
 
     def evaluate(module: nn.Module, items: Sequence[Encoded]) -> float:  # each rank scores a share of the items
         return mean_loss(ranks, module, items, data.pad, batch_size=training.batch_size, device=ctx.device,
@@ -315,7 +316,7 @@ def _train(ctx: TrialContext, data: TrialData, model: nn.Module, ranks: Ranks,
     ctx.channel.send("phase", name="train", steps=steps)
     stats = train(model, data.train_items, data.loss_items, settings, pad=data.pad,
                   observer=ChannelObserver(ctx.channel, outcome, ctx.spec.pruning, ranks), profiler=memory,
-                  wrap=ranks.wrap, evaluate=evaluate)
+                  wrap=ranks.wrap, evaluate=evaluate, after_step=ctx.method.after_optimizer_step)
     return stats, memory.result(), memory.measured_shape
 
 

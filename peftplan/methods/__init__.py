@@ -33,6 +33,7 @@ REGISTRY: dict[str, str] = {
     "loha": "peftplan.methods.loha:METHOD",
     "lokr": "peftplan.methods.lokr:METHOD",
     "vera": "peftplan.methods.vera:METHOD",
+    "adalora": "peftplan.methods.adalora:METHOD",
 }
 
 __all__ = ["REGISTRY", "all_methods", "get_method", "method_names", "split_names", "validate_registry"]

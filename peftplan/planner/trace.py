@@ -119,7 +119,8 @@ def trace_step_at_depth(
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     make_fake(model, mode)
     quantized = getattr(cfg, "quant", "none") != "none"
-    return run_step(model, ctx, depth=depth, fake_mode=mode, decompose_bnb=quantized, granularity=granularity)
+    return run_step(model, ctx, depth=depth, fake_mode=mode, decompose_bnb=quantized, granularity=granularity,
+                    method=method)
 
 
 def real_step_at_depth(
@@ -144,7 +145,8 @@ def real_step_at_depth(
     torch.manual_seed(seed)
     model = build_trained_model(config_at_depth(config, depth), method, cfg, ctx, device="cpu")
     quantized = getattr(cfg, "quant", "none") != "none"
-    return run_step(model, ctx, depth=depth, decompose_bnb=quantized, granularity=granularity, seed=seed)
+    return run_step(model, ctx, depth=depth, decompose_bnb=quantized, granularity=granularity, seed=seed,
+                    method=method)
 
 
 def position_table_limit(spec: ModelSpec) -> int | None:

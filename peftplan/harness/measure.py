@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +42,11 @@ class StepMemoryProbe:
     """Measures the peak memory of training steps (see the module docstring); a `train.StepProfiler`."""
 
     def __init__(self, model: nn.Module, device: str, *, cap: int | None = None, steps: int = 1,
-                 sharded: bool = False) -> None:
-        """`sharded`: the model will be FSDP-sharded (parameters become DTensors; see `_capped_live_bytes`)."""
+                 sharded: bool = False, held: Callable[[], list[Any]] | None = None) -> None:
+        """`sharded`: the model will be FSDP-sharded (parameters become DTensors; see `_capped_live_bytes`).
+        `held()`: tensors kept between steps outside the model and the optimizer (`Method.state_tensors`)."""
         self.model = model
+        self.held = held
         self.device = device
         self.cap = cap
         self.sharded = sharded
@@ -80,6 +82,8 @@ class StepMemoryProbe:
         tracker.track(local_tensors(module_tensors(self.model)))
         if self.optimizer is not None:
             tracker.track(local_tensors(optimizer_state_tensors(self.optimizer)))
+        if self.held is not None:
+            tracker.track(local_tensors(self.held()))
         with tracker:
             yield
         if index == self.measured_step:

@@ -227,12 +227,15 @@ def train(
     profiler: StepProfiler | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     evaluate: Callable[[nn.Module, Sequence[Encoded]], float] | None = None,
+    after_step: Callable[[nn.Module, int], None] | None = None,
 ) -> TrainStats:
     """Train `model`'s trainable parameters for `settings.steps` optimizer steps.
 
     `wrap` makes the module that trains, e.g. DDP or FSDP around `model` (`harness/ranks.py`); the optimizer is
     built on its parameters, which FSDP has replaced by shards. `evaluate(module, eval_items)` measures the
     held-out loss (default: `evaluate_loss`; several ranks each score a share, `ranks.mean_loss`).
+    `after_step(model, step)` runs after each optimizer step (0-based), before the gradients are released: the
+    method's `after_optimizer_step` (AdaLoRA's rank allocation).
     """
     import torch
 
@@ -276,6 +279,8 @@ def train(
             else:
                 optimizer.step()
             schedule.step()
+            if after_step is not None:
+                after_step(model, step)
             optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"training loss became {step_loss} at step {step + 1}")

@@ -34,6 +34,7 @@ REGISTRY: dict[str, str] = {
     "lokr": "peftplan.methods.lokr:METHOD",
     "vera": "peftplan.methods.vera:METHOD",
     "oft": "peftplan.methods.oft:METHOD",
+    "adalora": "peftplan.methods.adalora:METHOD",
 }
 
 __all__ = ["REGISTRY", "all_methods", "get_method", "method_names", "split_names", "validate_registry"]

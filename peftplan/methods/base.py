@@ -93,6 +93,19 @@ class Method(ABC, Generic[ConfigT]):
         """
         return MemoryTerms(adapter_params=self.trainable_params(spec, cfg))
 
+    def for_steps(self, cfg: ConfigT, steps: int) -> ConfigT:
+        """`cfg` for a training run of `steps` optimizer steps (a schedule that needs the run's length)."""
+        return cfg
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:  # noqa: B027 - optional hook
+        """Called by the training loop after each `optimizer.step()` (`step`: its 0-based index), before the
+        gradients are released; the traced step runs it too. Default: nothing."""
+
+    def state_tensors(self, model: nn.Module) -> list[Any]:
+        """The tensors `after_optimizer_step` keeps between steps (priced as `MemoryTerms.method_state`), for
+        the live-bytes measurements, which count only the tensors they are shown."""
+        return []
+
     def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The registered method name and settings that reproduce peft config `raw` (its `peft_type`'s)."""
         raise NotImplementedError(f"{self.name} does not read peft configs")

@@ -132,7 +132,11 @@ def _unmodelled_fields(file: Path, peft_type: str, raw: dict[str, Any], modelled
 
 
 def _peft_defaults(peft_type: str) -> tuple[dict[str, Any], set[str]]:
-    """The JSON form of each field of peft's config class for `peft_type`, at its default."""
+    """The JSON form of each field of peft's config class for `peft_type`, at its declared default.
+
+    Read from the dataclass rather than by building the config, which peft refuses for some types at
+    their defaults (AdaLoRA without `total_step`); the two differ only in `peft_type` and `peft_version`.
+    """
     import dataclasses
     import logging
 
@@ -141,10 +145,11 @@ def _peft_defaults(peft_type: str) -> tuple[dict[str, Any], set[str]]:
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]  # type: ignore[index]
-    default = config_cls()
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    values = {name: json.loads(json.dumps(getattr(default, name), default=str)) for name in fields}
-    return values, fields
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        values[f.name] = json.loads(json.dumps(None if default is dataclasses.MISSING else default, default=str))
+    return values, set(values)
 
 
 def _is_empty(value: Any) -> bool:

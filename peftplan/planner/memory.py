@@ -15,6 +15,9 @@ The step is the second or later one (optimizer states exist; gradients were rele
 - transient moments of the forward (a dequantized 4-bit weight, DoRA's weight norm);
 - the end of the backward (all gradients, plus the tied-embedding gradient sum);
 - the optimizer step (gradients plus the step's temporaries);
+- state a method keeps between steps beside the optimizer (AdaLoRA's importance scores) is alive
+  throughout, on the optimizer line; gradients of the tensors a method's loss term reads (AdaLoRA's
+  orthogonal regularisation) exist from the start of backward, since that term's backward runs first;
 - with checkpointing, the recomputation of a block during backward: the last block (every
   checkpoint still held) or the first (the other blocks' gradients already made).
 """
@@ -57,6 +60,9 @@ class StepModel:
     tied_spike: int
     later_block_gradients: int = 0  # gradients of every block but the first (alive at its backward)
     largest_gradient: int = 0  # the largest single trainable tensor's gradient
+    method_state: int = 0  # bytes the method keeps between steps beside the optimizer (`MemoryTerms.method_state`)
+    early_gradients: int = 0  # gradients made before the model's backward (`MemoryTerms.loss_terms`)
+    early_later_gradients: int = 0  # the part of them in blocks 1..L-1 (already in `later_block_gradients`)
 
     @property
     def shards(self) -> int:
@@ -95,6 +101,25 @@ def later_block_gradients(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
                if name.startswith(blocks) and not name.startswith(first))
 
 
+def loss_term_gradients(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> tuple[int, int]:
+    """Gradient bytes of the adapter tensors a method's loss term reads (`MemoryTerms.loss_terms`): all of
+    them, and those in blocks 1..L-1. The term joins the loss the model computes from its labels, so it runs
+    where the traced step passes labels to the model (transformers' own fp32 loss); with the optimizer
+    stepping inside backward, each gradient is freed as soon as it is made."""
+    model_loss = ctx.loss == "full" and ctx.loss_fp32 and not ctx.legacy_loss  # as `trace_step.run_step`
+    if not terms.loss_terms or not model_loss or ctx.optimizer_in_bwd:
+        return 0, 0
+    blocks, first = f"{spec.layers_path}.", f"{spec.layers_path}.0."
+    total = later = 0
+    for name, adapter in terms.linear_adapters.items():
+        for suffix, shape in zip(adapter.names, adapter.tensors, strict=True):
+            if suffix in terms.loss_terms:
+                nbytes = _numel(shape) * ctx.adapter_itemsize
+                total += nbytes
+                later += nbytes if name.startswith(blocks) and not name.startswith(first) else 0
+    return total, later
+
+
 def step_model(spec: ModelSpec, method: Method, cfg: MethodConfig, ctx: TrainContext) -> StepModel:
     """Everything about one step that does not depend on batch size or sequence length."""
     terms = method.memory_terms(spec, cfg)
@@ -112,6 +137,7 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         lm_head_grad = vocab_rows
         # The tied matrix receives two gradients (LM head, then embedding); their sum is a third copy.
         tied_spike = 2 * vocab_rows if spec.tie_word_embeddings else 0
+    early, early_later = loss_term_gradients(spec, terms, ctx)
     return StepModel(
         spec=spec,
         terms=terms,
@@ -124,6 +150,9 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         tied_spike=tied_spike,
         later_block_gradients=later_block_gradients(spec, terms, ctx),
         largest_gradient=max((_numel(shape) * size for shape, size in tensors), default=0),
+        method_state=terms.method_state * ctx.adapter_itemsize,
+        early_gradients=early,
+        early_later_gradients=early_later,
     )
 
 
@@ -154,6 +183,9 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
     in_bwd = ctx.optimizer_in_bwd
     head_grad = min(m.lm_head_grad, m.largest_gradient) if in_bwd else m.lm_head_grad
     later_grads = 0 if in_bwd else m.later_block_gradients
+    # A method's loss term runs its backward first: those gradients exist before the model's backward starts.
+    early = m.early_gradients
+    first_early = early - m.early_later_gradients  # what the first block's adds to the later blocks' gradients
     held = at(act.held_logits)  # litgpt's loop keeps `logits` through backward and the optimizer step
     # 4-bit Linears' inputs bitsandbytes < 0.43.2 keeps (`bnb_keeps_input`) live as long as the graph: through
     # backward, and when the loop keeps the step's logits (litgpt), beside the next step's forward with them.
@@ -178,8 +210,8 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             last_block = in_blocks + recompute
             first_block = in_blocks - at(act.ckpt_later_inputs) + recompute
             forward = max((at(p) for p in act.ckpt_moments), default=0)
-        moments = [_Moment("recompute", last_block + held, 0, head_grad, 0),
-                   _Moment("recompute", first_block + held, 0, head_grad + later_grads, 0),
+        moments = [_Moment("recompute", last_block + held, 0, head_grad + early, 0),
+                   _Moment("recompute", first_block + held, 0, head_grad + later_grads + first_early, 0),
                    _Moment("forward", forward + previous, 0, 0, 0)]
     else:
         saved = at(act.saved)
@@ -194,17 +226,17 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             forward = max((at(p) for p in act.moments), default=0)
             block_bwd = saved - at(act.head_saved) + max(c.temporaries(at) for c in act.blocks)
         moments = [_Moment("forward", forward + previous, 0, 0, 0),
-                   _Moment("block-bwd", block_bwd + at(act.grad_stream) + held, 0, head_grad, 0)]
+                   _Moment("block-bwd", block_bwd + at(act.grad_stream) + held, 0, head_grad + early, 0)]
     forward_end = saved + at(act.forward_extra)
     # A tied matrix's two gradients (output layer, then embedding) are summed by autograd before its
     # post-accumulate hook steps it, so the spike stays with the optimizer in backward.
     end_grads = (m.largest_gradient if in_bwd else m.gradients) + m.tied_spike
     moments += [
         _Moment("loss", forward_end, logits_saved, 0, 0),
-        _Moment("loss-bwd", saved, logits_saved + loss_backward, 0, 0),
-        _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad, 0),
+        _Moment("loss-bwd", saved, logits_saved + loss_backward, early, 0),
+        _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad + early, 0),
         _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept, 0, end_grads, 0),
-        _Moment("head-bwd", saved, at(act.head_backward), head_grad, 0),  # a 4-bit output layer's backward
+        _Moment("head-bwd", saved, at(act.head_backward), head_grad + early, 0),  # a 4-bit output layer's backward
         _Moment("head-fwd", saved + previous, at(act.head_forward), 0, 0),  # the output layer's last matmul
     ]
     if not in_bwd:
@@ -262,6 +294,7 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
         paged, states = states, 0
     elif ctx.cpu_offload:
         host, states = host + states, 0
+    states += m.method_state // shards  # sized as the (sharded) parameters it scores; never paged or offloaded
     best: _Moment | None = None
     best_total = -1
     for moment in _moments(m, batch, seq):

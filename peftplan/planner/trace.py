@@ -131,7 +131,7 @@ def trace_step_at_depth(
         make_fake(model, mode)
     quantized = getattr(cfg, "quant", "none") != "none"
     return run_step(model, ctx, depth=depth, fake_mode=mode, decompose_bnb=quantized, granularity=granularity,
-                    seed=seed)
+                    seed=seed, method=method)
 
 
 def position_table_limit(spec: ModelSpec) -> int | None:

@@ -1,9 +1,11 @@
 """One steady-state training step under the live-bytes tracker, cut into segments and categorised.
 
-The step is what the harness's loop does: states already exist (`trace_optim.warm_up`), then
+The step is what the harness's loop does: states already exist (`trace_optim.warm_up`; the method's own,
+such as AdaLoRA's importance scores, from its hook run once on zero gradients), then
 `loss = model(input_ids=..., labels=...).loss` (under autocast for 16-bit dtypes; the outputs object
-is dropped at once, as a trainer keeps only the loss), `loss.backward()`, `optimizer.step()`,
-`optimizer.zero_grad(set_to_none=True)`. It runs on fake tensors (the trace) or real ones (the tests).
+is dropped at once, as a trainer keeps only the loss), `loss.backward()`, `optimizer.step()`, the
+method's `after_optimizer_step`, `optimizer.zero_grad(set_to_none=True)`. It runs on fake tensors (the
+trace) or real ones (the tests).
 
 Segments: hooks mark where the step is, finer than the four phases, so that depth extrapolation
 (`trace_extrapolate.py`) can tell the per-layer pattern from the rest:
@@ -12,7 +14,8 @@ Segments: hooks mark where the step is, finer than the four phases, so that dept
 (from the gradient of block i's output), `backward:pre`, `optimizer`.
 
 Categories at each segment's peak: parameters by identity (`weights` of the base, packed bnb weights
-included; `quant_constants`; `adapter` for what the method added), `gradients`, `optimizer` states;
+included; `quant_constants`; `adapter` for what the method added), `gradients`, `optimizer` states (and
+the method's `state_tensors`, kept between steps likewise);
 everything else is transient and sorted by when it appeared: `logits` (output head, loss and their
 backward), `activations` (made in the forward), `temporaries` (made in backward or optimizer step).
 """
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from peftplan.methods.base import Method
     from peftplan.planner.context import TrainContext
     from peftplan.planner.livebytes import LiveBytes, Record
     from peftplan.planner.trace_stack import Batch
@@ -207,7 +211,7 @@ def _quant_constant_tensors(model: nn.Module) -> list[Any]:
     return tensors
 
 
-def _persistent_categories(model: nn.Module, optimizers: list[Any]) -> dict[int, str]:
+def _persistent_categories(model: nn.Module, optimizers: list[Any], held: list[Any]) -> dict[int, str]:
     """Storage id -> category for everything that outlives the step (read before zero_grad)."""
     from peftplan.planner.livebytes import storage_of
     from peftplan.planner.trace_build import BASE_MARK, attribute_tensors
@@ -224,6 +228,8 @@ def _persistent_categories(model: nn.Module, optimizers: list[Any]) -> dict[int,
     for optimizer in optimizers:
         for t in optimizer_tensors(optimizer):
             put(t, "optimizer")
+    for t in held:  # the method's state between steps: per-parameter training state, like the optimizer's
+        put(t, "optimizer")
     for p in model.parameters():
         if p.grad is not None:
             put(p.grad, "gradients")
@@ -378,6 +384,22 @@ def _stack_techniques(model: Any, ctx: TrainContext, layers: nn.ModuleList | Non
             module._gradient_checkpointing_func = original
 
 
+# The step index the method's hook sees. AdaLoRA's first step (within `tinit`) updates its scores but masks no
+# rank: masking reads the scores' values, which fake tensors do not have, and allocates less than the update.
+STATE_STEP = 0
+
+
+def _warm_method_state(model: Any, params: list[Any], method: Method[Any]) -> None:
+    """The method's hook once on zero gradients, as after a first step: what it keeps between steps exists."""
+    import torch
+
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    method.after_optimizer_step(model, STATE_STEP)
+    for p in params:
+        p.grad = None
+
+
 def run_step(
     model: Any,
     ctx: TrainContext,
@@ -387,12 +409,14 @@ def run_step(
     decompose_bnb: bool = False,
     granularity: int = 512,
     seed: int = 0,
+    method: Method[Any] | None = None,
 ) -> StepTrace:
     """Run one steady-state step of `model` and return what it held at each segment's peak.
 
     `granularity` rounds each storage like the CUDA caching allocator (512 bytes). The stack's knobs
     (`ctx.loss`, checkpoint and activation offloading, the optimizer inside backward) run as
     `trace_stack.py` writes them; precision and k-bit preparation are the model's (`trace_build.py`).
+    `method`'s `after_optimizer_step` runs after the optimizer step (and once before, for its state).
 
     Raises:
         BadInputError: the model has nothing to train.
@@ -427,6 +451,9 @@ def run_step(
                 warm_up(optimizer, [p])
         else:
             warm_up(optimizers[0], trainable)
+        if method is not None:
+            _warm_method_state(model, trainable, method)
+        held_state = method.state_tensors(model) if method is not None else []
         lb = LiveBytes(granularity=granularity, snapshot_peak=True)
         lb.ignore(_host_tensors(optimizers))
         lb.track_module(model)
@@ -434,6 +461,9 @@ def run_step(
         lb.track(_quant_constant_tensors(model))  # bnb keeps them in QuantState objects, not as parameters
         for optimizer in optimizers:
             lb.track(optimizer_tensors(optimizer))
+        lb.track(held_state)
+        lb.categorize(held_state, "optimizer")  # replaced by new tensors when the hook runs again
+        del held_state
         instrument = _Instrument(model, lb, layers)
         head_tag = _module_name(model, instrument.head)
         decompose = DecomposeGemm4bit() if decompose_bnb else None
@@ -471,9 +501,12 @@ def run_step(
                 lb.mark("optimizer")
                 if not ctx.optimizer_in_bwd:
                     optimizers[0].step()
+                    if method is not None:
+                        method.after_optimizer_step(model, STATE_STEP)
                 del held  # litgpt's loop variable `logits` lives until the step is over
                 # Categorise now: gradients are still alive, and every segment's peak is behind us.
-                persistent = _persistent_categories(model, optimizers)
+                persistent = _persistent_categories(
+                    model, optimizers, method.state_tensors(model) if method is not None else [])
                 segments = {
                     name: _segment_peak(records, persistent) for name, records in lb.phase_records.items()
                 }

@@ -152,6 +152,11 @@ class MemoryTerms:
         prefix_tokens: extra key/value positions in every attention layer (prefix tuning).
         bottleneck: width of the Houlsby adapters placed after `bottleneck_sites`, with
             `bottleneck_activation` inside.
+        method_state: elements the method keeps between optimizer steps outside the optimizer, in the
+            adapters' dtype (AdaLoRA's importance scores), made by `Method.after_optimizer_step`.
+        loss_terms: adapter tensors (by their `LinearAdapter.names` suffix) that a term the method adds to
+            the model's loss reads directly (AdaLoRA's orthogonal regularisation). Autograd runs that
+            term's backward first, so their gradients exist through the model's whole backward.
     """
 
     trainable_base: TrainableBase = "none"
@@ -170,6 +175,8 @@ class MemoryTerms:
     extra_names: tuple[str, ...] = ()  # their keys in a saved adapter file
     frozen_saved: tuple[tuple[str, Shape], ...] = ()  # frozen tensors a save also writes (VeRA projections)
     notes: tuple[str, ...] = ()  # what the plan should say about how the method adapts this model
+    method_state: int = 0
+    loss_terms: frozenset[str] = frozenset()
 
     def adapter_tensors(self) -> list[Shape]:
         """Shapes of every trainable tensor the method adds."""

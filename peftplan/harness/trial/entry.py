@@ -22,7 +22,7 @@ from peftplan.harness.trial.forgetting import score_untrained
 from peftplan.harness.trial.measure_trial import BaseMeasurements, measure_base, measure_trained
 from peftplan.harness.trial.outcome import FINISHED, OUTCOME, TrialOutcome
 from peftplan.harness.trial.recipe import TrialContext, TrialData, TrialSpec, loaded_suite, read_data
-from peftplan.harness.trial.training import memory_source, record_training, train_share
+from peftplan.harness.trial.training import memory_source, record_training, train_share, trial_steps
 from peftplan.results import MemoryMeasurement, TrialStatus
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def run_trial(spec: TrialSpec, channel: TrialChannel, outcome: TrialOutcome, dev
                        method, method.make_config(**spec.method_config))
     metrics.seed = ctx.seed
     data = read_data(ctx, ranks)
+    ctx.cfg = method.for_steps(ctx.cfg, trial_steps(suite, len(data.all_train), ranks.world_size))  # AdaLoRA's total_step
 
     # 2. The base measurements, then the method, as the registry builds it (peft, bitsandbytes, or a hand-written
     #    module). DDP's peers wait for rank 0 meanwhile (up to the process group's timeout, `_group_timeout`).

@@ -73,7 +73,7 @@ def train_share(ctx: TrialContext, data: TrialData, model: nn.Module, ranks: Ran
     )
     outcome.memory = MemoryMeasurement(source=memory_source(ctx.device))
     memory = StepMemoryProbe(model, ctx.device, cap=suite.budget.memory_cap, steps=steps,
-                             sharded=ranks.parallel == "fsdp")
+                             sharded=ranks.parallel == "fsdp", held=lambda: ctx.method.state_tensors(model))
 
     def evaluate(module: nn.Module, items: Sequence[Encoded]) -> float:  # each rank scores a share of the items
         return mean_loss(ranks, module, items, data.pad, batch_size=training.batch_size, device=ctx.device,
@@ -82,7 +82,7 @@ def train_share(ctx: TrialContext, data: TrialData, model: nn.Module, ranks: Ran
     ctx.channel.send("phase", name="train", steps=steps)
     stats = train(model, data.train_items, data.loss_items, settings, pad=data.pad,
                   observer=ChannelObserver(ctx.channel, outcome, ctx.spec.pruning, ranks), profiler=memory,
-                  wrap=ranks.wrap, evaluate=evaluate)
+                  wrap=ranks.wrap, evaluate=evaluate, after_step=ctx.method.after_optimizer_step)
     return stats, memory.result(), memory.measured_shape
 
 

@@ -65,7 +65,7 @@ _NULL_REASON = {
     "num_virtual_tokens": "peft needs it",
 }
 
-_warned = False
+_warned: set[str] = set()  # files already warned about (a plan reads its file more than once)
 
 
 def read_peft_config(path: Path) -> tuple[Method[Any], MethodConfig]:
@@ -169,10 +169,10 @@ def _short(value: Any) -> str:
 
 
 def _warn_unknown(file: Path, names: list[str]) -> None:
-    """Warn once about empty fields this peft version does not know (written by an older or newer peft)."""
-    global _warned
-    if names and not _warned:
-        _warned = True
+    """Warn once per file about empty fields this peft version does not know (written by an older or newer peft)."""
+    key = str(file.resolve())
+    if names and key not in _warned:
+        _warned.add(key)
         listed = ", ".join(sorted(names)[:8]) + (" ..." if len(names) > 8 else "")
         logging.getLogger(__name__).warning(
             f"peftplan: warning: {file.name}: ignoring empty fields this peft version does not know: {listed}")

@@ -22,8 +22,10 @@ it fit is re-planned and verified (`suggestions`).
 
 from __future__ import annotations
 
+import gc
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -266,6 +268,38 @@ class Inputs:
     min_seq: int = MIN_SEQ
 
 
+def _cached_terms(cache: dict[tuple[str, str], MemoryTerms], spec: ModelSpec, method: Method,
+                  cfg: MethodConfig) -> MemoryTerms:
+    key = (method.name, cfg.model_dump_json())
+    if key not in cache:
+        cache[key] = method.memory_terms(spec, cfg)
+    return cache[key]
+
+
+class _Ladder:
+    """A group's settings, the largest rank first; `ladder[i]` is (config, terms, prior). An entry's terms
+    and prior are worked out when the search first reads it: bisection reads few of them (when nothing
+    fits, only the smallest rank, for the closest miss). It shares the search's terms cache, not the
+    search itself, so that no reference cycle keeps a finished search alive."""
+
+    def __init__(self, terms: dict[tuple[str, str], MemoryTerms], spec: ModelSpec, method: Method,
+                 configs: list[MethodConfig], examples: int | None) -> None:
+        self._terms, self._spec, self._method, self._examples = terms, spec, method, examples
+        self._configs = configs
+        self._entries: list[tuple[MethodConfig, MemoryTerms, float] | None] = [None] * len(configs)
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+    def __getitem__(self, index: int) -> tuple[MethodConfig, MemoryTerms, float]:
+        entry = self._entries[index]
+        if entry is None:
+            cfg = self._configs[index]
+            terms = _cached_terms(self._terms, self._spec, self._method, cfg)
+            entry = self._entries[index] = (cfg, terms, quality(self._spec, terms, cfg, examples=self._examples).score)
+        return entry
+
+
 class Search:
     """Caches what does not change between searches of one plan (steps, terms, files, serving)."""
 
@@ -274,14 +308,12 @@ class Search:
         self._terms: dict[tuple[str, str], MemoryTerms] = {}
         self._optim: dict[tuple[int, str], Any] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
+        self._totals: dict[tuple[int, int, int], tuple[StepModel, int]] = {}
 
     # -- building blocks (cached) --
 
     def terms(self, spec: ModelSpec, method: Method, cfg: MethodConfig) -> MemoryTerms:
-        key = (method.name, cfg.model_dump_json())
-        if key not in self._terms:
-            self._terms[key] = method.memory_terms(spec, cfg)
-        return self._terms[key]
+        return _cached_terms(self._terms, spec, method, cfg)
 
     def step(self, spec: ModelSpec, method: Method, cfg: MethodConfig, terms: MemoryTerms,
              ctx: TrainContext) -> StepModel:
@@ -305,6 +337,15 @@ class Search:
             tensors = trainable_tensors(model.spec, model.terms, ctx)
             self._optim[key] = optimizer_bytes(ctx.optimizer, tensors)  # type: ignore[arg-type]
         return replace(model, ctx=ctx, optimizer=self._optim[key])
+
+    def total(self, model: StepModel, batch: int, seq: int) -> int:
+        """`price(model, batch, seq)[0].total`, once per step model and shape: the searches of one plan
+        (suggestions search again with a bigger GPU, say) price the same cached models again."""
+        key = (id(model), batch, seq)
+        cached = self._totals.get(key)
+        if cached is None:  # the model is kept with its total, so its id is not reused
+            cached = self._totals[key] = (model, price(model, batch, seq)[0].total)
+        return cached[1]
 
     # -- one search --
 
@@ -331,7 +372,7 @@ class Search:
         if not groups:
             return None
         seqs = self._seqs(inputs)
-        picks: list[tuple[float, list[tuple[MethodConfig, MemoryTerms, float]], int, int]] = []
+        picks: list[tuple[float, _Ladder, int, int]] = []
         best_score = -math.inf
         closest: tuple[float, MethodConfig, MemoryTerms, int] | None = None
         for ladder in sorted(groups, key=lambda g: -g[0][2]):
@@ -359,7 +400,7 @@ class Search:
         found_all = [self._evaluate(inputs, method, *ladder[i][:2], seqs[k], k, order) for ladder, i, k in winners]
         return min(found_all, key=Candidate.rank_key)
 
-    def _largest_fitting(self, inputs: Inputs, method: Method, ladder: list[tuple[MethodConfig, MemoryTerms, float]],
+    def _largest_fitting(self, inputs: Inputs, method: Method, ladder: _Ladder,
                          seq: int) -> tuple[int | None, tuple[float, int] | None]:
         """The first (largest-rank) entry of `ladder` that fits at `seq`, by bisection; and the closest
         miss as (overshoot, index) when the smallest does not fit."""
@@ -386,28 +427,33 @@ class Search:
             return float(cached)
         serving = self._serving(inputs, method, cfg, terms, exact=False)
         batch = inputs.ctx.batch_size if "batch_size" in inputs.pinned else 1
-        models = self._models(inputs, method, cfg, terms)
-        # Paged states are outside the device total: where the optimizer is free, its variants are the friendliest.
-        friendly = [(v, m) for v, m in models if v.optimizer == "paged-adamw8bit"] or models
-        totals = [price(model, batch, seq)[0].total for _, model in friendly]
+        friendly = self._models(inputs, method, cfg, terms, friendly=True)
+        totals = [self.total(model, batch, seq) for _, model in friendly]
         over = max(min(totals) / inputs.budget.vram_bytes, serving.gpu_bytes / serving.budget_bytes)
         self._memo[key] = over
         return over
 
-    def _models(self, inputs: Inputs, method: Method, cfg: MethodConfig,
-                terms: MemoryTerms) -> list[tuple[TrainContext, StepModel]]:
-        """Every context variant the search may choose, with its step (stack rules applied)."""
+    def _models(self, inputs: Inputs, method: Method, cfg: MethodConfig, terms: MemoryTerms, *,
+                friendly: bool = False) -> list[tuple[TrainContext, StepModel]]:
+        """Every context variant the search may choose, with its step (stack rules applied); `friendly`:
+        only the paged-optimizer variants, if any (paged states are outside the device total: where the
+        optimizer is free, its variants are the friendliest). A variant's step is built when first asked for."""
         from peftplan.planner.method_plan import trainable_context
 
         key = ("models", method.name, cfg.model_dump_json(), inputs.ctx, inputs.budget.gpus, inputs.pinned)
-        cached = self._memo.get(key)
-        if cached is None:
+        slots: list[list[Any]] | None = self._memo.get(key)
+        if slots is None:
             ctx_m, notes = trainable_context(method, cfg, replace(inputs.ctx, gpus=inputs.budget.gpus))
-            cached = [(v, self.step(inputs.spec, method, cfg, terms, v)) for v in self._variants(inputs, ctx_m, method)]
-            self._memo[key] = cached
+            slots = self._memo[key] = [[v, None] for v in self._variants(inputs, ctx_m, method)]
             self._memo[("notes", method.name, cfg.model_dump_json(), inputs.ctx)] = notes
             self._memo[("trained", method.name, cfg.model_dump_json(), inputs.ctx)] = ctx_m
-        return list(cached)
+        chosen = [slot for slot in slots if slot[0].optimizer == "paged-adamw8bit"] if friendly else []
+        out = []
+        for slot in chosen or slots:
+            if slot[1] is None:
+                slot[1] = self.step(inputs.spec, method, cfg, terms, slot[0])
+            out.append((slot[0], slot[1]))
+        return out
 
     def _serving(self, inputs: Inputs, method: Method, cfg: MethodConfig, terms: MemoryTerms, *,
                  exact: bool) -> ServingPlan:
@@ -417,16 +463,34 @@ class Search:
         cached = self._memo.get(key)
         if cached is None:
             dtype = inputs.ctx.dtype
-            size = adapter_file_bytes(inputs.spec, method, terms, dtype=dtype) if exact else 4 * terms.adapter_params
+            size = self._adapter_bytes(inputs, method, cfg, terms) if exact else 4 * terms.adapter_params
             cached = price_serving(inputs.spec, method, terms, adapter_bytes=size, dtype=dtype, needs=inputs.needs,
                                    train_seq=inputs.ctx.seq_len)
             self._memo[key] = cached
         return cached  # type: ignore[no-any-return]
 
+    def _adapter_bytes(self, inputs: Inputs, method: Method, cfg: MethodConfig, terms: MemoryTerms) -> int:
+        """The adapter file's exact size (the same under every serving need)."""
+        key = ("adapter_bytes", method.name, cfg.model_dump_json(), inputs.ctx.dtype)
+        cached = self._memo.get(key)
+        if cached is None:
+            cached = self._memo[key] = adapter_file_bytes(inputs.spec, method, terms, dtype=inputs.ctx.dtype)
+        return int(cached)
+
     def _groups(self, inputs: Inputs, method: Method,
-                cfg: MethodConfig) -> list[list[tuple[MethodConfig, MemoryTerms, float]]]:
+                cfg: MethodConfig) -> list[_Ladder]:
         """The method's settings by group (target preset x base quantization), each a ladder of ranks from
-        the one the data needs down to 1: [(config, terms, prior)], the largest rank first."""
+        the one the data needs down to 1: [(config, terms, prior)], the largest rank first. Built once per
+        search cache for what it depends on (suggestions search the same methods again)."""
+        key = ("groups", method.name, cfg.model_dump_json(), inputs.pinned & {"targets", "quant", "rank", "alpha"},
+               inputs.examples, tuple((m.name, c.model_dump_json()) for m, c in inputs.chosen))
+        cached = self._memo.get(key)
+        if cached is None:
+            cached = self._memo[key] = self._build_groups(inputs, method, cfg)
+        return list(cached)
+
+    def _build_groups(self, inputs: Inputs, method: Method,
+                      cfg: MethodConfig) -> list[_Ladder]:
         spec, pinned = inputs.spec, inputs.pinned
         fields = type(cfg).model_fields
         base = cfg.model_dump()
@@ -454,17 +518,15 @@ class Search:
                     continue
                 ranked = "rank" in fields and "rank" not in pinned and _low_rank(terms)
                 ranks = _ranks(target_rank(inputs.examples), rank_cap(spec, terms, first)) if ranked else [None]
-                ladder = []
+                configs = []
                 for rank in ranks:
                     update: dict[str, Any] = {}
                     if rank is not None:
                         update["rank"] = rank
                         if "alpha" in fields and "alpha" not in pinned:
                             update["alpha"] = float(2 * rank)  # alpha = 2r, the common recipe
-                    cfg_r = method.make_config(**{**values, **update}) if update else first
-                    terms_r = self.terms(spec, method, cfg_r)
-                    ladder.append((cfg_r, terms_r, quality(spec, terms_r, cfg_r, examples=inputs.examples).score))
-                groups.append(ladder)
+                    configs.append(method.make_config(**{**values, **update}) if update else first)
+                groups.append(_Ladder(self._terms, spec, method, configs, inputs.examples))
         return groups
 
     def _covered(self, inputs: Inputs, method: Method, cfg: MethodConfig, terms: MemoryTerms) -> bool:
@@ -515,20 +577,29 @@ class Search:
         serving = self._serving(inputs, method, cfg, terms, exact=True)
         notes = list(self._memo.get(("notes", method.name, cfg.model_dump_json(), inputs.ctx), []))
         pinned_batch = inputs.ctx.batch_size if "batch_size" in inputs.pinned else 1
-        fitting: list[Candidate] = []
+        trained = self._memo.get(("trained", method.name, cfg.model_dump_json(), inputs.ctx), inputs.ctx)
+        fits: list[tuple[int, TrainContext, StepModel]] = []
         closest: tuple[int, TrainContext, StepModel] | None = None
         for variant, model in self._models(inputs, method, cfg, terms):
-            total = price(model, pinned_batch, seq)[0].total
+            total = self.total(model, pinned_batch, seq)
             if closest is None or total < closest[0]:
                 closest = (total, variant, model)
-            if total <= vram:
-                batch, accum = self._batch(inputs, model, seq, vram)
-                shaped = replace(variant, batch_size=batch, seq_len=seq)
-                fitting.append(self._candidate(inputs, method, cfg, terms, shaped, model, accum, serving, halvings,
-                                               order, notes))
-        if fitting:
+            if total <= vram:  # with how many knobs it changes (what `Candidate.knob_changes` counts)
+                knobs = sum(getattr(trained, knob) != getattr(variant, knob)
+                            for knob in ("checkpointing", "optimizer", "shard"))
+                fits.append((knobs, variant, model))
+        if fits:
             # The stack's own checkpointing, optimizer and sharding are kept whenever they fit: they are the
-            # user's training code; the search changes them only to make a configuration fit.
+            # user's training code; the search changes them only to make a configuration fit. So only the
+            # variants that change the fewest knobs are priced in full.
+            fewest = min(knobs for knobs, _, _ in fits)
+            fitting: list[Candidate] = []
+            for knobs, variant, model in fits:
+                if knobs == fewest:
+                    batch, accum = self._batch(inputs, model, seq, vram)
+                    shaped = replace(variant, batch_size=batch, seq_len=seq)
+                    fitting.append(self._candidate(inputs, method, cfg, terms, shaped, model, accum, serving,
+                                                   halvings, order, notes))
             return min(fitting, key=lambda c: (c.knob_changes(), c.rank_key()))
         assert closest is not None
         _, variant, model = closest
@@ -544,7 +615,7 @@ class Search:
             batch = inputs.ctx.batch_size
         else:
             batch = 1
-            while batch * 2 <= per_step and price(model, batch * 2, seq)[0].total <= vram:
+            while batch * 2 <= per_step and self.total(model, batch * 2, seq) <= vram:
                 batch *= 2
         return batch, max(1, -(-EFFECTIVE_BATCH // (batch * gpus)))
 
@@ -656,6 +727,26 @@ def _own_default(cand: Candidate) -> bool:
 
 def decide(inputs: Inputs, *, suggest: bool = True, search: Search | None = None) -> Recommendation:
     """Search, rank, and say why; when nothing fits, the smallest verified changes that make it fit."""
+    with _collector_paused():
+        return _decide(inputs, suggest=suggest, search=search)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the search runs. The search's caches grow to ~10^5
+    small objects that all live until it returns, and the collector's full passes scanned them again and
+    again (four in a 70B plan with suggestions, each over a larger heap). Reference counting still frees
+    everything as usual: the search makes no reference cycles (a finished search leaves none)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _decide(inputs: Inputs, *, suggest: bool, search: Search | None) -> Recommendation:
     from peftplan.budgets.budget import UNLIMITED
 
     search = search or Search()

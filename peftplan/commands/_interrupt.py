@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import ParamSpec
@@ -21,6 +22,8 @@ def says_interrupted(line: str = "interrupted (Ctrl-C)") -> Callable[[Callable[P
             try:
                 command(*args, **kwargs)
             except KeyboardInterrupt:
+                # Exiting now: a second interrupt during clean-up must not end the process by the signal.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 print(f"peftplan: {line}", file=sys.stderr, flush=True)
                 raise typer.Exit(130) from None
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import inspect
 import json
 import math
 import platform
@@ -492,7 +491,7 @@ def score(csv_path: Path, *, stack_aware: bool = True) -> dict[str, Any]:
     """Every row of `csv_path` planned and compared; see `summarize` for the aggregate."""
     import peftplan
 
-    accepted = set(inspect.signature(peftplan.plan).parameters)
+    accepted = set(peftplan.plan_options())
     rows = read_rows(csv_path)
     results: list[dict[str, Any]] = []
     for row in rows:

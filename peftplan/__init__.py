@@ -11,11 +11,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from peftplan.planner.plan import Plan
 
-__all__ = ["plan"]
+__all__ = ["plan", "plan_options"]
 
 
 # The public spelling of the PlanRequest fields named otherwise (grad_ckpt and attn are the CLI's).
 _RENAMED = {"grad_checkpointing": "grad_ckpt", "attention": "attn", "model_config": "model_config_dict"}
+
+
+def plan_options() -> frozenset[str]:
+    """The keyword options `plan` takes: PlanRequest's fields in their public spelling, and every stack knob."""
+    from peftplan import api
+    from peftplan.planner.stacks import KNOB_NAMES
+
+    internal = {"model", "knobs", "require_budget", "given", *_RENAMED.values()}
+    return frozenset({*api.PlanRequest.model_fields, *_RENAMED, *KNOB_NAMES} - internal)
 
 
 def plan(model: str, **options: Any) -> Plan:
@@ -45,8 +54,7 @@ def plan(model: str, **options: Any) -> Plan:
     from peftplan import api
     from peftplan.planner.stacks import KNOB_NAMES
 
-    internal = {"model", "knobs", "require_budget", "given", *_RENAMED.values()}
-    allowed = {*api.PlanRequest.model_fields, *_RENAMED, *KNOB_NAMES} - internal
+    allowed = plan_options()
     for name in options:
         if name not in allowed:
             raise TypeError(f"plan() got an unexpected keyword argument {name!r}")

@@ -93,3 +93,8 @@ def test_a_missing_csv_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert BENCH.main(["--csv", str(tmp_path / "missing.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.csv" in err
+
+
+def test_every_knob_a_recipe_sets_is_passed(result: dict[str, Any]) -> None:
+    """A knob `peftplan.plan` stopped accepting would be dropped silently and change every score."""
+    assert result["summary"]["knobs_not_accepted"] == []

@@ -140,7 +140,9 @@ def test_reads_a_peft_config_with_target_parameters(peft: Any, tmp_path: Any) ->
                     target_parameters=["experts.gate_up_proj", "experts.down_proj"]).save_pretrained(str(tmp_path))
     method, cfg = read_peft_config(tmp_path)
     targets = cfg.model_dump()["targets"]
-    assert method.name == "lora" and targets == ["q_proj", "v_proj", "experts.gate_up_proj", "experts.down_proj"]
+    # peft keeps target_modules as a set: its saved order follows the string hash, so compare the modules as a set.
+    assert method.name == "lora" and sorted(targets[:2]) == ["q_proj", "v_proj"]
+    assert targets[2:] == ["experts.gate_up_proj", "experts.down_proj"]
     model = _tiny("mixtral")
     spec = ModelSpec.from_model(model)
     real = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],

@@ -32,9 +32,9 @@ def methods_command(
         row: dict[str, Any] = {
             "method": m.name,
             "summary": m.summary,
-            "mergeable": m.mergeable,
-            "inference_overhead": m.inference_overhead,
-            "quantized_base": m.supports_quantized_base,
+            "mergeable": m.traits.mergeable,
+            "inference_overhead": m.traits.inference_overhead,
+            "quantized_base": m.traits.quantized_base,
             "config": cfg.model_dump(mode="json"),
         }
         if spec is not None:

@@ -108,8 +108,8 @@ def trace_command(
             continue
         notes.extend(f"{m.name}: {note}" for note in method_notes)
         entries.append(
-            {**result.to_dict(), "training": _training(method_ctx), "mergeable": m.mergeable,
-             "inference_overhead": m.inference_overhead}
+            {**result.to_dict(), "training": _training(method_ctx), "mergeable": m.traits.mergeable,
+             "inference_overhead": m.traits.inference_overhead}
         )
     if not entries:
         raise BadInputError("no method could be traced: " + "; ".join(notes))

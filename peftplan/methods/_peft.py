@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from abc import abstractmethod
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from pydantic import Field, field_validator
 
 from peftplan.errors import BadInputError, UnsupportedError
-from peftplan.methods.base import ConfigT, Method, MethodConfig, Quant
+from peftplan.methods.base import ConfigT, Method, MethodConfig, PeftFields, Quant
 from peftplan.methods.targets import Selection, parse_targets, select_linears, select_targets
 
 if TYPE_CHECKING:
@@ -93,15 +93,62 @@ def is_on_meta(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
-class PeftMethod(Method[ConfigT]):
-    """A method built by `peft.get_peft_model`; subclasses say how to make the peft config."""
+def peft_defaults(peft_type: str) -> dict[str, Any]:
+    """The JSON form of each field of peft's config class for `peft_type`, at its declared default.
 
-    @abstractmethod
+    Read from the dataclass rather than by building the config, which peft refuses for some types at
+    their defaults (AdaLoRA without `total_step`); the two differ only in `peft_type` and `peft_version`.
+    """
+    import dataclasses
+
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(peft_config_class(peft_type)):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        values[f.name] = json.loads(json.dumps(None if default is dataclasses.MISSING else default, default=str))
+    return values
+
+
+def peft_config_class(peft_type: str) -> type[PeftConfig]:
+    """peft's config class for `peft_type` ("LORA", "LOHA", ...)."""
+    import logging
+
+    # bitsandbytes (imported by peft) logs a harmless note about an optional CPU kernel package.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]  # type: ignore[index, return-value]
+
+
+class PeftMethod(Method[ConfigT]):
+    """A method built by `peft.get_peft_model` from the peft config its `peft_fields` map its settings to."""
+
+    peft_fields: ClassVar[PeftFields]
+    reload_trainable: bool = True  # peft reloads prompt-learning adapters for inference only
+
     def peft_config(self, spec: ModelSpec, cfg: ConfigT) -> PeftConfig:
         """The peft config that builds exactly what `trainable_params` counts."""
+        return peft_config_class(self.peft_fields.peft_type)(**self.peft_values(spec, cfg))
 
-    supports_conv1d: bool = True  # GPT-2 style transformers Conv1D layers
-    reload_trainable: bool = True  # peft reloads prompt-learning adapters for inference only
+    def peft_values(self, spec: ModelSpec, cfg: ConfigT) -> dict[str, Any]:
+        """The peft config's fields: each mapped setting, the targets and the task type."""
+        fields = self.peft_fields
+        values = {peft: getattr(cfg, ours) for ours, peft in fields.names.items()}
+        if fields.targets and isinstance(cfg, TargetedConfig):
+            values[fields.targets] = self.peft_target_modules(spec, cfg)
+        return values | {"task_type": task_type(spec)}
+
+    def peft_target_modules(self, spec: ModelSpec, cfg: TargetedConfig) -> str | list[str]:
+        """peft's `target_modules` that selects exactly what this method adapts."""
+        return peft_targets(spec, cfg)
+
+    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Each mapped setting from `raw`, or peft's default where the file leaves it out, and the targets."""
+        fields = self.peft_fields
+        defaults = peft_defaults(fields.peft_type)
+        values = {ours: raw.get(peft, defaults[peft]) for ours, peft in fields.names.items()}
+        if fields.targets:
+            values["targets"] = targets_from_peft(raw[fields.targets], fields.targets)
+        return self.name, values
 
     def selection(self, spec: ModelSpec, cfg: TargetedConfig) -> Selection:
         """What `cfg.targets` adapts with this method (Linears only, unless the method adapts parameters)."""
@@ -112,7 +159,7 @@ class PeftMethod(Method[ConfigT]):
             return
         selected = self.selection(spec, cfg).linears  # raises on unknown targets
         conv1d = sorted({lin.leaf for lin in selected if lin.conv1d})
-        if conv1d and not self.supports_conv1d:
+        if conv1d and not self.traits.conv1d:
             raise UnsupportedError(
                 f"peft's {self.name} cannot adapt GPT-2 style Conv1D layers ({', '.join(conv1d)}); use lora or ia3"
             )
@@ -140,7 +187,7 @@ class PeftMethod(Method[ConfigT]):
             raise BadInputError(f"peft cannot apply {self.name} to {spec.architecture}: {exc}") from None
 
     def merge(self, model: nn.Module) -> nn.Module:
-        if not self.mergeable:
+        if not self.traits.mergeable:
             return super().merge(model)
         return model.merge_and_unload()  # type: ignore[operator]
 

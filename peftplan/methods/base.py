@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -21,6 +23,40 @@ if TYPE_CHECKING:
 
 InferenceOverhead = Literal["none", "unmerged-matmul", "extra-tokens", "extra-layers"]
 MANIFEST = "peftplan_method.json"
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a method can do, declared in one place and read by the planner, the harness and the CLI."""
+
+    mergeable: bool  # folds into the base weights (full fine-tuning: the weights themselves changed)
+    inference_overhead: InferenceOverhead  # what serving unmerged costs
+    quantized_base: bool = False  # trains on a bitsandbytes 4/8-bit base
+    # transformers drops prefix tuning's key/values inside checkpointed blocks (checked on 5.23).
+    checkpointing: bool = True
+    whole_base: bool = False  # full fine-tuning: stacks pick their full-model recipes
+    conv1d: bool = True  # adapts GPT-2 style transformers Conv1D layers
+
+
+@dataclass(frozen=True)
+class PeftFields:
+    """How a method's settings map onto the fields of its peft config class, in both directions.
+
+    `names` maps a peftplan setting to peft's field; `targets` is peft's field for the modules to adapt
+    (None for prompt learning); `extra` lists other fields the method reads itself, and `required` those
+    that must not be null in an adapter_config.json.
+    """
+
+    peft_type: str
+    names: Mapping[str, str]
+    targets: str | None = "target_modules"
+    extra: frozenset[str] = frozenset()
+    required: tuple[str, ...] = ("target_modules",)
+    modelled: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        targets = {self.targets} if self.targets else set()
+        object.__setattr__(self, "modelled", frozenset(self.names.values()) | targets | self.extra)
 
 
 class MethodConfig(BaseModel):
@@ -51,20 +87,22 @@ class Method(ABC, Generic[ConfigT]):
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    config_cls: ClassVar[type[MethodConfig]]
-    mergeable: ClassVar[bool]
-    inference_overhead: ClassVar[InferenceOverhead]
-    supports_quantized_base: ClassVar[bool] = False
-    # transformers drops prefix tuning's key/values inside checkpointed blocks (checked on 5.23).
-    supports_checkpointing: ClassVar[bool] = True
-    trains_whole_base: ClassVar[bool] = False  # full fine-tuning: stacks pick their full-model recipes
+    config_cls: ClassVar[type[MethodConfig]]  # the class's generic argument unless set (QLoRA's on LoRA's code)
+    traits: ClassVar[Traits]
     # (low, high, recipe) learning rate the search samples from; the recipe is the literature's default.
     lr_range: ClassVar[tuple[float, float, float]] = (1e-5, 1e-3, 1e-4)
-    # Reading a peft adapter_config.json (`methods/peft_config.py`): the peft_type this method reads (the
-    # first registered method of a type reads it), the fields it models, and those that must not be null.
-    peft_type: ClassVar[str | None] = None
-    peft_fields: ClassVar[frozenset[str]] = frozenset()
-    peft_required: ClassVar[tuple[str, ...]] = ()
+    # Reading a peft adapter_config.json (`methods/peft_config.py`): the first registered method of a
+    # peft_type reads it.
+    peft_fields: ClassVar[PeftFields | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_cls" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            config = next(iter(get_args(base)), None)
+            if isinstance(config, type) and issubclass(config, MethodConfig):
+                cls.config_cls = config
 
     def make_config(self, **values: Any) -> ConfigT:
         """Validate `values` (None entries mean "use the default") into this method's config.

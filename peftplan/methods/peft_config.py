@@ -15,6 +15,7 @@ from typing import Any
 
 from peftplan.errors import BadInputError, UnsupportedError
 from peftplan.methods import all_methods, get_method
+from peftplan.methods._peft import peft_defaults
 from peftplan.methods.base import Method, MethodConfig
 
 # Fields that change neither what trains nor what a training step holds, whatever their value.
@@ -88,12 +89,13 @@ def read_peft_config(path: Path) -> tuple[Method[Any], MethodConfig]:
     if not isinstance(raw, dict) or "peft_type" not in raw:
         raise BadInputError(f"{file} is not a peft adapter_config.json (no 'peft_type')")
     peft_type = str(raw["peft_type"]).upper()
-    reader = next((method for method in all_methods() if method.peft_type == peft_type), None)
-    if reader is None:
+    reader = next((m for m in all_methods() if m.peft_fields and m.peft_fields.peft_type == peft_type), None)
+    if reader is None or reader.peft_fields is None:
         raise UnsupportedError(f"{file}: peft_type {raw['peft_type']!r} is not a method peftplan plans")
 
-    refused = [f"{name}=null ({_NULL_REASON.get(name, 'peft needs it')})" for name in reader.peft_required if raw.get(name) is None]
-    refused += _unmodelled_fields(file, peft_type, raw, reader.peft_fields)
+    fields = reader.peft_fields
+    refused = [f"{name}=null ({_NULL_REASON.get(name, 'peft needs it')})" for name in fields.required if raw.get(name) is None]
+    refused += _unmodelled_fields(file, peft_type, raw, fields.modelled)
     if refused:
         raise UnsupportedError(f"{file}: peftplan does not model {'; '.join(refused)}, so it cannot plan this "
                                "adapter exactly")
@@ -104,7 +106,7 @@ def read_peft_config(path: Path) -> tuple[Method[Any], MethodConfig]:
 
 def _unmodelled_fields(file: Path, peft_type: str, raw: dict[str, Any], modelled: frozenset[str]) -> list[str]:
     """`field=value (why)` for each field that is set, not modelled and may change the count or memory."""
-    defaults, known = _peft_defaults(peft_type)
+    defaults = peft_defaults(peft_type)
     refused: list[str] = []
     unknown: list[str] = []
     for name, value in raw.items():
@@ -119,7 +121,7 @@ def _unmodelled_fields(file: Path, peft_type: str, raw: dict[str, Any], modelled
         elif name == "num_transformer_submodules":  # peft writes 1 for a decoder or encoder; 2 is encoder-decoder
             if value not in (None, 1):
                 refused.append(f"num_transformer_submodules={value!r} (an encoder-decoder)")
-        elif name not in known:
+        elif name not in defaults:
             # Written by another peft version: harmless when empty, unknowable otherwise.
             if _is_empty(value) or value is False or value == 0:
                 unknown.append(name)
@@ -129,27 +131,6 @@ def _unmodelled_fields(file: Path, peft_type: str, raw: dict[str, Any], modelled
             refused.append(f"{name}={_short(value)}")
     _warn_unknown(file, unknown)
     return refused
-
-
-def _peft_defaults(peft_type: str) -> tuple[dict[str, Any], set[str]]:
-    """The JSON form of each field of peft's config class for `peft_type`, at its declared default.
-
-    Read from the dataclass rather than by building the config, which peft refuses for some types at
-    their defaults (AdaLoRA without `total_step`); the two differ only in `peft_type` and `peft_version`.
-    """
-    import dataclasses
-    import logging
-
-    # bitsandbytes (imported by peft) logs a harmless note about an optional CPU kernel package.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]  # type: ignore[index]
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(config_cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        values[f.name] = json.loads(json.dumps(None if default is dataclasses.MISSING else default, default=str))
-    return values, set(values)
 
 
 def _is_empty(value: Any) -> bool:

@@ -553,9 +553,9 @@ class Search:
     def _variants(self, inputs: Inputs, ctx_m: TrainContext, method: Method) -> list[TrainContext]:
         pinned = inputs.pinned
         ckpts = [ctx_m.checkpointing]
-        if "checkpointing" not in pinned and method.supports_checkpointing:
+        if "checkpointing" not in pinned and method.traits.checkpointing:
             ckpts = _unique([ctx_m.checkpointing, "none", "recompute"])
-        elif not method.supports_checkpointing:
+        elif not method.traits.checkpointing:
             ckpts = ["none"]
         optimizers = [ctx_m.optimizer] if "optimizer" in pinned else _unique([ctx_m.optimizer, *SEARCH_OPTIMIZERS])
         shards = [ctx_m.shard]
@@ -983,7 +983,7 @@ def check_contradictions(*, methods: Sequence[str] | None, quant: str | None, pe
     if quant is not None and quant != "none":
         for name in split_names(list(methods or [])):
             method = get_method(name)
-            if method.trains_whole_base:
+            if method.traits.whole_base:
                 raise BadInputError(f"--quant {quant} contradicts --method {method.name}: {method.name} trains every "
                                     f"base weight, and a {quant}-quantized base is frozen (use --method qlora, or lora "
                                     f"--quant {quant})")

@@ -107,14 +107,14 @@ def trainable_context(method: Method, cfg: MethodConfig, ctx: TrainContext) -> t
     stack = get_stack(ctx.stack)
     terms_quant = getattr(cfg, "quant", "none")
     rules = dict(stack.when_quantized) if terms_quant != "none" else {}
-    if method.trains_whole_base:
+    if method.traits.whole_base:
         rules.update(stack.when_full)
     changes = {name: value for name, value in rules.items() if name not in ctx.pinned and getattr(ctx, name) != value}
     if changes:
         ctx = replace(ctx, **changes)
         said = ", ".join(f"{name} {value}" for name, value in changes.items())
         notes.append(f"{stack.name} trains this with {said} (its default here)")
-    if not method.supports_checkpointing and ctx.grad_checkpointing:
+    if not method.traits.checkpointing and ctx.grad_checkpointing:
         notes.append("planned without gradient checkpointing: transformers drops prefix tuning's key/values in "
                      "checkpointed blocks and the step fails")
         ctx = replace(ctx, grad_checkpointing=False, ckpt_offload=False)
@@ -178,9 +178,9 @@ def plan_method(
         max_seq_len=seq_max,
         max_rank=rank_max,
         adapter_bytes=adapter_bytes,
-        mergeable=method.mergeable,
-        inference_overhead=method.inference_overhead,
-        inference=inference_overhead(spec, a, terms, method.inference_overhead, ctx.seq_len),
+        mergeable=method.traits.mergeable,
+        inference_overhead=method.traits.inference_overhead,
+        inference=inference_overhead(spec, a, terms, method.traits.inference_overhead, ctx.seq_len),
         throughput={
             "flops_per_token": flops,
             "tokens_per_second": round(speed.tokens_per_second, 1),

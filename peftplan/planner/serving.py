@@ -280,7 +280,7 @@ def price_serving(
     model_bytes = spec.total_params * size  # one full model on disk (a full fine-tune's copy)
     task_gpu = _task_params(spec, terms) * size  # one task's adapter as the server holds it
     shared = terms.frozen_adapter_params * size  # VeRA's projections, shared by every task
-    merge = 0.0 if full or not method.mergeable else merge_seconds(spec, terms, dtype, gpu)
+    merge = 0.0 if full or not method.traits.mergeable else merge_seconds(spec, terms, dtype, gpu)
     pcie, disk = gpu.pcie_gbs * 1e9, DISK_GBS * 1e9
     adapter_load = adapter_bytes / disk + task_gpu / pcie
     mixed, how = mixed_batches(terms)
@@ -300,7 +300,7 @@ def price_serving(
             swap = 0.0
             notes.append(f"multi-tenant full fine-tuning keeps {tasks} whole models resident")
         mixed, how = False, "each task is its own model: a forward serves one task"
-    elif mode == "merge" and method.mergeable:
+    elif mode == "merge" and method.traits.mergeable:
         # One merged copy per task, stored whole; a switch loads the next copy.
         storage, load = tasks * weights, weights / disk + weights / pcie
         adapters_gpu, resident, swap, extra = 0, 1, load, 0.0
@@ -310,9 +310,9 @@ def price_serving(
     elif mode in ("merge", "hot-swap"):
         load = adapter_load
         adapters_gpu, resident = shared + task_gpu, 1
-        extra = 0.0 if method.mergeable else unmerged
-        swap = adapter_load + (2 * merge if method.mergeable else 0.0)
-        if not method.mergeable:
+        extra = 0.0 if method.traits.mergeable else unmerged
+        swap = adapter_load + (2 * merge if method.traits.mergeable else 0.0)
+        if not method.traits.mergeable:
             notes.append(f"{method.name} cannot be merged; it runs unmerged on the shared base")
         mixed, how = False, "one adapter is loaded at a time: a forward serves one task"
     elif _vllm_servable(terms):

@@ -160,7 +160,7 @@ def check_traceable(
     if ctx.bnb_fp16_state and getattr(cfg, "quant", "none") != "none":
         raise UnsupportedError("the trace quantizes in the model's dtype and runs bitsandbytes 0.50's fused forward; "
                                "--bnb-fp16-state (Lightning's fp16 quantization) is priced analytically: --no-bnb-fp16-state")
-    if not method.supports_checkpointing and ctx.grad_checkpointing:
+    if not method.traits.checkpointing and ctx.grad_checkpointing:
         raise UnsupportedError(
             "prefix tuning cannot train with gradient checkpointing: transformers drops the prefix "
             "key/values in checkpointed blocks and the real step fails; use --no-grad-ckpt"

@@ -13,10 +13,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from peftplan.replay.symbolic import Sym, const
+
 if TYPE_CHECKING:
     from peftplan.models.spec import LinearInfo
     from peftplan.replay.ops import Ops
-    from peftplan.replay.symbolic import Sym
 
 Quant = Literal["none", "nf4", "fp4", "int8"]
 
@@ -67,6 +68,33 @@ class AdapterKind(ABC):
     def rank_cap(self, linears: list[LinearInfo], settings: object) -> int:
         """The largest rank that still means something on `linears` (the method's config is `settings`)."""
         return max(1, min(min(lin.in_features, lin.out_features) for lin in linears))
+
+
+class DenseDeltaKind(AdapterKind):
+    """An adapter that builds a dense delta weight from its factors every forward, then runs `x @ delta`.
+
+    Subclasses say what building it holds (`delta_bytes`) and what building it once costs (`merge_flops`).
+    """
+
+    prior = 0.95
+    # mixed_batches None: a dense delta weight per task.
+
+    @abstractmethod
+    def delta_bytes(self, ops: Ops, numel: int) -> tuple[int, int, int]:
+        """(the delta's itemsize, the bytes building it briefly holds, its backward's temporaries)."""
+
+    def replay(self, ops: Ops, x: Sym, result: Sym, lin: LinearInfo, adapter: LinearAdapter) -> Sym:
+        numel = lin.in_features * lin.out_features
+        size, build, backward = self.delta_bytes(ops, numel)
+        ops.g.transient(const(build))
+        ops.g.backward_temporary(const(backward))
+        delta = Sym.fresh(const(numel), size, True)
+        out = ops.matmul_sym(ops.cast(x, size), delta, lin.out_features)
+        return ops.cast(ops.add(result, out), result.itemsize)
+
+    def flops(self, lin: LinearInfo, adapter: LinearAdapter, *, train: bool) -> float:
+        # x @ delta_W: a dense matmul, its input and weight gradients.
+        return (2.0 + 4.0 * train) * lin.in_features * lin.out_features
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def test_every_method_runs_a_whole_trial(prepared_run: tuple, name: str) -> None
     assert latency.adapter_load_s is not None and latency.adapter_load_s >= 0
     # Decode is a difference of two timings; under heavy background load it may be withheld (None).
     assert all(v is None or v > 0 for v in (latency.decode_base, latency.decode_unmerged, latency.decode_merged))
-    merged_expected = method.mergeable and method.inference_overhead != "none"
+    merged_expected = method.traits.mergeable and method.traits.inference_overhead != "none"
     assert (latency.prefill_merged is not None) == merged_expected
     # The outcome's parts are the result file's.
     TrialResult(suite_name="t", suite_hash="h", study_name="t/x", model="m", task="t", method=name, trial_number=0,

@@ -48,7 +48,7 @@ class MethodContract:
         method = self.method
         assert method.name == self.name and method.name in method_names()
         assert method.summary
-        assert method.inference_overhead in ("none", "unmerged-matmul", "extra-tokens", "extra-layers")
+        assert method.traits.inference_overhead in ("none", "unmerged-matmul", "extra-tokens", "extra-layers")
         assert method.make_config() == method.config_cls()
         low, high, recipe = method.lr_range
         assert 0 < low <= recipe <= high
@@ -98,7 +98,7 @@ class MethodContract:
         assert list((tmp_path / "saved").glob("*.safetensors")), "weights must be saved as safetensors"
         reloaded = load_adapted(_fresh_base(self.tiny_base), tmp_path / "saved")
         torch.testing.assert_close(_logits(reloaded, inputs), trained, rtol=0, atol=1e-6)
-        if method.mergeable:
+        if method.traits.mergeable:
             merged = method.merge(reloaded)
             torch.testing.assert_close(_logits(merged, inputs), trained, rtol=0, atol=1e-5)
         else:

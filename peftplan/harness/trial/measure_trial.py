@@ -61,7 +61,7 @@ def measure_trained(ctx: TrialContext, data: TrialData, model: nn.Module, base: 
     if suite.eval.latency is not None:
         channel.send("phase", name="latency")
         unmerged = _speed(ctx, data, model)
-        if ctx.method.mergeable and ctx.method.inference_overhead != "none":
+        if ctx.method.traits.mergeable and ctx.method.traits.inference_overhead != "none":
             merged = _speed(ctx, data, ctx.method.merge(model))
     outcome.latency = latency(base.speed, unmerged, merged, adapter)
 

@@ -29,26 +29,17 @@ tokens (what the planner's forward-end moment already counts).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
-from peftplan.methods._peft import (
-    PeftMethod,
-    TargetedConfig,
-    peft_alpha,
-    peft_targets,
-    selected_linears,
-    targets_from_peft,
-)
-from peftplan.methods._peft import task_type as peft_task_type
-from peftplan.methods.base import Quant
+from peftplan.methods._peft import PeftMethod, TargetedConfig, selected_linears
+from peftplan.methods.base import PeftFields, Quant, Traits
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import optuna
-    from peft import PeftConfig
     from torch import nn
 
     from peftplan.models.spec import ModelSpec
@@ -95,18 +86,15 @@ class AdaLoraConfig(TargetedConfig):
 class AdaLora(PeftMethod[AdaLoraConfig]):
     name = "adalora"
     summary = "LoRA in SVD form whose ranks a budget prunes while training; init_r's memory; merges."
-    config_cls: ClassVar[type[AdaLoraConfig]] = AdaLoraConfig
-    mergeable = True
-    inference_overhead = "unmerged-matmul"
-    supports_quantized_base = True
+    traits = Traits(mergeable=True, inference_overhead="unmerged-matmul", quantized_base=True)
     # The paper's GLUE and summarisation runs use 5e-4 to 1.2e-3 (Zhang et al., 2023, appendix).
     lr_range = (5e-5, 5e-3, 5e-4)
-    peft_type = "ADALORA"
     # `r` is ignored by peft's AdaLoRA (it warns); `rank_pattern` shrinks only a loaded adapter: peft builds
     # every layer at init_r whatever it says, so a run from this file trains init_r's tensors.
-    peft_fields = frozenset({"init_r", "target_r", "lora_alpha", "lora_dropout", "target_modules", "tinit", "tfinal",
-                             "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step", "r", "rank_pattern"})
-    peft_required = ("target_modules",)
+    peft_fields = PeftFields("ADALORA", {"alpha": "lora_alpha", "dropout": "lora_dropout", "delta_t": "deltaT",
+                                         **{same: same for same in ("init_r", "target_r", "tinit", "tfinal", "beta1",
+                                                                    "beta2", "orth_reg_weight", "total_step")}},
+                             extra=frozenset({"r", "rank_pattern"}))
 
     def trainable_params(self, spec: ModelSpec, cfg: AdaLoraConfig) -> int:
         return sum(cfg.init_r * (lin.in_features + lin.out_features + 1) for lin in selected_linears(spec, cfg))
@@ -131,34 +119,8 @@ class AdaLora(PeftMethod[AdaLoraConfig]):
             loss_terms=frozenset({"lora_A", "lora_B"}),
         )
 
-    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return self.name, {
-            "init_r": raw.get("init_r", 12), "target_r": raw.get("target_r", 8), "alpha": raw.get("lora_alpha", 8),
-            "dropout": raw.get("lora_dropout", 0.0), "targets": targets_from_peft(raw["target_modules"]),
-            "tinit": raw.get("tinit", 0), "tfinal": raw.get("tfinal", 0), "delta_t": raw.get("deltaT", 1),
-            "beta1": raw.get("beta1", 0.85), "beta2": raw.get("beta2", 0.85),
-            "orth_reg_weight": raw.get("orth_reg_weight", 0.5), "total_step": raw.get("total_step"),
-        }
-
-    def peft_config(self, spec: ModelSpec, cfg: AdaLoraConfig) -> PeftConfig:
-        from peft import AdaLoraConfig as PeftAdaLoraConfig
-
-        return PeftAdaLoraConfig(
-            init_r=cfg.init_r,
-            target_r=cfg.target_r,
-            lora_alpha=peft_alpha(cfg.alpha),
-            lora_dropout=cfg.dropout,
-            target_modules=peft_targets(spec, cfg),
-            tinit=cfg.tinit,
-            tfinal=cfg.tfinal,
-            deltaT=cfg.delta_t,
-            beta1=cfg.beta1,
-            beta2=cfg.beta2,
-            orth_reg_weight=cfg.orth_reg_weight,
-            total_step=cfg.planned_total_step(),
-            bias="none",
-            task_type=peft_task_type(spec),
-        )
+    def peft_values(self, spec: ModelSpec, cfg: AdaLoraConfig) -> dict[str, Any]:
+        return super().peft_values(spec, cfg) | {"total_step": cfg.planned_total_step(), "bias": "none"}
 
     def apply(self, model: nn.Module, cfg: AdaLoraConfig) -> nn.Module:
         return _freeze_ranknum(super().apply(model, cfg))

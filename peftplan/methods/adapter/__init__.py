@@ -7,12 +7,12 @@ starts as the identity (zero-initialised up-projection).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from peftplan.errors import UnsupportedError
-from peftplan.methods.base import Method, MethodConfig
+from peftplan.methods.base import Method, MethodConfig, Traits
 
 if TYPE_CHECKING:
     import optuna
@@ -80,10 +80,7 @@ def _adapter_modules() -> tuple[type, type]:
 class BottleneckAdapter(Method[AdapterConfig]):
     name = "adapter"
     summary = "Houlsby bottleneck adapters after attention and MLP; adds layers, cannot merge."
-    config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
-    mergeable = False
-    inference_overhead = "extra-layers"
-    supports_quantized_base = True
+    traits = Traits(mergeable=False, inference_overhead="extra-layers", quantized_base=True)
 
     def check(self, spec: ModelSpec, cfg: AdapterConfig) -> None:
         adapter_sites(spec)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from peftplan.errors import UnsupportedError
-from peftplan.methods.base import Method, MethodConfig
+from peftplan.methods.base import Method, MethodConfig, Traits
 
 if TYPE_CHECKING:
     import optuna
@@ -27,9 +27,7 @@ class BitFit(Method[BitFitConfig]):
     name = "bitfit"
     lr_range = (1e-4, 1e-2, 1e-3)
     summary = "Only bias terms train; tiny and free at inference; needs a model with biases."
-    config_cls: ClassVar[type[BitFitConfig]] = BitFitConfig
-    mergeable = True  # the biases are the model's own; nothing to merge
-    inference_overhead = "none"
+    traits = Traits(mergeable=True, inference_overhead="none")  # the biases are the model's own
 
     def check(self, spec: ModelSpec, cfg: BitFitConfig) -> None:
         if self.trainable_params(spec, cfg) == 0:

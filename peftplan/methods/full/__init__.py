@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
-from peftplan.methods.base import Method, MethodConfig
+from peftplan.methods.base import Method, MethodConfig, Traits
 
 if TYPE_CHECKING:
     import optuna
@@ -22,11 +22,8 @@ class FullConfig(MethodConfig):
 class FullFineTuning(Method[FullConfig]):
     name = "full"
     lr_range = (1e-6, 1e-4, 2e-5)
-    trains_whole_base = True
     summary = "All weights train; best quality ceiling, largest memory; one full copy per task."
-    config_cls: ClassVar[type[FullConfig]] = FullConfig
-    mergeable = True  # nothing to merge: the weights themselves changed
-    inference_overhead = "none"
+    traits = Traits(mergeable=True, inference_overhead="none", whole_base=True)  # the weights themselves changed
 
     def trainable_params(self, spec: ModelSpec, cfg: FullConfig) -> int:
         return spec.total_params

@@ -8,7 +8,7 @@ left unset, they are the MLP down projections.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -20,6 +20,7 @@ from peftplan.methods._peft import (
     targets_from_peft,
 )
 from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods.base import PeftFields, Traits
 from peftplan.methods.ia3.replay import IA3_IN, IA3_OUT
 from peftplan.methods.targets import PRESETS, peft_target_pattern
 
@@ -90,13 +91,9 @@ class IA3(PeftMethod[IA3Config]):
     name = "ia3"
     lr_range = (1e-4, 3e-2, 3e-3)
     summary = "Learned rescaling vectors on activations; tiny, merges into the base."
-    config_cls: ClassVar[type[IA3Config]] = IA3Config
-    mergeable = True
-    inference_overhead = "unmerged-matmul"
-    supports_quantized_base = True
-    peft_type = "IA3"
-    peft_fields = frozenset({"target_modules", "feedforward_modules"})
-    peft_required = ("target_modules", "feedforward_modules")
+    traits = Traits(mergeable=True, inference_overhead="unmerged-matmul", quantized_base=True)
+    peft_fields = PeftFields("IA3", {}, extra=frozenset({"feedforward_modules"}),
+                             required=("target_modules", "feedforward_modules"))
 
     def trainable_params(self, spec: ModelSpec, cfg: IA3Config) -> int:
         feedforward = feedforward_names(spec, cfg)

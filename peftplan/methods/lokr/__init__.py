@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from peftplan.methods._peft import (
-    LowRankConfig,
-    PeftMethod,
-    peft_alpha,
-    peft_targets,
-    selected_linears,
-    suggest_low_rank,
-    targets_from_peft,
-)
-from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods._peft import LowRankConfig, PeftMethod, selected_linears, suggest_low_rank
+from peftplan.methods.base import PeftFields, Traits
 from peftplan.methods.lokr.factors import factorization
 from peftplan.methods.lokr.replay import LOKR
 
 if TYPE_CHECKING:
     import optuna
-    from peft import PeftConfig
 
     from peftplan.models.spec import ModelSpec
     from peftplan.replay.terms import MemoryTerms
@@ -65,15 +56,11 @@ def lokr_layer_params(in_features: int, out_features: int, cfg: LoKrConfig) -> i
 
 
 class LoKr(PeftMethod[LoKrConfig]):
-    supports_conv1d = False
     name = "lokr"
     summary = "Kronecker product of a small full matrix and a low-rank one; very few parameters; merges."
-    config_cls: ClassVar[type[LoKrConfig]] = LoKrConfig
-    mergeable = True
-    inference_overhead = "unmerged-matmul"
-    peft_type = "LOKR"
-    peft_fields = frozenset({"r", "alpha", "module_dropout", "target_modules", "decompose_both", "decompose_factor"})
-    peft_required = ("target_modules",)
+    traits = Traits(mergeable=True, inference_overhead="unmerged-matmul", conv1d=False)
+    peft_fields = PeftFields("LOKR", {"rank": "r", "alpha": "alpha", "dropout": "module_dropout",
+                                      "decompose_both": "decompose_both", "decompose_factor": "decompose_factor"})
 
     def trainable_params(self, spec: ModelSpec, cfg: LoKrConfig) -> int:
         return sum(lokr_layer_params(lin.in_features, lin.out_features, cfg) for lin in selected_linears(spec, cfg))
@@ -93,27 +80,8 @@ class LoKr(PeftMethod[LoKrConfig]):
         }
         return MemoryTerms(adapter_params=sum(a.delta_params for a in adapters.values()), linear_adapters=adapters)
 
-    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return self.name, {"rank": raw.get("r", 8), "alpha": raw.get("alpha", 8),
-                           "dropout": raw.get("module_dropout", 0.0), "targets": targets_from_peft(raw["target_modules"]),
-                           "decompose_both": raw.get("decompose_both", False),
-                           "decompose_factor": raw.get("decompose_factor", -1)}
-
-    def peft_config(self, spec: ModelSpec, cfg: LoKrConfig) -> PeftConfig:
-        from peft import LoKrConfig as PeftLoKrConfig
-
-        return PeftLoKrConfig(
-            r=cfg.rank,
-            alpha=peft_alpha(cfg.alpha),
-            module_dropout=cfg.dropout,
-            decompose_both=cfg.decompose_both,
-            decompose_factor=cfg.decompose_factor,
-            target_modules=peft_targets(spec, cfg),
-            task_type=peft_task_type(spec),
-        )
-
     def search_space(self, trial: optuna.Trial) -> LoKrConfig:
-        return suggest_low_rank(trial, self.config_cls)
+        return suggest_low_rank(trial, LoKrConfig)
 
 
 METHOD = LoKr()

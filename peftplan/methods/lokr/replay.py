@@ -6,32 +6,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from peftplan.methods.lokr.factors import factorization
-from peftplan.replay.symbolic import Sym, const
-from peftplan.replay.terms import AdapterKind, LinearAdapter
+from peftplan.replay.terms import DenseDeltaKind, LinearAdapter
 
 if TYPE_CHECKING:
     from peftplan.models.spec import LinearInfo
     from peftplan.replay.ops import Ops
 
 
-class LokrKind(AdapterKind):
+class LokrKind(DenseDeltaKind):
     name = "lokr"
     rank_meaning = "rank of the Kronecker factor w2, which is stored whole (rank unused) from half its larger side"
-    prior = 0.95
-    # mixed_batches None: a dense delta weight per task.
 
-    def replay(self, ops: Ops, x: Sym, result: Sym, lin: LinearInfo, adapter: LinearAdapter) -> Sym:
+    def delta_bytes(self, ops: Ops, numel: int) -> tuple[int, int, int]:
         # kron(w1, w2) * scale in fp32 (the factors are fp32 parameters); the kron output is a temporary.
-        numel = lin.in_features * lin.out_features
-        ops.g.transient(const(numel * 4))
-        ops.g.backward_temporary(const(numel * (4 + (ops.r.low or 4))))  # the delta's gradient, then upcast
-        delta = Sym.fresh(const(numel), 4, True)
-        out = ops.matmul_sym(ops.cast(x, 4), delta, lin.out_features)
-        return ops.cast(ops.add(result, out), result.itemsize)
-
-    def flops(self, lin: LinearInfo, adapter: LinearAdapter, *, train: bool) -> float:
-        # x @ delta_W: a dense matmul, its input and weight gradients.
-        return (2.0 + 4.0 * train) * lin.in_features * lin.out_features
+        # Backward: the delta's gradient, then its upcast.
+        return 4, numel * 4, numel * (4 + (ops.r.low or 4))
 
     def merge_flops(self, lin: LinearInfo, adapter: LinearAdapter) -> float:
         return float(lin.in_features * lin.out_features)  # the Kronecker product

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from peftplan.errors import UnsupportedError
 from peftplan.methods._peft import (
@@ -12,13 +12,11 @@ from peftplan.methods._peft import (
     peft_alpha,
     selected_targets,
     suggest_low_rank,
-    targets_from_peft,
 )
-from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods.base import PeftFields, Traits
 
 if TYPE_CHECKING:
     import optuna
-    from peft import PeftConfig
     from torch import nn
 
     from peftplan.methods.targets import Selection
@@ -33,16 +31,11 @@ class LoraConfig(QuantizableConfig):
 class Lora(PeftMethod[LoraConfig]):
     name = "lora"
     summary = "Low-rank update B·A on each targeted Linear; merges into the base."
-    config_cls: ClassVar[type[LoraConfig]] = LoraConfig
-    mergeable = True
-    inference_overhead = "unmerged-matmul"
-    supports_quantized_base = True
+    traits = Traits(mergeable=True, inference_overhead="unmerged-matmul", quantized_base=True)
+    peft_fields = PeftFields("LORA", {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout"},
+                             extra=frozenset({"target_parameters", "use_dora", "use_rslora"}))
     use_dora: ClassVar[bool] = False
     use_rslora: ClassVar[bool] = False
-    peft_type = "LORA"
-    peft_fields = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "target_parameters", "use_dora",
-                             "use_rslora"})
-    peft_required = ("target_modules",)
 
     def selection(self, spec: ModelSpec, cfg: TargetedConfig) -> Selection:
         """Linears and, on MoE models, fused experts and routers (peft's `target_parameters`; not for DoRA)."""
@@ -111,19 +104,15 @@ class Lora(PeftMethod[LoraConfig]):
 
     def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         name = "dora" if raw.get("use_dora") else "rslora" if raw.get("use_rslora") else "lora"
-        targets = targets_from_peft(raw["target_modules"])
+        values = super().from_peft(raw)[1]
         parameters = [str(p) for p in raw.get("target_parameters") or []]
-        if parameters and targets and targets[0].startswith("re:"):
+        if parameters and values["targets"] and values["targets"][0].startswith("re:"):
             raise UnsupportedError("adapter_config.json: a regex target_modules with target_parameters is not "
                                    "planned; list the module names")
-        return name, {"rank": raw.get("r", 8), "alpha": raw.get("lora_alpha", 8), "dropout": raw.get("lora_dropout", 0.0),
-                      "targets": targets + parameters}
+        return name, values | {"targets": values["targets"] + parameters}
 
-    def peft_config(self, spec: ModelSpec, cfg: LoraConfig) -> PeftConfig:
-        from peft import LoraConfig as PeftLoraConfig
-
-        from peftplan.methods.moe_targets import RANK_PATTERN_KEY, peft_target_parameters, rewrite_pattern
-        from peftplan.methods.targets import peft_target_pattern
+    def peft_values(self, spec: ModelSpec, cfg: LoraConfig) -> dict[str, Any]:
+        from peftplan.methods.moe_targets import RANK_PATTERN_KEY, peft_target_parameters
 
         selection = self.selection(spec, cfg)
         extra: dict[str, Any] = {}
@@ -132,21 +121,18 @@ class Lora(PeftMethod[LoraConfig]):
         if selection.doubled:  # what peft's own rewrite sets for the fused gate_up (alpha/r unchanged)
             extra["rank_pattern"] = {RANK_PATTERN_KEY: 2 * cfg.rank}
             extra["alpha_pattern"] = {RANK_PATTERN_KEY: peft_alpha(2 * cfg.alpha)}
+        return super().peft_values(spec, cfg) | {"use_dora": self.use_dora, "use_rslora": self.use_rslora,
+                                                  "bias": "none", **extra}
+
+    def peft_target_modules(self, spec: ModelSpec, cfg: TargetedConfig) -> str | list[str]:
+        from peftplan.methods.moe_targets import rewrite_pattern
+        from peftplan.methods.targets import peft_target_pattern
+
+        linears = self.selection(spec, cfg).linears
         # peft rewrites a regex on these model types to leaf names; full names keep exactly the selection.
-        explicit = rewrite_pattern(spec) is not None or not selection.linears
-        targets = sorted(lin.name for lin in selection.linears) if explicit else peft_target_pattern(
-            spec, selection.linears)
-        return PeftLoraConfig(
-            r=cfg.rank,
-            lora_alpha=peft_alpha(cfg.alpha),
-            lora_dropout=cfg.dropout,
-            target_modules=targets,
-            use_dora=self.use_dora,
-            use_rslora=self.use_rslora,
-            bias="none",
-            task_type=peft_task_type(spec),
-            **extra,
-        )
+        if rewrite_pattern(spec) is not None or not linears:
+            return sorted(lin.name for lin in linears)
+        return peft_target_pattern(spec, linears)
 
     def merge(self, model: nn.Module) -> nn.Module:
         from peftplan.methods.quantize import has_quantized_linears, merge_into_dequantized
@@ -156,7 +142,7 @@ class Lora(PeftMethod[LoraConfig]):
         return super().merge(model)
 
     def search_space(self, trial: optuna.Trial) -> LoraConfig:
-        return suggest_low_rank(trial, self.config_cls)
+        return suggest_low_rank(trial, cast("type[LoraConfig]", self.config_cls))  # QLoRA: its own
 
 
 METHOD = Lora()

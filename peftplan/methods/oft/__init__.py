@@ -12,23 +12,16 @@ value to the nearest divisor (with a warning) and builds that, so the count does
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from peftplan.errors import BadInputError, UnsupportedError
-from peftplan.methods._peft import (
-    PeftMethod,
-    TargetedConfig,
-    peft_targets,
-    selected_linears,
-    targets_from_peft,
-)
-from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods._peft import PeftMethod, TargetedConfig, selected_linears
+from peftplan.methods.base import PeftFields, Traits
 
 if TYPE_CHECKING:
     import optuna
-    from peft import PeftConfig
 
     from peftplan.models.spec import LinearInfo, ModelSpec
     from peftplan.replay.terms import MemoryTerms
@@ -97,19 +90,16 @@ def layer_shape(in_features: int, cfg: OftConfig) -> tuple[int, int]:
 
 
 class Oft(PeftMethod[OftConfig]):
-    supports_conv1d = False  # peft 0.21: "Target module Conv1D() is not supported" (TypeError)
     name = "oft"
     summary = "Learned block-diagonal rotation of each Linear's input (Cayley); preserves angles; merges."
-    config_cls: ClassVar[type[OftConfig]] = OftConfig
-    mergeable = True
-    inference_overhead = "unmerged-matmul"
+    # conv1d: peft 0.21 raises "Target module Conv1D() is not supported" (TypeError).
+    traits = Traits(mergeable=True, inference_overhead="unmerged-matmul", conv1d=False)
     # peft's MetaMathQA method comparison trains OFT at its default 1e-4 (AdamW, cosine; the
     # oft/llama-3.2-3B-rank32 experiment overrides no training parameter).
     lr_range = (1e-5, 1e-3, 1e-4)
-    peft_type = "OFT"
-    peft_fields = frozenset({"r", "oft_block_size", "module_dropout", "target_modules", "coft", "eps", "block_share",
-                             "use_cayley_neumann", "num_cayley_neumann_terms"})
-    peft_required = ("target_modules",)
+    peft_fields = PeftFields("OFT", {"block_size": "oft_block_size", "blocks": "r", "dropout": "module_dropout",
+                                     **{same: same for same in ("coft", "eps", "block_share", "use_cayley_neumann",
+                                                                "num_cayley_neumann_terms")}})
 
     def check(self, spec: ModelSpec, cfg: OftConfig) -> None:
         super().check(spec, cfg)
@@ -158,32 +148,8 @@ class Oft(PeftMethod[OftConfig]):
             # peft 0.21's OFTConfig.check_kwargs refuses these files too.
             raise BadInputError("adapter_config.json: an OFT adapter without oft_block_size was written by peft < "
                                 "0.14, whose OFT peft 0.21 cannot load; retrain it with a newer peft")
-        defaults = OftConfig.model_fields
-        return self.name, {
-            "block_size": raw["oft_block_size"],
-            "blocks": raw.get("r", 0),
-            "dropout": raw.get("module_dropout", 0.0),
-            "targets": targets_from_peft(raw["target_modules"]),
-            # Absent fields take peft 0.21's defaults, as peft does when it loads the file.
-            **{key: raw.get(key, defaults[key].default)
-               for key in ("coft", "eps", "block_share", "use_cayley_neumann", "num_cayley_neumann_terms")},
-        }
+        return super().from_peft(raw)
 
-    def peft_config(self, spec: ModelSpec, cfg: OftConfig) -> PeftConfig:
-        from peft import OFTConfig
-
-        return OFTConfig(
-            r=cfg.blocks,
-            oft_block_size=cfg.block_size,
-            module_dropout=cfg.dropout,
-            coft=cfg.coft,
-            eps=cfg.eps,
-            block_share=cfg.block_share,
-            use_cayley_neumann=cfg.use_cayley_neumann,
-            num_cayley_neumann_terms=cfg.num_cayley_neumann_terms,
-            target_modules=peft_targets(spec, cfg),
-            task_type=peft_task_type(spec),
-        )
 
     def search_space(self, trial: optuna.Trial) -> OftConfig:
         block_size = trial.suggest_categorical("block_size", [16, 32, 64])

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from peftplan.methods._peft import (
-    LowRankConfig,
-    PeftMethod,
-    peft_targets,
-    selected_linears,
-    targets_from_peft,
-)
-from peftplan.methods._peft import task_type as peft_task_type
+from peftplan.methods._peft import LowRankConfig, PeftMethod, selected_linears
+from peftplan.methods.base import PeftFields, Traits
 from peftplan.methods.vera.replay import VERA
 
 if TYPE_CHECKING:
     import optuna
-    from peft import PeftConfig
 
     from peftplan.models.spec import ModelSpec
     from peftplan.replay.terms import MemoryTerms
@@ -35,20 +28,12 @@ class Vera(PeftMethod[VeraConfig]):
     name = "vera"
     lr_range = (1e-4, 1e-2, 1e-3)
     summary = "Shared frozen random projections with trainable scaling vectors; tiny; merges."
-    config_cls: ClassVar[type[VeraConfig]] = VeraConfig
-    mergeable = True
-    inference_overhead = "unmerged-matmul"
-    peft_type = "VERA"
-    peft_fields = frozenset({"r", "vera_dropout", "target_modules"})
-    peft_required = ("target_modules",)
+    traits = Traits(mergeable=True, inference_overhead="unmerged-matmul")
+    peft_fields = PeftFields("VERA", {"rank": "r", "dropout": "vera_dropout"})
 
     def trainable_params(self, spec: ModelSpec, cfg: VeraConfig) -> int:
         # lambda_b scales each output feature, lambda_d each rank direction.
         return sum(lin.out_features + cfg.rank for lin in selected_linears(spec, cfg))
-
-    def from_peft(self, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return self.name, {"rank": raw.get("r", 256), "dropout": raw.get("vera_dropout", 0.0),
-                           "targets": targets_from_peft(raw["target_modules"])}
 
     def memory_terms(self, spec: ModelSpec, cfg: VeraConfig) -> MemoryTerms:
         from peftplan.replay.terms import LinearAdapter, MemoryTerms
@@ -68,16 +53,6 @@ class Vera(PeftMethod[VeraConfig]):
             linear_adapters=adapters,
             # peft saves the projections with the adapter (save_projection=True).
             frozen_saved=(("base_model.vera_A", (cfg.rank, widest_in)), ("base_model.vera_B", (widest_out, cfg.rank))),
-        )
-
-    def peft_config(self, spec: ModelSpec, cfg: VeraConfig) -> PeftConfig:
-        from peft import VeraConfig as PeftVeraConfig
-
-        return PeftVeraConfig(
-            r=cfg.rank,
-            vera_dropout=cfg.dropout,
-            target_modules=peft_targets(spec, cfg),
-            task_type=peft_task_type(spec),
         )
 
     def search_space(self, trial: optuna.Trial) -> VeraConfig:

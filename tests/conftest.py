@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny models built from configs, paths to ../shared, an isolated cache."""
+"""Shared fixtures: tiny models built from configs, paths to ../shared, an isolated cache, quiet transformers."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,15 @@ TINY_BERT = {
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Each test session gets its own spec cache, so tests never depend on a developer's cache."""
     os.environ["PEFTPLAN_CACHE_DIR"] = str(tmp_path_factory.mktemp("peftplan-cache"))
+
+
+@pytest.fixture(scope="module")
+def hf() -> Any:
+    """transformers (imported once, quiet), for the tests that build configs and models; skips without torch."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    return transformers
 
 
 @pytest.fixture

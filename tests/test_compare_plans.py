@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_plans.py"
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def compare_plans() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compare_plans", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_plans"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/compare_plans.py", "compare_plans")
 
 
 def _write(compare_plans: ModuleType, root: Path, plan: dict[str, Any], exit_code: int = 0) -> None:

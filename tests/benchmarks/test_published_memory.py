@@ -7,28 +7,15 @@ and that the per-group counts are the row counts.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "published_memory.py"
+from tests.scripts import load_script
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("published_memory", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the script's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _load()
+BENCH = load_script("benchmarks/published_memory.py", "published_memory")
 CSV: Path = BENCH.DEFAULT_CSV
 
 pytestmark = pytest.mark.skipif(not CSV.is_file(), reason=f"{CSV} (the published dev rows) is not beside the project")

@@ -3,12 +3,10 @@ prunes with one, and the replay `benchmarks/pruners.py` scores them with."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import optuna
 import pytest
@@ -17,8 +15,7 @@ from peftplan.harness.search import make_pruner
 from peftplan.harness.suite import parse_suite
 from peftplan.results import TrialStatus, read_result
 from tests.harness.tiny import TINY_SUITE, deep_update, write_suite
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pruners.py"
+from tests.scripts import load_script
 
 
 def suite_with(pruner: dict, **training: int):
@@ -55,18 +52,9 @@ def test_a_bench_prunes_at_the_first_rung_with_successive_halving(tmp_path: Path
     assert second.status == TrialStatus.PRUNED and [v.step for v in second.intermediate] == [2]
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pruners_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the script's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("kind", ["none", "successive_halving", "hyperband", "median"])
 def test_the_benchmark_replays_learning_curves_through_each_pruner(kind: str) -> None:
-    bench = _script()
+    bench = load_script("benchmarks/pruners.py", "pruners_benchmark")
     suite = suite_with({"kind": "median", "startup_trials": 1})
     good = bench.Curve("lora", 0, [(10, 0.9), (20, 0.5), (30, 0.3)], 30, 0.90, 0.5)
     bad = bench.Curve("lora", 1, [(10, 2.0), (20, 1.9), (30, 1.8)], 30, 0.60, 0.5)

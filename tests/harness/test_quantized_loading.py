@@ -116,14 +116,13 @@ def test_quantized_base_is_guarded_before_its_first_evaluation_and_trains_exact_
     """The base latency is an eval-mode no-grad forward of the quantized base, before the method is applied: on a
     CPU with avx512_bf16 that forward would repack the 4-bit weights, and every later LoRA gradient would be wrong."""
     import bitsandbytes as bnb
-    from peft.tuners.lora import LoraLayer
 
     from peftplan.harness.loading import WeightsSource, load_base
     from peftplan.harness.measure import measure_speed
     from peftplan.harness.suite import LoadedSuite, ModelSection, parse_suite
     from peftplan.harness.tasks import collate
     from peftplan.methods import get_method
-    from peftplan.methods.quantize import _dequantized_weight
+    from tests.harness.qlora_reference import nonzero_lora_b, quantized_and_reference_grads
     from tests.harness.test_train import items
     from tests.harness.tiny import TINY_MODEL, TINY_SUITE
 
@@ -142,30 +141,13 @@ def test_quantized_base_is_guarded_before_its_first_evaluation_and_trains_exact_
     peft_model = method.apply(model, method.make_config(rank=4, quant="nf4"))
     after = [m for m in peft_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert [m.weight for m in after] == weights  # not quantized a second time
-    for module in peft_model.modules():  # a non-zero B, so gradients reach A through the quantized base too
-        if isinstance(module, LoraLayer):
-            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.02)
-    batch = collate(items(8), 0)
-    peft_model.train()
-    peft_model(**batch).loss.backward()
-    grads = {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
-    peft_model.zero_grad(set_to_none=True)
-    for module in list(peft_model.modules()):  # the reference: plain Linears holding the dequantized weights
-        if isinstance(module, LoraLayer) and isinstance(module.base_layer, bnb.nn.Linear4bit):
-            base = module.base_layer
-            plain = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
-            with torch.no_grad():
-                plain.weight.copy_(_dequantized_weight(base))
-                if base.bias is not None:
-                    plain.bias.copy_(base.bias)
-            plain.requires_grad_(False)
-            module.base_layer = plain
-    peft_model(**batch).loss.backward()
+    nonzero_lora_b(peft_model)
+    grads, reference = quantized_and_reference_grads(peft_model, collate(items(8), 0))
     # The base computes in bf16 (its compute dtype), the reference in fp32: a whole tensor's relative error
     # is a few thousandths; repacked weights give 0.59 (STACK.md).
-    for name, param in peft_model.named_parameters():
-        if param.requires_grad:
-            assert float((param.grad - grads[name]).norm() / param.grad.norm()) < 0.02, name
+    assert grads.keys() == reference.keys()
+    for name, grad in grads.items():
+        assert float((reference[name] - grad).norm() / reference[name].norm()) < 0.02, name
 
 
 @pytest.mark.parametrize("quant", ["fp4", "int8"])

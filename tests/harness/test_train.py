@@ -13,6 +13,7 @@ from peftplan.harness.tasks import Encoded, PromptFormatter
 from peftplan.harness.train import TrainSettings, evaluate_loss, train
 from peftplan.methods import get_method
 from peftplan.models.build import build_model
+from tests.harness.qlora_reference import nonzero_lora_b, quantized_and_reference_grads
 from tests.harness.tiny import TINY_MODEL
 
 torch.set_num_threads(1)
@@ -80,40 +81,18 @@ def test_memory_cap_raises_at_the_crossing_allocation() -> None:
 def test_qlora_gradients_after_an_eval_forward_match_the_dequantized_weight() -> None:
     """An eval-mode no-grad forward (what evaluate_loss runs) must not corrupt the next LoRA gradients."""
     import bitsandbytes as bnb
-    from peft.tuners.lora import LoraLayer
 
-    from peftplan.methods.quantize import _dequantized_weight
+    from peftplan.harness.tasks import collate
 
     method = get_method("qlora")
     model = method.apply(tiny_model(), method.make_config(rank=4, quant="nf4"))
-    for module in model.modules():  # a non-zero B, so gradients reach A through the quantized base too
-        if isinstance(module, LoraLayer):
-            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.02)
+    nonzero_lora_b(model)
     data = items(16)
     evaluate_loss(model, data, 0, batch_size=8, device="cpu", autocast="bf16")
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized and all(m.support_avx512bf16_for_cpu is False for m in quantized)
 
-    from peftplan.harness.tasks import collate
-
-    batch = collate(data[:8], 0)
-    model.train()
-    model(**batch).loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad(set_to_none=True)
-
-    # The reference: the same adapters on plain Linear layers holding the dequantized weights.
-    for module in list(model.modules()):
-        if isinstance(module, LoraLayer) and isinstance(module.base_layer, bnb.nn.Linear4bit):
-            base = module.base_layer
-            plain = torch.nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
-            with torch.no_grad():
-                plain.weight.copy_(_dequantized_weight(base))
-                if base.bias is not None:
-                    plain.bias.copy_(base.bias)
-            plain.requires_grad_(False)
-            module.base_layer = plain
-    model(**batch).loss.backward()
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            torch.testing.assert_close(param.grad, grads[name], rtol=1e-3, atol=1e-6)
+    grads, reference = quantized_and_reference_grads(model, collate(data[:8], 0))
+    assert grads.keys() == reference.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(reference[name], grad, rtol=1e-3, atol=1e-6)

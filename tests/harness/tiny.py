@@ -8,18 +8,14 @@ from typing import Any
 
 import yaml
 
-# A tiny Llama with biases (so BitFit applies) and a vocabulary that fits the built-in byte tokenizer.
+from tests.conftest import TINY_LLAMA
+
+# The shared tiny Llama (tests/conftest.py) with biases (so BitFit applies), a vocabulary that fits the built-in
+# byte tokenizer (259 tokens, `harness.loading.byte_tokenizer`) and its special-token ids, and room for longer sequences.
 TINY_MODEL: dict[str, Any] = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    **TINY_LLAMA,
     "vocab_size": 260,
     "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
     "attention_bias": True,
     "pad_token_id": 0,
     "bos_token_id": 1,

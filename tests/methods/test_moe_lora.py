@@ -26,10 +26,7 @@ TARGETS = [
 
 
 @pytest.fixture(scope="module")
-def peft() -> Any:
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
+def peft(hf: Any) -> Any:
     return pytest.importorskip("peft")
 
 

@@ -130,15 +130,6 @@ def _mismatch(built: Any, expected: Any, where: str) -> str | None:
     return None if built == expected else f"{where}: {built!r} != {expected!r}"
 
 
-@pytest.fixture(scope="module")
-def hf() -> Any:
-    """transformers (imported once, quiet), for the tests that build configs and models."""
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    return transformers
-
-
 # --- agreement with the real config.json files -------------------------------------------------------
 
 

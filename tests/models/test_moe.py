@@ -44,14 +44,6 @@ PUBLISHED_ACTIVE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hf() -> Any:
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    return transformers
-
-
 @pytest.mark.parametrize("model_id", sorted(PUBLISHED_TOTALS))
 def test_meta_build_equals_the_published_total(hf: Any, model_id: str) -> None:
     model = build_model(catalog_config_dict(model_id))

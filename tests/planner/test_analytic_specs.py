@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from peftplan.models import config_digest, get_spec, shipped_spec, shipped_spec_path
 from peftplan.models.catalog import catalog_config_dict, catalog_ids
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _builder():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "build_model_specs", ROOT / "scripts" / "build_model_specs.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 @pytest.mark.parametrize("model_id", catalog_ids())
@@ -38,7 +24,7 @@ def test_every_catalog_model_ships_a_current_spec(model_id: str) -> None:
     "model_id", ["HuggingFaceTB/SmolLM2-135M", "google/gemma-2-2b", "openai-community/gpt2"]
 )
 def test_rebuilding_gives_the_shipped_bytes(model_id: str) -> None:
-    assert _builder().spec_file_bytes(model_id) == shipped_spec_path(model_id).read_bytes()
+    assert load_script("scripts/build_model_specs.py", "build_model_specs").spec_file_bytes(model_id) == shipped_spec_path(model_id).read_bytes()
 
 
 def test_a_changed_config_does_not_use_the_shipped_spec() -> None:

@@ -11,22 +11,13 @@ import pytest
 
 import peftplan
 from peftplan.cli import main
+from peftplan.methods import method_names
+from peftplan.planner.context import MemoryBreakdown
 from tests.conftest import TINY_LLAMA
 
 SMOL = "HuggingFaceTB/SmolLM2-135M"
-MEMORY_FIELDS = {
-    "weights",
-    "quant_constants",
-    "adapter",
-    "gradients",
-    "optimizer",
-    "activations",
-    "logits",
-    "overhead",
-    "peak_allocated",
-    "reserved",
-    "total",
-}
+# DESIGN.md's memory object: the parts of peak_allocated, then what the device shows.
+MEMORY_FIELDS = {*MemoryBreakdown.COMPONENTS, "overhead", "peak_allocated", "reserved", "total"}
 METHOD_FIELDS = {
     "method",
     "config",
@@ -58,28 +49,16 @@ def test_json_follows_the_design_contract(capsys: pytest.CaptureFixture[str]) ->
     assert data["budget"]["vram_bytes"] == 8 << 30
     assert {"seq_len", "batch_size", "grad_checkpointing", "optimizer", "dtype"} <= set(data["training"])
     assert {"method", "config", "reasons"} <= set(data["recommendation"])
-    names = [m["method"] for m in data["methods"]]
-    assert {
-        "full",
-        "lora",
-        "qlora",
-        "dora",
-        "ia3",
-        "prefix",
-        "prompt",
-        "adapter",
-        "loha",
-        "lokr",
-        "vera",
-    } <= set(names)
+    # Every registered method, in the registry's order, is planned or skipped with a reason.
     assert [s["method"] for s in data["skipped"]] == ["bitfit"]  # SmolLM2 has no biases
+    assert [m["method"] for m in data["methods"]] == [name for name in method_names() if name != "bitfit"]
     for entry in data["methods"]:
         assert METHOD_FIELDS <= set(entry), entry["method"]
         # Fields may be added (paged optimizer states and host bytes are outside peak_allocated).
         assert set(entry["memory"]) == MEMORY_FIELDS | {"paged", "host"}
         assert entry["predicts"] == "peak_allocated"
         memory = entry["memory"]
-        parts = sum(memory[k] for k in MEMORY_FIELDS - {"overhead", "peak_allocated", "reserved", "total"})
+        parts = sum(memory[k] for k in MemoryBreakdown.COMPONENTS)
         assert parts == memory["peak_allocated"]
         assert memory["total"] == memory["reserved"] + memory["overhead"]
         assert entry["fits"] == (memory["total"] <= data["budget"]["vram_bytes"])

@@ -16,18 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftplan.results import (
-    Forgetting,
-    IntermediateValue,
-    Latency,
-    MemoryMeasurement,
-    Metrics,
-    Provenance,
-    TrialResult,
-    TrialStatus,
-    config_hash,
-    write_result,
-)
+from peftplan.results import TrialResult, TrialStatus, config_hash, write_result
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SUITE_NAME = "smoke"
@@ -45,30 +34,29 @@ class PlannedTrial:
     error: str | None = None
 
 
+def low_rank(rank: int, lr: float, targets: str) -> dict[str, Any]:
+    """A LoRA-family trial's params, alpha at twice the rank."""
+    return {"rank": rank, "alpha": 2 * rank, "lr": lr, "targets": targets}
+
+
 # Per method: whether it merges, its base memory, decode speed unmerged (base is 40 tok/s), and its trials.
 PLAN: dict[str, dict[str, Any]] = {
     "lora": {
         "mergeable": True, "unmerged_tps": 33.0, "adapter_mib": 3.5, "trainable": 1_843_200,
         "trials": [
-            PlannedTrial(TrialStatus.SUCCESS, {"rank": 16, "alpha": 32, "lr": 1.0e-4, "targets": "all-linear"},
-                         0.861, 0.042, 912.0),
-            PlannedTrial(TrialStatus.SUCCESS, {"rank": 8, "alpha": 16, "lr": 3.0e-4, "targets": "attn"},
-                         0.874, 0.051, 868.0),
-            PlannedTrial(TrialStatus.PRUNED, {"rank": 4, "alpha": 8, "lr": 1.5e-5, "targets": "attn"},
-                         intermediate=[0.92, 0.88]),
-            PlannedTrial(TrialStatus.SUCCESS, {"rank": 32, "alpha": 64, "lr": 2.0e-4, "targets": "all-linear"},
-                         0.868, 0.066, 951.0),
+            PlannedTrial(TrialStatus.SUCCESS, low_rank(16, 1.0e-4, "all-linear"), 0.861, 0.042, 912.0),
+            PlannedTrial(TrialStatus.SUCCESS, low_rank(8, 3.0e-4, "attn"), 0.874, 0.051, 868.0),
+            PlannedTrial(TrialStatus.PRUNED, low_rank(4, 1.5e-5, "attn"), intermediate=[0.92, 0.88]),
+            PlannedTrial(TrialStatus.SUCCESS, low_rank(32, 2.0e-4, "all-linear"), 0.868, 0.066, 951.0),
         ],
     },
     "qlora": {
         "mergeable": False, "unmerged_tps": 21.0, "adapter_mib": 3.5, "trainable": 1_843_200,
         "trials": [
-            PlannedTrial(TrialStatus.SUCCESS, {"rank": 16, "alpha": 32, "lr": 1.0e-4, "targets": "all-linear"},
-                         0.852, 0.047, 611.0),
-            PlannedTrial(TrialStatus.OOM, {"rank": 64, "alpha": 128, "lr": 2.0e-4, "targets": "all-linear"},
+            PlannedTrial(TrialStatus.SUCCESS, low_rank(16, 1.0e-4, "all-linear"), 0.852, 0.047, 611.0),
+            PlannedTrial(TrialStatus.OOM, low_rank(64, 2.0e-4, "all-linear"),
                          error="CUDA out of memory: tried to allocate 256.00 MiB (trial memory cap 1.0 GiB)"),
-            PlannedTrial(TrialStatus.SUCCESS, {"rank": 8, "alpha": 16, "lr": 2.5e-4, "targets": "attn"},
-                         0.858, 0.055, 574.0),
+            PlannedTrial(TrialStatus.SUCCESS, low_rank(8, 2.5e-4, "attn"), 0.858, 0.055, 574.0),
         ],
     },
     "ia3": {
@@ -146,71 +134,72 @@ def _write_study(path: Path, study_name: str, method: str) -> None:
         ))
 
 
-def _provenance(start_minute: int) -> Provenance:
-    return Provenance(
-        peftplan_version="0.1.0",
-        packages={"torch": "2.13.0", "transformers": "5.2.0", "peft": "0.21.0", "optuna": "5.0.0"},
-        python="3.11.7",
-        platform="Linux-x86_64",
-        device="cpu",
-        device_name="cpu (2 cores)",
-        hostname="bench-host",
-        git_commit="0123abcd",
-        started_at=f"2026-11-20T23:{start_minute:02d}:00+00:00",
-        finished_at=f"2026-11-20T23:{start_minute + 3:02d}:30+00:00",
-    )
+def _provenance(start_minute: int) -> dict[str, Any]:
+    return {
+        "peftplan_version": "0.1.0",
+        "packages": {"torch": "2.13.0", "transformers": "5.2.0", "peft": "0.21.0", "optuna": "5.0.0"},
+        "python": "3.11.7",
+        "platform": "Linux-x86_64",
+        "device": "cpu",
+        "device_name": "cpu (2 cores)",
+        "hostname": "bench-host",
+        "git_commit": "0123abcd",
+        "started_at": f"2026-11-20T23:{start_minute:02d}:00+00:00",
+        "finished_at": f"2026-11-20T23:{start_minute + 3:02d}:30+00:00",
+    }
 
 
 def _result(method: str, number: int, planned: PlannedTrial, suite_hash: str, model: str, rng: random.Random,
             minute: int, *, task: str, tag: str | None) -> TrialResult:
+    """One trial's result, written as its file reads (the schema validates it)."""
     info = PLAN[method]
     params = dict(planned.params)
     if tag is not None and number == 0:  # a user string among the searched params
         params["tag"] = tag
     config = {"method": method, **params, "dropout": 0.05, "training": SUITE["training"]}
     ok = planned.status is TrialStatus.SUCCESS
-    metrics = Metrics(
-        task_metric=planned.metric,
-        task_metric_name="accuracy",
-        eval_loss=planned.intermediate[-1] if planned.intermediate else (0.4 if ok else None),
-        train_loss=0.35 if ok else None,
-        train_tokens_per_s=round(rng.uniform(900, 1300), 1) if ok else None,
-        train_time_s=140.0 if ok else None,
-        wall_time_s=190.0,
-        steps=60 if ok else 40,
-        trainable_params=info["trainable"] * planned.params.get("rank", 16) // 16,
-        total_params=134_515_008,
-        adapter_bytes=int(info["adapter_mib"] * MiB) if ok else None,
-    )
+    metrics = {
+        "task_metric": planned.metric,
+        "task_metric_name": "accuracy",
+        "eval_loss": planned.intermediate[-1] if planned.intermediate else (0.4 if ok else None),
+        "train_loss": 0.35 if ok else None,
+        "train_tokens_per_s": round(rng.uniform(900, 1300), 1) if ok else None,
+        "train_time_s": 140.0 if ok else None,
+        "wall_time_s": 190.0,
+        "steps": 60 if ok else 40,
+        "trainable_params": info["trainable"] * planned.params.get("rank", 16) // 16,
+        "total_params": 134_515_008,
+        "adapter_bytes": int(info["adapter_mib"] * MiB) if ok else None,
+    }
     memory = None
     if planned.peak_mib is not None:
         measured = int(planned.peak_mib * MiB)
         predicted = int(measured * rng.uniform(0.95, 1.06))
-        memory = MemoryMeasurement(
-            source="cpu-livebytes", peak_allocated=measured, rss_peak=measured + 400 * MiB,
-            predicted={"weights": predicted // 2, "adapter": predicted // 50, "peak_allocated": predicted,
-                       "reserved": predicted, "overhead": 0, "total": predicted},
-            predicted_engine="traced",
-        )
+        memory = {
+            "source": "cpu-livebytes", "peak_allocated": measured, "rss_peak": measured + 400 * MiB,
+            "predicted": {"weights": predicted // 2, "adapter": predicted // 50, "peak_allocated": predicted,
+                          "reserved": predicted, "overhead": 0, "total": predicted},
+            "predicted_engine": "traced",
+        }
     latency = None
     if ok:
-        latency = Latency(decode_base=40.0, decode_unmerged=info["unmerged_tps"],
-                          decode_merged=39.6 if info["mergeable"] else None, prefill_base=2100.0,
-                          prefill_unmerged=1800.0, prefill_merged=2080.0 if info["mergeable"] else None,
-                          adapter_load_s=0.05)
+        latency = {"decode_base": 40.0, "decode_unmerged": info["unmerged_tps"],
+                   "decode_merged": 39.6 if info["mergeable"] else None, "prefill_base": 2100.0,
+                   "prefill_unmerged": 1800.0, "prefill_merged": 2080.0 if info["mergeable"] else None,
+                   "adapter_load_s": 0.05}
     forgetting = None
     if planned.forgetting is not None:
-        forgetting = Forgetting(probe="wikitext2-valid", tokens=8192, loss_base=3.1,
-                                loss_adapted=3.1 + planned.forgetting, delta=planned.forgetting)
-    return TrialResult(
-        suite_name=SUITE_NAME, suite_hash=suite_hash, study_name=study_name(method), model=model,
-        task=task, method=method, label=method, trial_number=number, params=params, config=config,
-        config_hash=config_hash(config),
-        status=planned.status, error=planned.error, metrics=metrics, forgetting=forgetting, latency=latency,
-        memory=memory,
-        intermediate=[IntermediateValue(step=20 * (i + 1), eval_loss=v) for i, v in enumerate(planned.intermediate)],
-        provenance=_provenance(minute),
-    )
+        forgetting = {"probe": "wikitext2-valid", "tokens": 8192, "loss_base": 3.1,
+                      "loss_adapted": 3.1 + planned.forgetting, "delta": planned.forgetting}
+    return TrialResult.model_validate({
+        "suite_name": SUITE_NAME, "suite_hash": suite_hash, "study_name": study_name(method), "model": model,
+        "task": task, "method": method, "label": method, "trial_number": number, "params": params, "config": config,
+        "config_hash": config_hash(config),
+        "status": planned.status, "error": planned.error, "metrics": metrics, "forgetting": forgetting,
+        "latency": latency, "memory": memory,
+        "intermediate": [{"step": 20 * (i + 1), "eval_loss": v} for i, v in enumerate(planned.intermediate)],
+        "provenance": _provenance(minute),
+    })
 
 
 def make_run_dir(path: Path, *, model: str = MODEL, methods: tuple[str, ...] = tuple(PLAN), seed: int = 0,

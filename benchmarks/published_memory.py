@@ -406,13 +406,9 @@ def longest_fitting(fits: Callable[[int], bool], guess: int, *, high: int = SEQ_
                 good = probe
                 break
             bad = probe
-    while bad - good > max(1, good // 1000):
-        mid = (good + bad) // 2
-        if fits(mid):
-            good = mid
-        else:
-            bad = mid
-    return good
+    from peftplan.planner.fit import bisect
+
+    return bisect(fits, good, bad, relative=0.001)
 
 
 def score_row(row: dict[str, str], recipe: Recipe, *, stack_aware: bool, accepted: set[str]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Options shared by commands that take a model and method knobs (`methods`, `plan`, `trace`).
 
-A group of options is declared once, as the fields of a dataclass (`MethodOptions`, `KnobOptions`); a
+A group of options is declared once, as the fields of a dataclass (`MethodOptions`, `StepOptions`,
+`KnobOptions`); a
 command takes the group as one keyword-only parameter annotated with it, and `@option_groups` shows
 typer the group's options in that place and hands the command the filled dataclass.
 """
@@ -39,9 +40,24 @@ class MethodOptions:
         return asdict(self)
 
 
-# The training stack, shared by `plan` and `trace` (its knobs: `KnobOptions`).
-StackOpt = Annotated[str, typer.Option(help="Training stack whose memory techniques to price: hf, trl, unsloth, axolotl, llama-factory, torchtune, litgpt.")]
-GradCkptOpt = Annotated[bool | None, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default: the stack's; on for hf, as TRL and most PEFT recipes train).")]
+_OPTIMIZERS = "adamw, adamw-fp32, adamw8bit, paged-adamw8bit, paged-adamw, sgd, ..."
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The training step `plan` and `trace` price: the stack (its knobs: `KnobOptions`), shape and dtypes."""
+
+    stack: Annotated[str, typer.Option(help="Training stack whose memory techniques to price: hf, trl, unsloth, axolotl, llama-factory, torchtune, litgpt.")] = "hf"
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1
+    grad_ckpt: Annotated[bool | None, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing (default: the stack's; on for hf, as TRL and most PEFT recipes train).")] = None
+    optimizer: Annotated[str | None, typer.Option(help=f"{_OPTIMIZERS} (default: the stack's).")] = None
+    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16"
+    attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa"
+
+    def to_dict(self) -> dict[str, Any]:
+        """By field name, as `PlanRequest` and `api.train_context` take them."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,7 @@ class KnobOptions:
         return {name: getattr(self, name) for name in KNOB_NAMES}
 
 
-_GROUPS = (MethodOptions, KnobOptions)
+_GROUPS = (MethodOptions, StepOptions, KnobOptions)
 
 
 def option_groups(command: Callable[..., None]) -> Callable[..., None]:

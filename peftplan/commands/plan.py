@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import typer
 
 from peftplan.commands._options import (
     FORMATS,
-    GradCkptOpt,
     KnobOptions,
     MethodOptions,
-    StackOpt,
+    StepOptions,
     check_format,
     option_groups,
 )
 from peftplan.errors import BadInputError
-from peftplan.planner.context import Optimizer
 
 
 @option_groups
@@ -31,18 +29,12 @@ def plan_command(
     gpus: Annotated[int, typer.Option(help="Number of GPUs.")] = 1,
     shard: Annotated[str, typer.Option(help="none (DDP), fsdp or zero3 (shard weights, grads and states), zero2 (grads and states).")] = "none",
     cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="With --shard: optimizer states (and for fsdp/zero3 the weights) on the host.")] = False,
-    stack: StackOpt = "hf",
+    step: StepOptions,
     knobs: KnobOptions,
     lengths: Annotated[Path | None, typer.Option(help="Token counts of the examples (one per line), or a .jsonl dataset with --tokenizer: peak at the longest, time at the mean.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (local directory or Hub id) to count a --lengths dataset.")] = None,
     lengths_field: Annotated[str | None, typer.Option("--lengths-field", help="The text field of a --lengths dataset.")] = None,
     gpu_profiles: Annotated[Path | None, typer.Option("--gpu-profiles", help="A TOML file of extra GPU profiles.")] = None,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Micro-batch size per GPU.")] = 1,
-    grad_ckpt: GradCkptOpt = None,
-    optimizer: Annotated[str | None, typer.Option(help=", ".join(get_args(Optimizer)) + " (default: the stack's).")] = None,
-    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit trains under autocast).")] = "bf16",
-    attn: Annotated[str, typer.Option("--attn", help="Attention kernel: sdpa, flash or eager.")] = "sdpa",
     device: Annotated[str, typer.Option(help="Whose kernels to model: cuda (default) or cpu.")] = "cuda",
     adapter: MethodOptions,
     tasks: Annotated[int, typer.Option(help="How many adapted tasks will be served.")] = 1,
@@ -76,9 +68,8 @@ def plan_command(
 
     plan = api_plan(PlanRequest(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=shard,
-        cpu_offload=cpu_offload, stack=stack, lengths=lengths, tokenizer=tokenizer, lengths_field=lengths_field,
-        knobs=knobs.to_dict(), gpu_profiles=gpu_profiles, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
-        optimizer=optimizer, dtype=dtype, attn=attn, device=device, **adapter.to_dict(), tasks=tasks,
+        cpu_offload=cpu_offload, **step.to_dict(), lengths=lengths, tokenizer=tokenizer, lengths_field=lengths_field,
+        knobs=knobs.to_dict(), gpu_profiles=gpu_profiles, device=device, **adapter.to_dict(), tasks=tasks,
         switching=switching, examples=examples, train_tokens=train_tokens,
         epochs=epochs, mfu=mfu, fit_search=fit_search, trust_remote_code=trust_remote_code,
         engine=engine, serve_gpu=serve_gpu, serve_vram=serve_vram,

@@ -8,10 +8,9 @@ from typing import Annotated, Any, get_args
 import typer
 
 from peftplan.commands._options import (
-    GradCkptOpt,
     KnobOptions,
     MethodOptions,
-    StackOpt,
+    StepOptions,
     check_format,
     option_groups,
     print_json,
@@ -42,17 +41,8 @@ def trace_command(
     *,
     model: Annotated[str, typer.Option("--model", "-m", help="Catalog id, local path or Hub id.")],
     adapter: MethodOptions,
-    stack: StackOpt = "hf",
+    step: StepOptions,
     knobs: KnobOptions,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 2048,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 1,
-    grad_ckpt: GradCkptOpt = None,
-    optimizer: Annotated[
-        str | None, typer.Option(help="adamw, adamw-fp32, adamw8bit, paged-adamw8bit, paged-adamw, sgd, ... "
-                                      "(default: the stack's).")
-    ] = None,
-    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (16-bit: weights and autocast).")] = "bf16",
-    attn: Annotated[str, typer.Option("--attn", help="sdpa, flash or eager.")] = "sdpa",
     full_depth: Annotated[
         bool, typer.Option("--full-depth", help="Trace every block; no extrapolation.")
     ] = False,
@@ -69,13 +59,13 @@ def trace_command(
     from peftplan.api import train_context
     from peftplan.planner.context import Attention, Dtype
 
-    for name, value in (("seq-len", seq_len), ("batch-size", batch_size), ("top", top)):
+    for name, value in (("seq-len", step.seq_len), ("batch-size", step.batch_size), ("top", top)):
         if value < 1:
             raise BadInputError(f"--{name} must be a positive integer, got {value}")
     # The same TrainContext as plan's: the stack's knobs, with the user's overrides.
     ctx = train_context(
-        stack=stack, knobs=knobs.to_dict(), grad_ckpt=grad_ckpt, seq_len=seq_len, batch_size=batch_size,
-        optimizer=optimizer, dtype=_choice("dtype", dtype, Dtype), attn=_choice("attention kernel", attn, Attention),
+        **step.to_dict() | {"dtype": _choice("dtype", step.dtype, Dtype), "attn": _choice("attention kernel", step.attn, Attention)},
+        knobs=knobs.to_dict(),
         gpus=1, shard="none", cpu_offload=False, device="cpu",
     )
     from peftplan.api import method_configs

@@ -17,20 +17,16 @@ from __future__ import annotations
 import random
 from typing import Any
 
-PARITY = {
-    "kind": "classification",
-    "name": "parity (generated)",
-    "prompt": "Number: {number}\nIs it even or odd? Answer:",
-    "target": "{label}",
-    "labels": {"even": "even", "odd": "odd"},
-}
-WORDGROUPS = {
-    "kind": "classification",
-    "name": "wordgroups (generated)",
-    "prompt": "Word: {word}\nGroup:",
-    "target": "{group}",
-    "labels": {"animal": "red", "food": "blue"},
-}
+
+def _task(kind: str, name: str, prompt: str, target: str, **rest: Any) -> dict[str, Any]:
+    """A task definition as a suite's `tasks:` entry spells it."""
+    return {"kind": kind, "name": f"{name} (generated)", "prompt": prompt, "target": target, **rest}
+
+
+PARITY = _task("classification", "parity", "Number: {number}\nIs it even or odd? Answer:", "{label}",
+               labels={"even": "even", "odd": "odd"})
+WORDGROUPS = _task("classification", "wordgroups", "Word: {word}\nGroup:", "{group}",
+                   labels={"animal": "red", "food": "blue"})
 ANIMALS = (
     "cat dog horse cow sheep goat pig tiger lion bear wolf fox deer rabbit mouse rat eagle owl hawk crow duck "
     "goose swan frog toad snake lizard turtle shark whale dolphin seal otter beaver squirrel camel zebra giraffe "
@@ -45,12 +41,7 @@ FOODS = (
     "dumpling sushi curry stew porridge cereal honey jam chocolate candy popcorn pretzel cracker biscuit omelet "
     "toast donut bagel croissant tofu lentil walnut almond peanut cashew raisin"
 ).split()
-ADDITION = {
-    "kind": "generation",
-    "name": "addition (generated)",
-    "prompt": "{a} + {b} =",
-    "target": "{sum}",
-}
+ADDITION = _task("generation", "addition", "{a} + {b} =", "{sum}")
 DEFINITIONS: dict[str, dict[str, Any]] = {"wordgroups": WORDGROUPS, "parity": PARITY, "addition": ADDITION}
 
 

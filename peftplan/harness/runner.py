@@ -362,12 +362,7 @@ class BenchRunner:
             status=TrialStatus(status),
             error=error,
             metrics=metrics,
-            forgetting=outcome.forgetting,
-            latency=outcome.latency,
-            memory=outcome.memory,
-            distributed=outcome.distributed,
-            intermediate=outcome.intermediate,
-            provenance=outcome.provenance,
+            **outcome.measured(),
         )
 
     def _write(self, key: str, entry: MethodEntry, number: int, config: dict[str, Any], params: dict[str, Any],

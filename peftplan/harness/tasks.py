@@ -193,7 +193,8 @@ def score_task(
 ) -> TaskScore:
     """The task metric on `examples` (call under no_grad / eval mode)."""
     if info.kind == "generation":
-        return _score_generation(model, formatter, examples, info, device, batch_size, max_new_tokens)
+        return _score_generation(model, formatter, examples, re.compile(info.answer_regex), device, batch_size,
+                                 max_new_tokens)
     pad = pad_id(formatter.tokenizer)
     candidates: list[Encoded] = []
     for example in examples:
@@ -257,17 +258,10 @@ def macro_f1(predictions: Sequence[int], golds: Sequence[int], classes: int) -> 
     return sum(scores) / max(classes, 1)
 
 
-def _score_generation(
-    model: nn.Module,
-    formatter: PromptFormatter,
-    examples: Sequence[Example],
-    info: TaskInfo,
-    device: str,
-    batch_size: int,
-    max_new_tokens: int,
-) -> TaskScore:
+def _score_generation(model: nn.Module, formatter: PromptFormatter, examples: Sequence[Example], regex: re.Pattern[str],
+                      device: str, batch_size: int, max_new_tokens: int) -> TaskScore:
+    """Exact match of the answer `regex` finds in each greedy generation's first line."""
     tokenizer = formatter.tokenizer
-    regex = re.compile(info.answer_regex)
     pad = pad_id(tokenizer)
     correct: list[int] = []
     for group in chunks(examples, batch_size):

@@ -29,7 +29,6 @@ FORMAT_STACKS: dict[str, tuple[str, ...]] = {
 # transformers' `optim` names (TrainingArguments.optim) for ours.
 HF_OPTIM = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit", "paged-adamw8bit": "paged_adamw_8bit",
             "sgd": "sgd", "adafactor": "adafactor"}
-LORA_FAMILY = ("lora", "qlora", "dora", "qdora", "rslora")
 
 
 @dataclass(frozen=True)
@@ -99,15 +98,18 @@ def _require(fmt: str, ctx: TrainContext, allowed: dict[str, tuple[Any, ...]]) -
 
 def _lora_fields(chosen: Chosen, fmt: str) -> dict[str, Any]:
     """Rank, alpha, dropout, the targeted leaf names and the quantization of a LoRA-family config."""
+    from peftplan.methods import all_methods
     from peftplan.methods._peft import selected_linears
+    from peftplan.methods.lora import Lora
 
-    name = chosen.method.name
-    if name not in LORA_FAMILY:
-        raise _refuse(fmt, f"method {name!r} (it emits {', '.join(LORA_FAMILY)})")
+    method = chosen.method
+    if not isinstance(method, Lora):
+        family = ", ".join(m.name for m in all_methods() if isinstance(m, Lora))
+        raise _refuse(fmt, f"method {method.name!r} (it emits the LoRA family: {family})")
     cfg: Any = chosen.cfg
     leaves = sorted({lin.leaf for lin in selected_linears(chosen.spec, cfg)})
     return {"rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "targets": leaves, "quant": cfg.quant,
-            "dora": name in ("dora", "qdora"), "rslora": name == "rslora"}
+            "dora": method.use_dora, "rslora": method.use_rslora}
 
 
 def _peft(chosen: Chosen) -> str:
@@ -285,7 +287,7 @@ TORCHTUNE_OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adamw8bit": "bitsandbytes
                         "paged-adamw8bit": "bitsandbytes.optim.PagedAdamW8bit"}
 
 
-def torchtune_recipe(model_id: str, method: str) -> tuple[str, str]:
+def torchtune_recipe(model_id: str, whole_base: bool, quantized: bool) -> tuple[str, str]:
     """(recipe, config) of torchtune 0.6 for a model and method.
 
     Raises:
@@ -294,10 +296,10 @@ def torchtune_recipe(model_id: str, method: str) -> tuple[str, str]:
     prefix = TORCHTUNE_MODELS.get(model_id)
     if prefix is None:
         raise _refuse("torchtune", f"{model_id} (torchtune ships recipes for: {', '.join(TORCHTUNE_MODELS)})")
-    if method == "full":
+    if whole_base:
         suffix = "full_low_memory" if prefix.split("/")[0] in ("llama2", "mistral", "phi3") else "full_single_device"
         return "full_finetune_single_device", f"{prefix}_{suffix}"
-    kind = {"lora": "lora", "qlora": "qlora", "dora": "lora", "qdora": "qlora"}[method]
+    kind = "qlora" if quantized else "lora"  # torchtune's DoRA is its LoRA config with use_dora
     return "lora_finetune_single_device", f"{prefix}_{kind}_single_device"
 
 
@@ -310,7 +312,8 @@ def torchtune_overrides(chosen: Chosen) -> tuple[str, str, list[str]]:
                                 "legacy_loss": (False,), "loss_recompute": (False,), "loss_chunk_tokens": (0,)})
     if ctx.loss == "chunked" and ctx.loss_chunks != 8:
         raise _refuse("torchtune", f"loss_chunks={ctx.loss_chunks} (its models split the output into 8 chunks)")
-    recipe, config = torchtune_recipe(chosen.spec.model_id, chosen.method.name)
+    quantized = getattr(chosen.cfg, "quant", "none") != "none"
+    recipe, config = torchtune_recipe(chosen.spec.model_id, chosen.method.traits.whole_base, quantized)
     overrides = [f"tokenizer.max_seq_len={ctx.seq_len}", f"dataset.packed={ctx.packing}",
                  f"batch_size={ctx.batch_size}", "gradient_accumulation_steps=1",
                  f"enable_activation_checkpointing={ctx.grad_checkpointing}",

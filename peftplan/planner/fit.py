@@ -39,11 +39,12 @@ def _climb(fits: Callable[[int], bool], good: int, high: int) -> int:
         good += step
         step *= 2
     bad = min(good + step, high + 1)
-    return _bisect(fits, good, bad)
+    return bisect(fits, good, bad)
 
 
-def _bisect(fits: Callable[[int], bool], good: int, bad: int) -> int:
-    while bad - good > 1:  # between a fitting and a failing value
+def bisect(fits: Callable[[int], bool], good: int, bad: int, *, relative: float = 0.0) -> int:
+    """Between a fitting `good` and a failing `bad`, the largest fitting n (within `relative` of it)."""
+    while bad - good > max(1, int(good * relative)):
         mid = (good + bad) // 2
         if fits(mid):
             good = mid

@@ -133,8 +133,6 @@ class Stack:
     when_full: dict[str, Any] = field(default_factory=dict)
 
 
-_LORA_FAMILY = frozenset({"lora", "qlora", "dora", "qdora", "rslora"})
-
 STACKS: dict[str, Stack] = {
     stack.name: stack
     for stack in (

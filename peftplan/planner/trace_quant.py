@@ -31,13 +31,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from peftplan.methods.quantize import (
-    QuantTarget,
-    compute_dtype_of,
-    mark_loaded_in_kbit,
-    quantization_targets,
-    replace_module,
-)
+from peftplan.methods import quantize
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,7 +57,7 @@ class Int8Params(FakeTensor):
     SCB: Any
 
 
-def _quantized_linear_on_meta(target: QuantTarget, quant: str, compute_dtype: torch.dtype) -> nn.Module:
+def _quantized_linear_on_meta(target: quantize.QuantTarget, quant: str, compute_dtype: torch.dtype) -> nn.Module:
     """The bnb layer `methods.quantize._quantized_linear` makes, with bnb's own layout, on meta."""
     import bitsandbytes as bnb
 
@@ -125,11 +119,11 @@ def quantize_base_on_meta(model: Any, quant: str, kbit_prep: str = "peft") -> in
 
     # bitsandbytes caches its dynamic code map on the device of its first use: make that the CPU, not meta.
     bnb.functional.name2qmap.setdefault("dynamic", bnb.functional.create_dynamic_map())
-    compute_dtype = compute_dtype_of(model)
-    targets = quantization_targets(model, include_output=kbit_prep == "all-linear")
+    compute_dtype = quantize.compute_dtype_of(model)
+    targets = quantize.quantization_targets(model, include_output=kbit_prep == "all-linear")
     for target in targets:
-        replace_module(model, target.name, _quantized_linear_on_meta(target, quant, compute_dtype))
-    mark_loaded_in_kbit(model, quant)
+        quantize.replace_module(model, target.name, _quantized_linear_on_meta(target, quant, compute_dtype))
+    quantize.mark_loaded_in_kbit(model, quant)
     prepare_kbit(model, kbit_prep)
     return len(targets)
 

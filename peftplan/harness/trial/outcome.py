@@ -50,6 +50,11 @@ class TrialOutcome(BaseModel):
         """An empty outcome of a trial starting now on `device`."""
         return cls(provenance=provenance(device, now_iso()))
 
+    def measured(self) -> dict[str, object]:
+        """The pieces a result file takes from its outcome as they are (metrics get the runner's wall time)."""
+        return {name: getattr(self, name) for name in ("forgetting", "latency", "memory", "distributed",
+                                                       "intermediate", "provenance")}
+
     def end(self) -> TrialOutcome:
         """Stamp the trial's end time (now); returns the outcome."""
         self.provenance.finished_at = now_iso()

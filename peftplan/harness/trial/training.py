@@ -56,21 +56,11 @@ def train_share(ctx: TrialContext, data: TrialData, model: nn.Module, ranks: Ran
 
     suite, training = ctx.suite, ctx.suite.training
     steps = trial_steps(suite, len(data.all_train), ranks.world_size)
-    settings = TrainSettings(
-        steps=steps,
-        batch_size=training.batch_size,
-        grad_accum=training.grad_accum,
-        lr=ctx.spec.lr,
-        weight_decay=training.weight_decay,
-        warmup_steps=training.warmup_steps,
-        max_grad_norm=training.max_grad_norm,
-        optimizer=training.optimizer,
-        eval_every=training.eval_every,
-        device=ctx.device,
-        autocast=ctx.autocast,
-        grad_checkpointing=training.grad_checkpointing,
-        seed=ctx.seed,
-    )
+    # The suite's training section as it is, but for what the trial resolved: steps, lr, device and dtype.
+    same = ("batch_size", "grad_accum", "weight_decay", "warmup_steps", "max_grad_norm", "optimizer", "eval_every",
+            "grad_checkpointing")
+    settings = TrainSettings(steps=steps, lr=ctx.spec.lr, device=ctx.device, autocast=ctx.autocast, seed=ctx.seed,
+                             **{name: getattr(training, name) for name in same})
     outcome.memory = MemoryMeasurement(source=memory_source(ctx.device))
     memory = StepMemoryProbe(model, ctx.device, cap=suite.budget.memory_cap, steps=steps,
                              sharded=ranks.parallel == "fsdp", held=lambda: ctx.method.state_tensors(model))

@@ -308,6 +308,10 @@ def _find_layers_path(model: nn.Module, num_layers: int) -> str:
     return candidates[0]
 
 
+# A model attribute naming module prefixes the training run keeps frozen (a VLM's vision tower): the spec
+# read off that model (`ModelSpec.from_model`, what methods' `apply` select targets on) carries them.
+FROZEN_ATTR = "peftplan_frozen_modules"
+
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra", "albert"}
 
 
@@ -528,4 +532,5 @@ def _inventory(model: nn.Module, *, model_id: str) -> ModelSpec:
         norms=tuple(norms),
         config=config,
         moe=_moe_inventory(model, layers_path, num_layers, hidden, text, linears),
+        frozen=tuple(getattr(model, FROZEN_ATTR, ())),
     )

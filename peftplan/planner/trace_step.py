@@ -338,7 +338,8 @@ def _labels(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def image_inputs(model: Any, ctx: TrainContext, ids: torch.Tensor, generator: Any) -> dict[str, Any]:
     """A VLM step's image inputs, as Qwen2-VL's processor returns them; {} for a text step.
 
-    Each example starts with its images' placeholder tokens (`image_token_id`, `mm_token_type_ids` 1); each
+    Each example starts with its images' placeholder tokens (`image_token_id`, `mm_token_type_ids` 1), one text
+    token after each; each
     image is a 2 x (patches / 2) grid of patches (one frame), its `pixel_values` rows fp32. The tower's memory
     depends on the patch count, not the grid's shape. `ids` is changed in place.
     """
@@ -350,13 +351,15 @@ def image_inputs(model: Any, ctx: TrainContext, ids: torch.Tensor, generator: An
     vc = config.vision_config
     merge = int(vc.spatial_merge_size)
     features = int(vc.in_channels) * int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
-    image_tokens = ctx.images * ctx.image_tokens
-    ids[:, :image_tokens] = int(config.image_token_id)
-    ids[:, image_tokens:][ids[:, image_tokens:] == int(config.image_token_id)] = 0
+    image_id = int(config.image_token_id)
+    ids[ids == image_id] = 0
+    types = torch.zeros_like(ids, dtype=torch.int)
+    for i in range(ctx.images):  # one text token after each image, as the processor's vision_end
+        start = i * (ctx.image_tokens + 1)
+        ids[:, start:start + ctx.image_tokens] = image_id
+        types[:, start:start + ctx.image_tokens] = 1
     count = ids.shape[0] * ctx.images
     grid = torch.tensor([[1, merge, ctx.image_patches // merge]] * count, dtype=torch.long)
-    types = torch.zeros_like(ids, dtype=torch.int)
-    types[:, :image_tokens] = 1
     pixels = torch.rand(count * ctx.image_patches, features, generator=generator)
     return {"pixel_values": pixels, "image_grid_thw": grid, "mm_token_type_ids": types}
 

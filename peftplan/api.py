@@ -77,6 +77,10 @@ class PlanRequest(BaseModel):
     quant: str | None = None
     bottleneck: int | None = None
     peft_config: Path | None = None
+    image_size: str | None = None  # "WxH"
+    images_per_example: int | None = None
+    image_tokens: int | None = None
+    train_vision: bool = False
     tasks: int = 1
     switching: str = "merge"
     examples: int | None = None
@@ -192,7 +196,9 @@ def _plan(
     optimizer: str | None = None, dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
     methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
     targets: str | None = None, virtual_tokens: int | None = None, quant: str | None = None,
-    bottleneck: int | None = None, peft_config: Path | None = None, tasks: int = 1, switching: str = "merge",
+    bottleneck: int | None = None, peft_config: Path | None = None, image_size: str | None = None,
+    images_per_example: int | None = None, image_tokens: int | None = None, train_vision: bool = False,
+    tasks: int = 1, switching: str = "merge",
     examples: int | None = None, train_tokens: int | None = None, epochs: float = 1.0, mfu: float = 0.40,
     fit_search: bool = True, trust_remote_code: bool = False, engine: str = "analytic",
     model_config: dict[str, Any] | None = None, method_config: dict[str, Any] | None = None,
@@ -253,6 +259,11 @@ def _plan(
     ctx = train_context(stack=stack, knobs=knobs or {}, grad_ckpt=grad_ckpt, seq_len=seq_len,
                         batch_size=batch_size, optimizer=optimizer, dtype=dtype, attn=attn, gpus=gpus,
                         shard=shard, cpu_offload=cpu_offload, device=device)
+    from peftplan.planner.vision import image_context
+
+    spec, ctx, image_notes = image_context(spec, ctx, image_size=image_size, images=images_per_example,
+                                           tokens=image_tokens, train_vision=train_vision)
+    notes += image_notes
 
     per_example = None
     if lengths is not None:

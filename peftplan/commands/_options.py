@@ -90,7 +90,20 @@ class KnobOptions:
         return {name: getattr(self, name) for name in KNOB_NAMES}
 
 
-_GROUPS = (MethodOptions, StepOptions, KnobOptions)
+@dataclass(frozen=True)
+class ImageOptions:
+    """A vision-language model's images per example (`PlanRequest`'s fields of the same names)."""
+
+    image_size: Annotated[str | None, typer.Option("--image-size", help="Each image's size in pixels, WxH (resized as the model's processor does).")] = None
+    images_per_example: Annotated[int | None, typer.Option("--images-per-example", help="Images per training example (default 1 with --image-size or --image-tokens).")] = None
+    image_tokens: Annotated[int | None, typer.Option("--image-tokens", help="Language-model tokens per image, instead of --image-size.")] = None
+    train_vision: Annotated[bool, typer.Option("--train-vision", help="Train the vision tower and projector too (default: frozen; LoRA presets then adapt them).")] = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_GROUPS = (MethodOptions, StepOptions, KnobOptions, ImageOptions)
 
 
 def option_groups(command: Callable[..., None]) -> Callable[..., None]:

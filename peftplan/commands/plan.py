@@ -10,6 +10,7 @@ import typer
 
 from peftplan.commands._options import (
     FORMATS,
+    ImageOptions,
     KnobOptions,
     MethodOptions,
     StepOptions,
@@ -37,6 +38,7 @@ def plan_command(
     gpu_profiles: Annotated[Path | None, typer.Option("--gpu-profiles", help="A TOML file of extra GPU profiles.")] = None,
     device: Annotated[str, typer.Option(help="Whose kernels to model: cuda (default) or cpu.")] = "cuda",
     adapter: MethodOptions,
+    images: ImageOptions,
     tasks: Annotated[int, typer.Option(help="How many adapted tasks will be served.")] = 1,
     switching: Annotated[str, typer.Option(help="merge, hot-swap or multi-tenant.")] = "merge",
     serve_gpu: Annotated[str | None, typer.Option("--serve-gpu", help="GPU profile serving the tasks (default: the training GPU).")] = None,
@@ -69,7 +71,8 @@ def plan_command(
     plan = api_plan(PlanRequest(
         model=model, vram=vram, gpu=gpu, gpus=gpus, shard=shard,
         cpu_offload=cpu_offload, **step.to_dict(), lengths=lengths, tokenizer=tokenizer, lengths_field=lengths_field,
-        knobs=knobs.to_dict(), gpu_profiles=gpu_profiles, device=device, **adapter.to_dict(), tasks=tasks,
+        knobs=knobs.to_dict(), gpu_profiles=gpu_profiles, device=device, **adapter.to_dict(), **images.to_dict(),
+        tasks=tasks,
         switching=switching, examples=examples, train_tokens=train_tokens,
         epochs=epochs, mfu=mfu, fit_search=fit_search, trust_remote_code=trust_remote_code,
         engine=engine, serve_gpu=serve_gpu, serve_vram=serve_vram,

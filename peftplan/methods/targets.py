@@ -52,8 +52,10 @@ def _matches_name(linear: LinearInfo, target: str) -> bool:
 
 
 def _preset(spec: ModelSpec, preset: str) -> list[LinearInfo]:
+    """A preset's Linears. A VLM's frozen vision tower (`ModelSpec.frozen`) is left out: presets then adapt
+    the language model only; with the tower trained, `all-linear` is peft's own (the tower and merger too)."""
     if preset == "all-linear":
-        return [lin for lin in spec.linears if lin.role != "output"]
+        return [lin for lin in spec.linears if lin.role != "output" and not spec.is_frozen(lin.name)]
     return [lin for lin in spec.linears if lin.in_block and lin.role == preset]
 
 

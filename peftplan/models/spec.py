@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from torch import nn
 
+    from peftplan.models.vision import VisionTower
+
 ModelKind = Literal["decoder", "encoder", "vlm"]
 LinearRole = Literal["attn", "mlp", "other", "output"]
 
@@ -161,6 +163,9 @@ class ModelSpec:
     norms: tuple[ModuleInfo, ...]
     config: dict[str, Any] = field(repr=False)
     moe: MoEInfo | None = None  # None: a dense model
+    # Module prefixes the training setup keeps frozen whatever the method: a VLM's vision tower and its
+    # projector unless --train-vision (see `with_vision_trained`). Presets and full fine-tuning skip them.
+    frozen: tuple[str, ...] = ()
 
     @property
     def total_params(self) -> int:
@@ -170,6 +175,32 @@ class ModelSpec:
             total = sum(p.numel for p in self.params if p.tied_to is None)
             object.__setattr__(self, "_total_params", total)
         return total
+
+    @property
+    def vision(self) -> VisionTower | None:
+        """The vision tower of a supported VLM (Qwen2-VL), else None (`models/vision.py`)."""
+        from peftplan.models.vision import vision_tower
+
+        return vision_tower(self)
+
+    def with_vision_trained(self, trained: bool) -> ModelSpec:
+        """This spec with the vision tower (and projector) trainable, or frozen (the default for a VLM)."""
+        from dataclasses import replace
+
+        tower = self.vision
+        frozen = () if trained or tower is None else (tower.path,)
+        return self if frozen == self.frozen else replace(self, frozen=frozen)
+
+    def is_frozen(self, name: str) -> bool:
+        """Whether parameter or module `name` lies under a frozen prefix (`frozen`)."""
+        return any(name == p or name.startswith(p + ".") for p in self.frozen)
+
+    @property
+    def trainable_base_params(self) -> int:
+        """Parameters full fine-tuning trains: all but the frozen ones (tied ones counted once)."""
+        if not self.frozen:
+            return self.total_params
+        return sum(p.numel for p in self.params if p.tied_to is None and not self.is_frozen(p.name))
 
     @property
     def active_params(self) -> int:
@@ -223,6 +254,7 @@ class ModelSpec:
         raw["linears"] = tuple(LinearInfo(**lin) for lin in raw["linears"])
         raw["embeddings"] = tuple(ModuleInfo(m["name"], m["numel"], tuple(m["shape"])) for m in raw["embeddings"])
         raw["norms"] = tuple(ModuleInfo(m["name"], m["numel"], tuple(m["shape"])) for m in raw["norms"])
+        raw["frozen"] = tuple(raw.get("frozen", ()))
         moe = raw.get("moe")
         if moe is not None:
             layers = tuple(
@@ -275,6 +307,10 @@ def _find_layers_path(model: nn.Module, num_layers: int) -> str:
     candidates.sort(key=lambda n: ("visual" in n or "vision" in n, len(n)))
     return candidates[0]
 
+
+# A model attribute naming module prefixes the training run keeps frozen (a VLM's vision tower): the spec
+# read off that model (`ModelSpec.from_model`, what methods' `apply` select targets on) carries them.
+FROZEN_ATTR = "peftplan_frozen_modules"
 
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra", "albert"}
 
@@ -496,4 +532,5 @@ def _inventory(model: nn.Module, *, model_id: str) -> ModelSpec:
         norms=tuple(norms),
         config=config,
         moe=_moe_inventory(model, layers_path, num_layers, hidden, text, linears),
+        frozen=tuple(getattr(model, FROZEN_ATTR, ())),
     )

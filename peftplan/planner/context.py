@@ -53,6 +53,12 @@ class TrainContext:
     bnb_fp16_state: bool = False  # 4-bit weights quantized from fp16: dequantized to fp16, then cast
     cpu_offload: bool = False  # sharded states (and, for FSDP/ZeRO-3, parameters) live on the host
     pinned: frozenset[str] = frozenset()  # knobs (and "optimizer") the user set: stack rules keep them
+    # A VLM's images (planner/vision.py): per example, `images` images of `image_patches` vision-tower
+    # patches each, `image_tokens` language-model tokens each (part of `seq_len`). 0: a text-only step.
+    images: int = 0
+    image_patches: int = 0
+    image_tokens: int = 0
+    train_vision: bool = False  # the vision tower and its projector train (else frozen)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "gpus", "loss_chunks"):
@@ -96,6 +102,11 @@ class TrainContext:
             "dtype": self.dtype,
             "attention": self.attention,
         }
+
+    def image_setting(self) -> dict[str, object]:
+        """The step's images (plan's JSON `training` adds these for a VLM step with images)."""
+        return {"images_per_example": self.images, "image_tokens": self.image_tokens,
+                "image_patches": self.image_patches, "train_vision": self.train_vision}
 
     def knobs(self) -> dict[str, object]:
         """The stack and its knobs as priced (the plan JSON's `training` adds these)."""

@@ -31,6 +31,7 @@ from peftplan.models.spec import ModelSpec
 from peftplan.planner.activations import ActivationProfile, activation_profile, base_itemsize
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
+from peftplan.planner.vision import with_vision
 from peftplan.planner.weights import WeightBytes, weight_bytes
 from peftplan.replay.symbolic import Poly
 from peftplan.replay.terms import MemoryTerms, Shape
@@ -85,7 +86,8 @@ def named_trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainConte
     if terms.trainable_base != "none":
         biases_only = terms.trainable_base == "biases"
         tensors += [(p.name, p.shape, base_size) for p in spec.params
-                    if p.tied_to is None and (not biases_only or p.name.rsplit(".", 1)[-1] == "bias")]
+                    if p.tied_to is None and (not biases_only or p.name.rsplit(".", 1)[-1] == "bias")
+                    and not spec.is_frozen(p.name)]
     return tensors
 
 
@@ -145,7 +147,7 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         weights=weight_bytes(spec, terms, ctx),
         optimizer=optimizer_bytes(ctx.optimizer, tensors),
         gradients=gradients,
-        activations=activation_profile(spec, terms, ctx),
+        activations=with_vision(activation_profile(spec, terms, ctx), spec, terms, ctx),
         lm_head_grad=lm_head_grad,
         tied_spike=tied_spike,
         later_block_gradients=later_block_gradients(spec, terms, ctx),
@@ -235,7 +237,8 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         _Moment("loss", forward_end, logits_saved, 0, 0),
         _Moment("loss-bwd", saved, logits_saved + loss_backward, early, 0),
         _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad + early, 0),
-        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept, 0, end_grads, 0),
+        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept + at(act.vision_backward), 0,
+                end_grads, 0),
         _Moment("head-bwd", saved, at(act.head_backward), head_grad + early, 0),  # a 4-bit output layer's backward
         _Moment("head-fwd", saved + previous, at(act.head_forward), 0, 0),  # the output layer's last matmul
     ]

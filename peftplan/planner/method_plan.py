@@ -160,7 +160,7 @@ def plan_method(
                                     gpus=budget.gpus)
     served = price_serving(spec, method, terms, adapter_bytes=adapter_bytes, dtype=ctx.dtype, needs=needs,
                            train_seq=ctx.seq_len)
-    trainable = spec.total_params if terms.trainable_base == "all" else method.trainable_params(spec, cfg)
+    trainable = method.trainable_params(spec, cfg)
     notes = empty + parameter_adapter_notes(terms) + list(terms.notes) + list(served.notes) + context_notes
     notes += unquantized_expert_notes(spec, terms, ctx)
     if terms.quant != "none":

@@ -74,6 +74,7 @@ class Plan:
                 "train_tokens": self.train_tokens,
                 "examples": self.examples,
                 **ctx.knobs(),
+                **(ctx.image_setting() if ctx.images else {}),
                 **({"lengths": self.lengths} if self.lengths is not None else {}),
             },
             "engine": self.engine,

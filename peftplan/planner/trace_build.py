@@ -85,6 +85,24 @@ def config_at_depth(config: dict[str, Any], depth: int) -> dict[str, Any]:
     return out
 
 
+def mark_vision_frozen(model: nn.Module) -> None:
+    """Tell the methods' target selection that a VLM's vision tower stays frozen (`FROZEN_ATTR`): LoRA
+    presets then adapt the language model only, as the plan prices them."""
+    from peftplan.models.spec import FROZEN_ATTR
+
+    towers = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == "visual"]
+    if towers:
+        setattr(model, FROZEN_ATTR, tuple(towers[:1]))
+
+
+def freeze_vision_tower(model: nn.Module) -> None:
+    """Freeze a VLM's vision tower and projector (`model.visual`): their base parameters, not adapters a
+    method put there by name (planner/vision.py prices the same). Nothing happens on a text model."""
+    for name, p in model.named_parameters():
+        if ".visual." in f".{name}" and "lora_" not in name and p.requires_grad:
+            p.requires_grad_(False)
+
+
 def build_trained_model(
     config: dict[str, Any],
     method: Method,
@@ -116,8 +134,12 @@ def build_trained_model(
         _mark_base(model)
         # The base is quantized and prepared as the stack does it; the method only wraps it.
         cfg = cfg.model_copy(update={"quant": "none"})
+    if not ctx.train_vision:
+        mark_vision_frozen(model)
     with torch.device(device):  # meta: what peft creates (and bnb copies) stays on meta too
         model = method.apply(model, cfg)
+    if not ctx.train_vision:
+        freeze_vision_tower(model)
     if ctx.adapter_dtype == "dtype":
         _cast_added(model, torch_dtype(ctx.dtype))
     if ctx.optimizer == "adamw-fp32":

@@ -335,6 +335,35 @@ def _labels(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([pad, ids], dim=1)
 
 
+def image_inputs(model: Any, ctx: TrainContext, ids: torch.Tensor, generator: Any) -> dict[str, Any]:
+    """A VLM step's image inputs, as Qwen2-VL's processor returns them; {} for a text step.
+
+    Each example starts with its images' placeholder tokens (`image_token_id`, `mm_token_type_ids` 1), one text
+    token after each; each
+    image is a 2 x (patches / 2) grid of patches (one frame), its `pixel_values` rows fp32. The tower's memory
+    depends on the patch count, not the grid's shape. `ids` is changed in place.
+    """
+    import torch
+
+    if not ctx.images:
+        return {}
+    config = model.config
+    vc = config.vision_config
+    merge = int(vc.spatial_merge_size)
+    features = int(vc.in_channels) * int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
+    image_id = int(config.image_token_id)
+    ids[ids == image_id] = 0
+    types = torch.zeros_like(ids, dtype=torch.int)
+    for i in range(ctx.images):  # one text token after each image, as the processor's vision_end
+        start = i * (ctx.image_tokens + 1)
+        ids[:, start:start + ctx.image_tokens] = image_id
+        types[:, start:start + ctx.image_tokens] = 1
+    count = ids.shape[0] * ctx.images
+    grid = torch.tensor([[1, merge, ctx.image_patches // merge]] * count, dtype=torch.long)
+    pixels = torch.rand(count * ctx.image_patches, features, generator=generator)
+    return {"pixel_values": pixels, "image_grid_thw": grid, "mm_token_type_ids": types}
+
+
 def _host_tensors(optimizers: list[Any]) -> list[Any]:
     """torch keeps AdamW's per-parameter step counters on the host even on CUDA: not device memory."""
     return [state["step"] for optimizer in optimizers for state in optimizer.state.values()
@@ -486,7 +515,7 @@ def run_step(
                 with autocast:
                     if own_loss:
                         labels = _labels(model, ids)
-                        outputs = model(input_ids=ids, labels=labels)
+                        outputs = model(input_ids=ids, labels=labels, **image_inputs(model, ctx, ids, generator))
                         loss = outputs.loss
                         held = outputs.logits if ctx.keep_logits else None  # the loop's `logits`
                         del outputs  # a trainer keeps only the loss

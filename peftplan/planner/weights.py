@@ -80,18 +80,20 @@ def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> Weig
 def trainable_base_params(spec: ModelSpec, terms: MemoryTerms) -> int:
     """How many of the base model's own parameters train (full fine-tuning: all; BitFit: biases)."""
     if terms.trainable_base == "all":
-        return spec.total_params
+        return spec.trainable_base_params
     if terms.trainable_base == "biases":
-        return sum(p.numel for p in spec.params if p.tied_to is None and p.name.rsplit(".", 1)[-1] == "bias")
+        return sum(p.numel for p in spec.params if p.tied_to is None and p.name.rsplit(".", 1)[-1] == "bias"
+                   and not spec.is_frozen(p.name))
     return 0
 
 
 def trainable_base_tensors(spec: ModelSpec, terms: MemoryTerms) -> list[int]:
     """Element counts of the base parameters that train, one per tensor."""
     if terms.trainable_base == "all":
-        return [p.numel for p in spec.params if p.tied_to is None]
+        return [p.numel for p in spec.params if p.tied_to is None and not spec.is_frozen(p.name)]
     if terms.trainable_base == "biases":
-        return [p.numel for p in spec.params if p.tied_to is None and p.name.rsplit(".", 1)[-1] == "bias"]
+        return [p.numel for p in spec.params if p.tied_to is None and p.name.rsplit(".", 1)[-1] == "bias"
+                and not spec.is_frozen(p.name)]
     return []
 
 

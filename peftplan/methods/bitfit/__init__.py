@@ -37,7 +37,7 @@ class BitFit(Method[BitFitConfig]):
             )
 
     def trainable_params(self, spec: ModelSpec, cfg: BitFitConfig) -> int:
-        return sum(p.numel for p in spec.params if p.tied_to is None and _is_bias(p.name))
+        return sum(p.numel for p in spec.params if p.tied_to is None and _is_bias(p.name) and not spec.is_frozen(p.name))
 
     def memory_terms(self, spec: ModelSpec, cfg: BitFitConfig) -> MemoryTerms:
         from peftplan.replay.terms import MemoryTerms

@@ -26,7 +26,7 @@ class FullFineTuning(Method[FullConfig]):
     traits = Traits(mergeable=True, inference_overhead="none", whole_base=True)  # the weights themselves changed
 
     def trainable_params(self, spec: ModelSpec, cfg: FullConfig) -> int:
-        return spec.total_params
+        return spec.trainable_base_params  # a VLM's frozen vision tower does not train
 
     def memory_terms(self, spec: ModelSpec, cfg: FullConfig) -> MemoryTerms:
         from peftplan.replay.terms import MemoryTerms

@@ -81,7 +81,7 @@ STACK_METHODS = {
 }
 # The default knobs the trace cannot run, and what the cells trace instead.
 TRITON_ONLY = {"unsloth": {"kernels": "torch"}, "trl": {"loss_chunk_tokens": 0}}
-TRACEABLE = {**TRITON_ONLY, "litgpt": {"bnb_fp16_state": False}}
+TRACEABLE = {**TRITON_ONLY, "litgpt": {"bnb_fp16_state": False, "model_code": "transformers"}}
 STACK_CELLS = [
     pytest.param(LLAMA, stack, method, id=f"Llama-3.2-1B-{stack}-{method}")
     for stack, methods in STACK_METHODS.items()

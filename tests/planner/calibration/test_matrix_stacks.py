@@ -143,6 +143,9 @@ def test_triton_only_defaults_are_refused(stack: str) -> None:
 def test_fp16_quant_state_is_refused() -> None:
     """litgpt's QLoRA default (weights quantized from fp16, dequantized to fp16 then cast) is refused in one
     line, never traced as the model-dtype quantization the trace runs; its LoRA default still traces."""
-    cell = calibration_cell(LLAMA, "qlora", stack_context("litgpt", "qlora", LLAMA))
+    default = calibration_cell(LLAMA, "qlora", stack_context("litgpt", "qlora", LLAMA))
+    assert "--model-code transformers" in default.skipped and "\n" not in default.skipped  # litgpt's own blocks
+    ctx = replace(stack_context("litgpt", "qlora", LLAMA), model_code="transformers")
+    cell = calibration_cell(LLAMA, "qlora", ctx)
     assert "--bnb-fp16-state" in cell.skipped and "\n" not in cell.skipped
     assert stack_context("litgpt", "lora", LLAMA).bnb_fp16_state  # the knob is on; LoRA has nothing quantized

@@ -46,7 +46,10 @@ postgres:
 # torchtune 0.6 in a venv of its own (its torchao 0.15 makes peft 0.21 refuse to import): the tests load
 # `plan --emit torchtune` output with it (they skip, saying why, when it could not be installed).
 TT_VENV := .venv-torchtune
-stacks: $(TT_VENV)/.installed
+# litgpt 0.5.13 in a venv of its own (it needs huggingface-hub < 1.4, transformers 5 needs more): the tests
+# trace litgpt's own training step there against `--stack litgpt`'s analytic replay (they skip when absent).
+LG_VENV := .venv-litgpt
+stacks: $(TT_VENV)/.installed $(LG_VENV)/.installed
 
 $(TT_VENV)/.installed:
 	test -x $(TT_VENV)/bin/python || python3 -m venv $(TT_VENV)
@@ -54,6 +57,12 @@ $(TT_VENV)/.installed:
 	  && $(TT_VENV)/bin/python -m pip --disable-pip-version-check -q install torchtune==0.6.1 torchao==0.15.0 \
 	       omegaconf==2.4.0 bitsandbytes==0.50.2 && touch $@ \
 	  || echo "stacks: could not install torchtune 0.6.1; its emit tests will skip"
+
+$(LG_VENV)/.installed:
+	test -x $(LG_VENV)/bin/python || python3 -m venv $(LG_VENV)
+	@( $(LG_VENV)/bin/python -c "import torch" 2>/dev/null || $(LG_VENV)/bin/python -m pip -q install "torch==2.13.0" ) \
+	  && $(LG_VENV)/bin/python -m pip --disable-pip-version-check -q install litgpt==0.5.13 && touch $@ \
+	  || echo "stacks: could not install litgpt 0.5.13; its trace test will skip"
 
 test: setup browser postgres stacks
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile --timeout=900

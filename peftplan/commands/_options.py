@@ -82,6 +82,8 @@ class KnobOptions:
     compile_loss: Annotated[bool | None, typer.Option("--compile-loss/--no-compile-loss", help="The loss runs under torch.compile (torchtune's compile: True).")] = None
     bnb_keeps_input: Annotated[bool | None, typer.Option("--bnb-keeps-input/--no-bnb-keeps-input", help="bitsandbytes < 0.43.2: each 4-bit Linear keeps its input as long as the graph.")] = None
     bnb_fp16_state: Annotated[bool | None, typer.Option("--bnb-fp16-state/--no-bnb-fp16-state", help="4-bit weights quantized from fp16 (Lightning, litgpt): dequantized to fp16, then cast.")] = None
+    model_code: Annotated[str | None, typer.Option("--model-code", help="Whose model code runs the blocks: transformers or litgpt (its fused qkv, RoPE and LoRA); default: the stack's.")] = None
+    output_fp32: Annotated[bool | None, typer.Option("--output-fp32/--no-output-fp32", help="The loop's wrapper casts the logits to fp32 (Lightning Fabric, litgpt).")] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The overrides by knob name, in `KNOB_NAMES` order (what `api.train_context` and `PlanRequest` take)."""

@@ -117,6 +117,7 @@ def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Ar
         kbit_prep=ctx.kbit_prep,
         bnb_keeps_input=ctx.bnb_keeps_input,
         dequant_extra=2 if ctx.bnb_fp16_state and ctx.dtype != "fp16" else 0,
+        model_code=ctx.model_code,
     )
 
 
@@ -229,13 +230,21 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         dequantized = _quantized_head(ops, h, weight)
         logits = ops.matmul(h, weight, vocab)
         logits_bytes = tokens(vocab, extra) * logits.itemsize
+        # Fabric's `convert_output` (`output_fp32`) hands the loop fp32 copies of every chunk: the loss reads
+        # those, each chunk's backward casts its fp32 gradient back to the logits' dtype.
+        cast = ctx.output_fp32 and logits.itemsize < 4
+        fp32_logits = tokens(vocab, extra) * 4 if cast else ZERO
+        if cast:
+            loss_size, upcast = 4, True
+            chunk_rows = (Poly(b=ctx.loss_chunk_tokens * vocab * 4) if ctx.loss_chunk_tokens
+                          else _split(tokens(vocab, extra) * 4, ctx.loss_chunks))
         if ctx.compile_loss:
             # Inductor saves each chunk's logits themselves (so deleting the list frees nothing) and two
             # fp32 values per token; its backward writes one chunk's gradient in the logits' dtype.
             return LossTerms(saved=logits_bytes + per_token * 8, forward_extra=ZERO, backward=chunk_logits)
         rows = tokens(vocab, extra) * loss_size
-        copy = chunk_rows if upcast else ZERO
-        held = logits_bytes if ctx.keep_logits else ZERO
+        copy = fp32_logits if cast else (chunk_rows if upcast else ZERO)
+        held = (fp32_logits if cast else logits_bytes) if ctx.keep_logits else ZERO
         # litgpt's model soft-caps each chunk (tanh saves its output); torchtune's Gemma-2 soft-caps the
         # normed hidden state instead, not the logits.
         softcap = logits_bytes if (a.final_softcap and ctx.keep_logits) else ZERO
@@ -248,7 +257,7 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         head_backward = ZERO
         if ops.r.quantizes(weight.key, "output"):
             head_backward = held + softcap + logits_bytes + dequantized
-        return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + copy,
+        return LossTerms(saved=softcap + rows, forward_extra=copy if cast else logits_bytes + copy,
                          backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO) + weight_grads,
                          held=held, head_backward=head_backward, head_forward=logits_bytes + dequantized)
     dequantized = _quantized_head(ops, h, weight)
@@ -256,9 +265,16 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
     logits_bytes = tokens(vocab, extra) * logits.itemsize
     if ctx.compile_loss:  # inductor: the logits and two fp32 values per token; one gradient of the logits
         return LossTerms(saved=logits_bytes + per_token * 8, forward_extra=ZERO, backward=logits_bytes)
+    softcap = logits_bytes if a.final_softcap else ZERO  # tanh(logits / cap) * cap saves tanh's output
+    if ctx.output_fp32 and logits.itemsize < 4 and not ctx.legacy_loss:
+        # Fabric's `convert_output`: the loop holds fp32 logits, the loss reads them; backward casts their
+        # fp32 gradient back to the logits' dtype.
+        fp32 = tokens(vocab, extra) * 4
+        held = fp32 if ctx.keep_logits else ZERO
+        return LossTerms(saved=softcap + fp32, forward_extra=fp32, backward=held + 2 * fp32 + logits_bytes,
+                         held=held, head_forward=logits_bytes + dequantized)
     rows = tokens(vocab, extra) * loss_size  # log_softmax's output, saved for backward
     as_float = logits_bytes if logits.itemsize != loss_size else ZERO  # as calibrated against the trace
-    softcap = logits_bytes if a.final_softcap else ZERO  # tanh(logits / cap) * cap saves tanh's output
     held = logits_bytes if ctx.keep_logits else ZERO
     if ctx.legacy_loss:
         # transformers < 4.45: `logits.float()` is the model's output (the low-precision logits are

@@ -3,13 +3,19 @@
 Each replay follows the transformers implementation of the family op by op (see `ops.py` for what an
 op saves), so the saved set is what autograd really keeps: no seq² scores under SDPA/flash, grouped
 key/value heads, gated MLPs, the fp32 statistics of RMSNorm, and the adapter terms of `adapters.py`.
+
+With the `model_code` knob at `litgpt` the attention is litgpt's own (`_litgpt_attention`); its norms,
+MLPs and residuals allocate and save what transformers' do (cited there).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from peftplan.errors import UnsupportedError
 from peftplan.models.arch import BlockLinears
 from peftplan.models.spec import LinearInfo
-from peftplan.planner.adapters import adapted_linear
+from peftplan.planner.adapters import adapted_linear, base_linear
 from peftplan.replay.ops import Ops, Weight, promote
 from peftplan.replay.symbolic import Poly, Sym
 
@@ -63,10 +69,11 @@ def _rope(ops: Ops, t: Sym, cos: Sym, sin: Sym, rotary_width: int, width: int) -
     return ops.pointwise(ops.fresh(t.numel, rotated.itemsize, t.grad))  # cat with the pass-through part
 
 
-def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
-    """The attention core (after projections and rope); returns the (B, S, heads·head_dim) output."""
+def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None, *, expanded: bool = False) -> Sym:
+    """The attention core (after projections and rope); returns the (B, S, heads·head_dim) output.
+    `expanded`: keys and values already have every query head (litgpt), nothing is repeated."""
     if not ops.r.prefix:
-        return _attention_core(ops, q, k, v, mask)
+        return _attention_core(ops, q, k, v, mask, expanded=expanded)
     # Prefix tuning: the cache concatenates the trained prefix before the keys/values and holds the
     # result until the forward returns; where the kernel saves that same tensor, it is counted once.
     a = ops.r.arch
@@ -79,11 +86,12 @@ def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
     return out
 
 
-def _attention_core(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
+def _attention_core(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None, *, expanded: bool = False) -> Sym:
     r = ops.r
     a = r.arch
     eager = r.attention == "eager" or a.attn_softcap
-    repeat = a.groups > 1 and (eager or mask is not None)  # transformers repeats kv unless SDPA does GQA
+    # transformers repeats kv unless SDPA does GQA
+    repeat = a.groups > 1 and (eager or mask is not None) and not expanded
     if repeat:
         k = ops.fresh(_kv_tokens(ops, a.q_width), k.itemsize, k.grad)
         v = ops.fresh(_kv_tokens(ops, a.q_width), v.itemsize, v.grad)
@@ -101,7 +109,7 @@ def _attention_core(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None) -> Sym:
         # SDPA turns a bool mask into an additive one of the query's dtype, which the kernel saves.
         additive = ops.fresh(mask.numel, qa.itemsize, False) if mask is not None else None
         ops.g.save(qa, ka, va, out, lse, additive)
-    if r.device == "cpu" and a.rotary and _rotary_width(ops) != a.head_dim:
+    if r.device == "cpu" and a.rotary and _rotary_width(ops) != a.head_dim and not expanded:
         # Partial rotary builds q with torch.cat, in (B, heads, S, D) layout; CPU SDPA's output keeps
         # it, so the model's transpose(1, 2).contiguous() is a copy (CUDA kernels return (B, S, ...)).
         return ops.fresh(out.numel, out.itemsize, out.grad)
@@ -269,6 +277,8 @@ def block(ops: Ops, x: Sym, linears: BlockLinears, index: int, rope: tuple[Sym, 
 def _attention_sublayer(ops: Ops, h: Sym, linears: BlockLinears, index: int,
                         rope: tuple[Sym, Sym] | None, mask: Sym | None) -> Sym:
     a = ops.r.arch
+    if ops.r.model_code == "litgpt":
+        return _litgpt_attention(ops, h, linears, rope, mask)
     q, k, v = _qkv(ops, h, linears)
     if a.qk_norm:
         rows = Poly(n=a.heads, b=a.heads * ops.r.extra)
@@ -323,3 +333,94 @@ def _post_norm_block(ops: Ops, x: Sym, linears: BlockLinears, index: int, mask: 
     x = ops.layer_norm(ops.add(ops.dropout(attn, a.hidden_dropout), x), f"{index}.norm1")
     mlp = _mlp(ops, x, linears, held=(x,))
     return ops.layer_norm(ops.add(ops.dropout(mlp, a.hidden_dropout), x), f"{index}.norm2")
+
+
+# -- litgpt's attention (`model_code` litgpt) ------------------------------------------------------------
+# Read from litgpt's model at the published rows' commits: lit_gpt/model.py @8641822 (CausalSelfAttention
+# l.186-254) and litgpt/model.py @5895df10, f247be87, 916a84ca, 00af8b0d (the same code, l.213-258 at
+# 5895df10); litgpt/lora.py @5895df10 (LoRAQKVLinear l.396-431, zero_pad l.279-340). Since fabf765b
+# (2024-12-26, in 0.5.13) q, k and v are split instead of interleaved, k and v are repeated after the RoPE
+# (`repeat_interleave`, model.py l.536-539 @2685705) and `zero_pad` fills in place (lora.py l.321-326):
+# the same saved tensors, fewer temporaries.
+def _litgpt_qkv(ops: Ops, h: Sym, block: BlockLinears) -> Sym:
+    """`qkv = self.attn(x)`: one fused Linear of width (heads + 2·kv_heads)·head_size (model.py l.196
+    @5895df10), with litgpt's LoRA around it when any of q, k, v is adapted (LoRAQKVLinear)."""
+    a = ops.r.arch
+    width = a.q_width + 2 * a.kv_width
+    lins = block.attn_in
+    fused = replace(lins[0], out_features=width) if len(lins) > 1 else lins[0]
+    pretrained = base_linear(ops, h, fused)  # `pretrained = self.linear(x)` (lora.py l.417)
+    adapted = [lin for lin in lins if ops.r.adapter(lin.name) is not None]
+    if not adapted:
+        return pretrained
+    adapter = ops.r.adapter(adapted[0].name)
+    assert adapter is not None
+    if adapter.kind.name not in ("lora", "qlora"):
+        raise UnsupportedError(f"litgpt's model code has LoRA only, not {adapter.kind.name}: use --model-code transformers")
+    size = ops.r.adapter_itemsize
+    enabled = width if len(adapted) == len(lins) else sum(lin.out_features for lin in adapted)
+    # `after_A = F.linear(self.lora_dropout(x), self.lora_A)` (l.420): one dropout and one lora_A of
+    # r·(enabled parts) rows for the whole fused projection; lora_A saves the dropped input.
+    dropped = ops.dropout(ops.cast(h, size), adapter.dropout)
+    parts = len(adapted) if len(lins) > 1 else 1
+    after_a = ops.matmul(dropped, Weight(adapter.rank * parts * a.hidden, size, True, fused.name + ".lora_A"),
+                         adapter.rank * parts)
+    # `self.conv1d(after_A.transpose(-2, -1), self.lora_B.unsqueeze(-1))` (l.424): conv1d saves its input
+    # (after_A) and reads lora_B; grouped queries convolve each part and `torch.cat` them (l.371-375).
+    after_b = ops.matmul(after_a, Weight(enabled * adapter.rank, size, True, fused.name + ".lora_B"), enabled)
+    if a.groups > 1 and parts > 1:
+        after_b = ops.pointwise(after_b)
+    if enabled != width:
+        # `zero_pad` (l.334-340): `x.new_zeros(..., out_features)`, the transposed update reshaped (a copy),
+        # and `result.index_copy(1, torch.tensor(self.lora_ind), ...)`, out of place: a full-width result.
+        zeros = ops.tok(width, after_b.itemsize, False)
+        ops.pointwise(after_b)
+        after_b = ops.fresh(zeros.numel, after_b.itemsize, True)
+    lora = ops.pointwise(after_b)  # `* self.scaling` (l.430)
+    return ops.add(pretrained, lora)  # `pretrained + lora` (l.431)
+
+
+def _litgpt_rope(ops: Ops, t: Sym, width: int, rope: tuple[Sym, Sym]) -> Sym:
+    """`apply_rope(t[..., :rope_n_elem], cos, sin)` and `torch.cat((roped, t[..., rope_n_elem:]), dim=-1)`
+    (model.py l.237-240 @5895df10): `torch.cat((-x2, x1))` (l.377), `x * cos + rotated * sin` (l.378; cos
+    and sin are bf16 buffers under bf16-true, so `.to(dtype)` at l.379 is free) and the cat, a new
+    tensor even when nothing passes through. Each product saves only the cos or sin table."""
+    a = ops.r.arch
+    rot = ops.r.tok(width // a.head_dim * _rotary_width(ops))
+    cos, sin = rope
+    x = Sym.fresh(rot, t.itemsize, t.grad)  # the slice (a view of t)
+    ops.fresh(Poly(n=rot.n // 2, b=rot.b // 2), t.itemsize, t.grad)  # -x2
+    rotated = ops.fresh(rot, t.itemsize, t.grad)
+    roped = ops.add(ops.mul(x, cos), ops.mul(rotated, sin))
+    del roped
+    return ops.fresh(t.numel, t.itemsize, t.grad)
+
+
+def _litgpt_attention(ops: Ops, h: Sym, linears: BlockLinears, rope: tuple[Sym, Sym] | None,
+                      mask: Sym | None) -> Sym:
+    """litgpt's `CausalSelfAttention.forward` (see above for the commits)."""
+    r = ops.r
+    a = r.arch
+    if a.qk_norm or r.prefix or r.extra:
+        raise UnsupportedError("litgpt's attention is priced without q/k norms and virtual tokens; "
+                               "use --model-code transformers")
+    qkv = _litgpt_qkv(ops, h, linears)
+    if a.groups > 1:
+        # `qkv.view(B, T, groups, q_per_kv + 2, hs).permute(0, 2, 3, 1, 4)`, split, `k.expand(...)`,
+        # then `reshape(B, -1, T, hs)` (l.220-235): q, k and v are copies, k and v with every query head.
+        q = ops.tok(a.q_width, qkv.itemsize, qkv.grad)
+        k = ops.tok(a.q_width, qkv.itemsize, qkv.grad)
+        v = ops.tok(a.q_width, qkv.itemsize, qkv.grad)
+    else:
+        # One query per group: the reshapes are views of qkv, so SDPA saving v keeps all of qkv.
+        q = qkv.view(r.tok(a.q_width))
+        k = qkv.view(r.tok(a.kv_width))
+        v = qkv.view(r.tok(a.kv_width))
+    if rope is not None:
+        q = _litgpt_rope(ops, q, a.q_width, rope)
+        k = _litgpt_rope(ops, k, a.q_width, rope)
+    out = attention(ops, q, k, v, mask, expanded=True)
+    # `y.reshape(B, T, C)` of SDPA's `(B, nh, T, hs)` output transposed (l.249): q comes from `torch.cat`
+    # in that layout, which the kernel's output keeps, so the reshape copies.
+    y = ops.fresh(out.numel, out.itemsize, out.grad)
+    return _linear(ops, y, linears.attn_out, a.hidden)

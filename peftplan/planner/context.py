@@ -51,6 +51,8 @@ class TrainContext:
     packing: bool = False
     bnb_keeps_input: bool = False  # bitsandbytes < 0.43.2: a 4-bit Linear keeps its input as long as the graph
     bnb_fp16_state: bool = False  # 4-bit weights quantized from fp16: dequantized to fp16, then cast
+    model_code: str = "transformers"  # transformers | litgpt (litgpt's own GPT blocks, planner/blocks.py)
+    output_fp32: bool = False  # the wrapper casts the model's output (the logits) to fp32 (Lightning Fabric)
     cpu_offload: bool = False  # sharded states (and, for FSDP/ZeRO-3, parameters) live on the host
     pinned: frozenset[str] = frozenset()  # knobs (and "optimizer") the user set: stack rules keep them
     # A VLM's images (planner/vision.py): per example, `images` images of `image_patches` vision-tower

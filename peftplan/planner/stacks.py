@@ -50,6 +50,13 @@ Knobs:
   backward never releases: it lives as long as the graph, through the whole backward, and with a loop that
   keeps the step's outputs (`keep_logits`, litgpt's `logits`) into the next step's forward. litgpt pinned
   bitsandbytes 0.42.0 until 2024-12; 0.43.2 (2024-07, bitsandbytes#1270) keeps `(None, B)`.
+- `model_code`: whose model code runs the blocks: `transformers` (the model's transformers modules) or
+  `litgpt` (litgpt's own `GPT`: one fused qkv Linear whose query, key and value are views of its output,
+  keys and values expanded to every query head for grouped attention, its RoPE with a `torch.cat`, and
+  `LoRAQKVLinear`, one LoRA branch for the enabled parts of the fused projection; `planner/blocks.py`).
+- `output_fp32`: the training wrapper casts the model's output to fp32 (Lightning Fabric's
+  `_FabricModule.forward` ends with `precision.convert_output`, which litgpt's loop goes through): the
+  logits the loop holds and the loss reads are fp32 copies of the output layer's.
 - `bnb_fp16_state`: the 4-bit weights were quantized from fp16 (Lightning's `BitsandbytesPrecision`), so
   bitsandbytes dequantizes each to fp16 and then casts it to the compute dtype: two weight-sized
   temporaries per 4-bit matmul instead of one on a bf16 model.
@@ -67,6 +74,7 @@ KbitPrep = Literal["peft", "none", "torchtune", "all-linear"]
 AdapterDtype = Literal["fp32", "dtype"]
 Checkpointing = Literal["none", "recompute", "offload"]
 Precision = Literal["mixed", "pure"]
+ModelCode = Literal["transformers", "litgpt"]
 
 LOSSES: tuple[str, ...] = ("full", "chunked", "fused")
 KBIT_PREPS: tuple[str, ...] = ("peft", "none", "torchtune", "all-linear")
@@ -74,6 +82,7 @@ ADAPTER_DTYPES: tuple[str, ...] = ("fp32", "dtype")
 KERNELS: tuple[str, ...] = ("torch", "unsloth")
 CHECKPOINTING: tuple[str, ...] = ("none", "recompute", "offload")
 PRECISIONS: tuple[str, ...] = ("mixed", "pure")
+MODEL_CODES: tuple[str, ...] = ("transformers", "litgpt")
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,8 @@ class Knobs:
     packing: bool = False
     bnb_keeps_input: bool = False
     bnb_fp16_state: bool = False
+    model_code: ModelCode = "transformers"
+    output_fp32: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -105,7 +116,8 @@ class Knobs:
 
 KNOB_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Knobs))
 _CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "kbit_prep": KBIT_PREPS, "checkpointing": CHECKPOINTING,
-                                        "precision": PRECISIONS, "adapter_dtype": ADAPTER_DTYPES, "kernels": KERNELS}
+                                        "precision": PRECISIONS, "adapter_dtype": ADAPTER_DTYPES, "kernels": KERNELS,
+                                        "model_code": MODEL_CODES}
 _COUNTS = ("loss_chunks", "loss_chunk_tokens")
 
 
@@ -160,8 +172,9 @@ STACKS: dict[str, Stack] = {
               when_full={"optimizer": "paged-adamw8bit", "optimizer_in_bwd": True}),
         Stack("litgpt", Knobs(loss="chunked", loss_chunk_tokens=128, loss_fp32=False, keep_logits=True,
                               precision="pure", adapter_dtype="dtype", kbit_prep="all-linear", checkpointing="none",
-                              bnb_fp16_state=True),
-              "litgpt finetune (config hub, bf16-true): 128-token bf16 loss chunks, every Linear quantized from fp16",
+                              bnb_fp16_state=True, model_code="litgpt", output_fp32=True),
+              "litgpt finetune (config hub, bf16-true): litgpt's own model under Fabric (fp32 logits), "
+              "128-token loss chunks, every Linear quantized from fp16",
               "Lightning-AI/litgpt@2685705 + Lightning-AI/pytorch-lightning@7f0c343",
               methods=frozenset({"full", "lora", "qlora"}), losses=("full", "chunked"),
               when_quantized={"optimizer": "paged-adamw"}),

@@ -201,6 +201,13 @@ def check_stack_knobs(ctx: TrainContext, spec: ModelSpec | None = None) -> None:
     if ctx.bnb_keeps_input:
         raise UnsupportedError("the trace runs bitsandbytes 0.50, whose MatMul4Bit keeps no input (since 0.43.2); "
                                "--bnb-keeps-input is priced from 0.42's code (tests/planner/test_bnb_legacy.py)")
+    if ctx.model_code != "transformers":
+        raise UnsupportedError(f"the trace runs the model's transformers modules; {ctx.model_code}'s own model code is "
+                               "priced analytically and checked against a trace of litgpt 0.5.13 "
+                               "(tests/planner/test_litgpt_model.py): trace with --model-code transformers")
+    if ctx.output_fp32 and (ctx.legacy_loss or ctx.loss == "fused" or (ctx.loss == "chunked" and not ctx.keep_logits)):
+        raise UnsupportedError("--output-fp32 (Fabric's fp32 output cast) is litgpt's: it goes with the full loss or "
+                               "litgpt's chunked loss (--keep-logits)")
     if ctx.ckpt_offload and not ctx.grad_checkpointing:
         raise BadInputError("offloaded checkpoints need checkpointing: use --checkpointing offload")
     stack_loss = ctx.loss != "full" or not ctx.loss_fp32 or ctx.legacy_loss

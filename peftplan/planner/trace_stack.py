@@ -246,6 +246,8 @@ def _full(head_call: Callable[..., Any], hidden: torch.Tensor, labels: torch.Ten
           cap: float | None) -> tuple[torch.Tensor, Any]:
     """transformers' `ForCausalLMLoss`, with the upcast only when `loss_fp32`."""
     logits = _softcap(head_call(hidden), cap)
+    if ctx.output_fp32:  # Fabric's `convert_output`: the loop gets fp32 logits
+        logits = logits.to(dtype=torch.float32)
     scores = logits.float() if ctx.loss_fp32 else logits
     shift = shifted_labels(labels)
     loss = F.cross_entropy(scores.view(-1, scores.size(-1)), shift.view(-1), ignore_index=IGNORE)
@@ -299,6 +301,8 @@ def _litgpt(head_call: Callable[..., Any], hidden: torch.Tensor, labels: torch.T
     `logits` until the step is done. (`max(1, non_masked_elems)` is `clamp(min=1)`: the same value
     without asking a fake tensor for its data.)"""
     logits = [_softcap(head_call(piece), cap) for piece in _chunks(hidden, ctx)]
+    if ctx.output_fp32:  # Fabric's `convert_output`: `_convert_fp_tensor` on each chunk, the list kept
+        logits = [chunk.to(dtype=torch.float32) for chunk in logits]
     logits[-1] = logits[-1][..., :-1, :]
     targets = labels[..., 1:]
     ignore_index = -1  # litgpt's default; no label is -1

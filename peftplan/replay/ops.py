@@ -59,6 +59,7 @@ class Replay:
     kbit_prep: str = "peft"
     bnb_keeps_input: bool = False  # a 4-bit Linear keeps its input until the graph is freed (`stacks.py`)
     dequant_extra: int = 0  # bytes per weight of the fp16 dequantized copy made before the cast (`bnb_fp16_state`)
+    model_code: str = "transformers"  # whose block code to replay: transformers' or litgpt's (`planner/blocks.py`)
 
     def quantizes(self, name: str, role: str) -> bool:
         """Whether bitsandbytes stores this Linear quantized (see `planner/weights.quantized_linears`)."""

@@ -81,7 +81,7 @@ STACK_METHODS = {
 }
 # The default knobs the trace cannot run, and what the cells trace instead.
 TRITON_ONLY = {"unsloth": {"kernels": "torch"}, "trl": {"loss_chunk_tokens": 0}}
-TRACEABLE = {**TRITON_ONLY, "litgpt": {"bnb_fp16_state": False}}
+TRACEABLE = {**TRITON_ONLY, "litgpt": {"bnb_fp16_state": False, "model_code": "transformers"}}
 STACK_CELLS = [
     pytest.param(LLAMA, stack, method, id=f"Llama-3.2-1B-{stack}-{method}")
     for stack, methods in STACK_METHODS.items()
@@ -143,6 +143,9 @@ def test_triton_only_defaults_are_refused(stack: str) -> None:
 def test_fp16_quant_state_is_refused() -> None:
     """litgpt's QLoRA default (weights quantized from fp16, dequantized to fp16 then cast) is refused in one
     line, never traced as the model-dtype quantization the trace runs; its LoRA default still traces."""
-    cell = calibration_cell(LLAMA, "qlora", stack_context("litgpt", "qlora", LLAMA))
+    default = calibration_cell(LLAMA, "qlora", stack_context("litgpt", "qlora", LLAMA))
+    assert "--model-code transformers" in default.skipped and "\n" not in default.skipped  # litgpt's own blocks
+    ctx = replace(stack_context("litgpt", "qlora", LLAMA), model_code="transformers")
+    cell = calibration_cell(LLAMA, "qlora", ctx)
     assert "--bnb-fp16-state" in cell.skipped and "\n" not in cell.skipped
     assert stack_context("litgpt", "lora", LLAMA).bnb_fp16_state  # the knob is on; LoRA has nothing quantized

@@ -106,14 +106,13 @@ def plan(request: PlanRequest) -> Plan:
     Raises:
         BadInputError: an unknown model, method, target, stack, knob or GPU; a bad value (exit 2).
     """
-    fields = request.model_dump(exclude={"model_config_dict"})
-    choice("shard mode", fields["shard"], SHARDS)
-    choice("dtype", fields["dtype"], DTYPES)
-    choice("attention kernel", fields["attn"], ATTENTION)
-    choice("device", fields["device"], DEVICES)
-    choice("switching mode", fields["switching"], SWITCHING)
-    choice("engine", fields["engine"], ENGINES)
-    return _plan(**fields, model_config=request.model_config_dict)  # type: ignore[no-any-return]
+    choice("shard mode", request.shard, SHARDS)
+    choice("dtype", request.dtype, DTYPES)
+    choice("attention kernel", request.attn, ATTENTION)
+    choice("device", request.device, DEVICES)
+    choice("switching mode", request.switching, SWITCHING)
+    choice("engine", request.engine, ENGINES)
+    return _plan(request)
 
 
 def method_configs(
@@ -188,26 +187,10 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
         stack=stack, cpu_offload=cpu_offload, pinned=frozenset(pinned), **values)
 
 
-def _plan(
-    *, model: str, vram: float | None = None, gpu: str | None = None, gpus: int = 1, shard: str = "none",
-    cpu_offload: bool = False, stack: str = "hf", knobs: dict[str, Any] | None = None,
-    lengths: Path | None = None, tokenizer: str | None = None, lengths_field: str | None = None,
-    gpu_profiles: Path | None = None, seq_len: int = 2048, batch_size: int = 1, grad_ckpt: bool | None = None,
-    optimizer: str | None = None, dtype: str = "bf16", attn: str = "sdpa", device: str = "cuda",
-    methods: list[str] | None = None, rank: int | None = None, alpha: float | None = None,
-    targets: str | None = None, virtual_tokens: int | None = None, quant: str | None = None,
-    bottleneck: int | None = None, peft_config: Path | None = None, image_size: str | None = None,
-    images_per_example: int | None = None, image_tokens: int | None = None, train_vision: bool = False,
-    tasks: int = 1, switching: str = "merge",
-    examples: int | None = None, train_tokens: int | None = None, epochs: float = 1.0, mfu: float = 0.40,
-    fit_search: bool = True, trust_remote_code: bool = False, engine: str = "analytic",
-    model_config: dict[str, Any] | None = None, method_config: dict[str, Any] | None = None,
-    require_budget: bool = True, serve_gpu: str | None = None, serve_vram: float | None = None,
-    serve_context: int | None = None, serve_concurrency: int | None = None, given: frozenset[str] | None = None,
-) -> Any:
-    """Resolve inputs and build the Plan (shared by the CLI and `peftplan.plan`).
+def _plan(r: PlanRequest) -> Plan:
+    """Resolve the request's inputs and build the Plan.
 
-    `model_config` plans that config dict under the name `model`; `method_config` gives the single
+    `model_config_dict` plans that config dict under the name `model`; `method_config` gives the single
     method's settings as a dict; without `require_budget`, a missing budget means no memory limit.
     `given` names the parameters the user passed (the CLI's); without it, a parameter that is not None
     and not its default counts as given. The decision keeps what was given and searches the rest.
@@ -217,87 +200,88 @@ def _plan(
     from peftplan.models import get_spec
     from peftplan.planner.plan import build_plan
 
-    for name, value in (("--seq-len", seq_len), ("--batch-size", batch_size)):
+    examples, fit_search, given = r.examples, r.fit_search, r.given
+    for name, value in (("--seq-len", r.seq_len), ("--batch-size", r.batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInputError(f"{name} must be a positive integer, got {value!r}")
     from peftplan.planner.decide import check_contradictions, pins
     from peftplan.planner.serving import serving_needs
 
-    adapter_knobs = {"rank": rank, "alpha": alpha, "targets": targets, "virtual_tokens": virtual_tokens,
-                     "quant": quant, "bottleneck": bottleneck}
-    check_contradictions(methods=methods, quant=quant, peft_config=peft_config is not None, method_knobs=adapter_knobs,
-                         grad_ckpt=grad_ckpt, checkpointing=(knobs or {}).get("checkpointing"))
+    adapter_knobs = {"rank": r.rank, "alpha": r.alpha, "targets": r.targets, "virtual_tokens": r.virtual_tokens,
+                     "quant": r.quant, "bottleneck": r.bottleneck}
+    check_contradictions(methods=r.methods, quant=r.quant, peft_config=r.peft_config is not None, method_knobs=adapter_knobs,
+                         grad_ckpt=r.grad_ckpt, checkpointing=(r.knobs or {}).get("checkpointing"))
     if given is None:  # Python callers: what differs from the defaults
-        given = frozenset([name for name, value in {**adapter_knobs, "methods": methods, "optimizer": optimizer,
-                                                    "grad_ckpt": grad_ckpt, "lengths": lengths}.items()
+        given = frozenset([name for name, value in {**adapter_knobs, "methods": r.methods, "optimizer": r.optimizer,
+                                                    "grad_ckpt": r.grad_ckpt, "lengths": r.lengths}.items()
                            if value is not None]
-                          + [name for name, value, default in (("seq_len", seq_len, 2048), ("batch_size", batch_size, 1),
-                                                               ("shard", shard, "none")) if value != default])
-    elif lengths is not None:
+                          + [name for name, value, default in (("seq_len", r.seq_len, 2048), ("batch_size", r.batch_size, 1),
+                                                               ("shard", r.shard, "none")) if value != default])
+    elif r.lengths is not None:
         given = given | {"lengths"}
     notes: list[str] = []
-    if vram is None and gpu is None and not require_budget:
+    if r.vram is None and r.gpu is None and not r.require_budget:
         from peftplan.budgets import unlimited_budget
 
-        budget = unlimited_budget(gpus, gpu_profiles)
+        budget = unlimited_budget(r.gpus, r.gpu_profiles)
         fit_search = False
         notes.append(f"no budget given: memory is not limited, fit is not judged; time and cost assume {budget.gpu.name}")
     else:
-        budget = parse_budget(vram=vram, gpu=gpu, gpus=gpus, profiles_file=gpu_profiles)
-    chosen = method_configs(methods, rank=rank, alpha=alpha, targets=targets, virtual_tokens=virtual_tokens,
-                            quant=quant, bottleneck=bottleneck, peft_config=peft_config)
-    if method_config is not None:
+        budget = parse_budget(vram=r.vram, gpu=r.gpu, gpus=r.gpus, profiles_file=r.gpu_profiles)
+    chosen = method_configs(r.methods, rank=r.rank, alpha=r.alpha, targets=r.targets, virtual_tokens=r.virtual_tokens,
+                            quant=r.quant, bottleneck=r.bottleneck, peft_config=r.peft_config)
+    if r.method_config is not None:
         if len(chosen) != 1:
             raise BadInputError("method_config needs exactly one method")
-        chosen = [(chosen[0][0], chosen[0][0].make_config(**method_config))]
-    if model_config is not None:
+        chosen = [(chosen[0][0], chosen[0][0].make_config(**r.method_config))]
+    if r.model_config_dict is not None:
         from peftplan.models import spec_from_config
 
-        spec = spec_from_config(dict(model_config), model_id=model, trust_remote_code=trust_remote_code)
+        spec = spec_from_config(dict(r.model_config_dict), model_id=r.model, trust_remote_code=r.trust_remote_code)
     else:
-        spec = get_spec(model, trust_remote_code=trust_remote_code)
-    ctx = train_context(stack=stack, knobs=knobs or {}, grad_ckpt=grad_ckpt, seq_len=seq_len,
-                        batch_size=batch_size, optimizer=optimizer, dtype=dtype, attn=attn, gpus=gpus,
-                        shard=shard, cpu_offload=cpu_offload, device=device)
+        spec = get_spec(r.model, trust_remote_code=r.trust_remote_code)
+    ctx = train_context(stack=r.stack, knobs=r.knobs or {}, grad_ckpt=r.grad_ckpt, seq_len=r.seq_len,
+                        batch_size=r.batch_size, optimizer=r.optimizer, dtype=r.dtype, attn=r.attn, gpus=r.gpus,
+                        shard=r.shard, cpu_offload=r.cpu_offload, device=r.device)
     from peftplan.planner.vision import image_context
 
-    spec, ctx, image_notes = image_context(spec, ctx, image_size=image_size, images=images_per_example,
-                                           tokens=image_tokens, train_vision=train_vision)
+    spec, ctx, image_notes = image_context(spec, ctx, image_size=r.image_size, images=r.images_per_example,
+                                           tokens=r.image_tokens, train_vision=r.train_vision)
     notes += image_notes
 
     per_example = None
-    if lengths is not None:
+    if r.lengths is not None:
         from dataclasses import replace
 
         from peftplan.planner.lengths import read_lengths
 
-        stats = read_lengths(lengths, tokenizer=tokenizer, field=lengths_field)
-        longest, mean = stats.capped(seq_len)
+        stats = read_lengths(r.lengths, tokenizer=r.tokenizer, field=r.lengths_field)
+        longest, mean = stats.capped(r.seq_len)
         examples = examples if examples is not None else stats.count
         per_example = mean
         if not ctx.packing:
             ctx = replace(ctx, seq_len=longest)
             notes.append(f"unpacked data: the peak is planned at the longest example ({longest:,} tokens"
-                         f"{', capped at --seq-len' if stats.longest > seq_len else ''}), time at the mean "
+                         f"{', capped at --seq-len' if stats.longest > r.seq_len else ''}), time at the mean "
                          f"({mean:,.0f} tokens)")
         else:
-            notes.append(f"packed to {seq_len:,} tokens: every batch is full; time at the data's "
+            notes.append(f"packed to {r.seq_len:,} tokens: every batch is full; time at the data's "
                          f"{examples:,} x {mean:,.0f} tokens")
     elif not ctx.packing and examples is not None:
         notes.append("unpacked data: --seq-len is a cap, planned as the length of every batch "
                      "(pass --lengths FILE to plan the longest batch and the mean, or --packing)")
-    needs = serving_needs(vram_bytes=budget.vram_bytes, gpu=budget.gpu, gpus=budget.gpus, tasks=tasks,
-                          switching=switching, serve_gpu=serve_gpu, serve_vram=serve_vram, context=serve_context,
-                          concurrency=serve_concurrency, profiles_file=gpu_profiles)
-    plan = build_plan(spec, chosen, ctx, budget, tasks=tasks, switching=switching, examples=examples,
-                      train_tokens=train_tokens, epochs=epochs, mfu=mfu, fit_search=fit_search,
-                      strict=bool(methods) or peft_config is not None, tokens_per_example=per_example,
-                      serving=needs, pinned=pins(given, peft_config=peft_config is not None, knobs=ctx.pinned))
+    needs = serving_needs(vram_bytes=budget.vram_bytes, gpu=budget.gpu, gpus=budget.gpus, tasks=r.tasks,
+                          switching=r.switching, serve_gpu=r.serve_gpu, serve_vram=r.serve_vram, context=r.serve_context,
+                          concurrency=r.serve_concurrency, profiles_file=r.gpu_profiles)
+    plan = build_plan(spec, chosen, ctx, budget, tasks=r.tasks, switching=r.switching, examples=examples,
+                      train_tokens=r.train_tokens, epochs=r.epochs, mfu=r.mfu, fit_search=fit_search,
+                      strict=bool(r.methods) or r.peft_config is not None, tokens_per_example=per_example,
+                      serving=needs, pinned=pins(given, peft_config=r.peft_config is not None, knobs=ctx.pinned))
     plan.notes[:0] = notes
-    if lengths is not None:
+    if r.lengths is not None:
         plan.lengths = stats.to_dict()
-    if engine != "analytic":
+    if r.engine != "analytic":
         from peftplan.planner.plan import attach_traces
 
-        attach_traces(plan, chosen, engine)
+        attach_traces(plan, chosen, r.engine)
     return plan

@@ -343,8 +343,10 @@ RECIPES: dict[int, Recipe] = {
     316: replace(_TABLES, gpus=2, shard="fsdp", grad_checkpointing=True, note=_FSDP + _ABOVE_SHARD),
     318: replace(_TABLES, batch_size=4, gpus=2, shard="fsdp", grad_checkpointing=True, note=_FSDP + _ABOVE_SHARD),
     322: replace(_TABLES, model="meta-llama/Llama-2-13b-hf", gpus=4, shard="fsdp", grad_checkpointing=True,
-                 trainable=6_553_600, note=_FSDP + _ABOVE_SHARD.replace("row 283", "the 13B's 26 GB of weights")
-                 .replace("64 accumulation", "32 accumulation")),
+                 trainable=6_553_600,
+                 note=_FSDP + "; above the 13B's whole bf16 weights (26 GB): Lightning 2.1's use_orig_params=True "
+                      "(block-sized gradients) and 32 accumulation micro-batches under no_backward_sync (FSDP "
+                      "no_sync: unsharded gradients all step)"),
 }
 
 UNPLANNABLE: dict[int, str] = {

@@ -185,7 +185,9 @@ _FIRST_STEP = ("published peak is iteration 0 (longest sample first, later ones 
                "inputs there, the plan prices a steady step at this length")
 _FSDP = ("devices > 1: FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block}), "
          "planned as FSDP + recompute")
-_ABOVE_SHARD = "; unexplained: the per-GPU figure is above the 1-GPU run's (row 283), not a sharded steady state"
+_ABOVE_SHARD = ("; above the 1-GPU run (row 283): Lightning 2.1's FSDPStrategy sets use_orig_params=True (LoRA "
+                 "and frozen weights in one FlatParameter per Block: block-sized gradients) and the 64 accumulation "
+                 "micro-batches run under no_backward_sync (FSDP no_sync: unsharded gradients all step)")
 
 RECIPES: dict[int, Recipe] = {
     16: replace(_SUITE, method="full", knobs={"precision": "pure"}, trainable=3_212_749_824,
@@ -204,9 +206,11 @@ RECIPES: dict[int, Recipe] = {
                 note="run_peft_deepspeed.sh: ZeRO-3 without offload, DeepSpeed bf16 engine, GA 4; per-GPU "
                      "reading of an nvidia-smi screenshot"),
     81: replace(_PEFT_DOCS, method="qlora", batch_size=2, gpus=2, shard="fsdp",
-                config={**_PEFT_DOCS.config, "quant": "nf4"}, knobs={**_PEFT_DOCS.knobs, "kbit_prep": "none"},
+                config={**_PEFT_DOCS.config, "quant": "nf4"},
+                knobs={**_PEFT_DOCS.knobs, "kbit_prep": "none", "fsdp_no_sync": True},
                 note="run_peft_qlora_fsdp.sh, fsdp_offload_params false; nested quant, bf16 quant storage; "
-                     "TRL skips prepare_model_for_kbit_training for sharded QLoRA"),
+                     "TRL skips prepare_model_for_kbit_training for sharded QLoRA; GA 2 under accelerate's accumulate "
+                     "(FSDP no_sync: the LoRA units' gradients unsharded)"),
     129: replace(_LF, note="HF backend (sdpa); LLaMA-Factory defaults: checkpointing, AdamW; GA 2; GPU not stated"),
     131: replace(_LF, stack="unsloth", attention="flash", note=_UNSLOTH_2024),
     133: replace(_LF, method="qlora", stack="unsloth", attention="flash", note=_UNSLOTH_2024),
@@ -309,7 +313,9 @@ RECIPES: dict[int, Recipe] = {
     256: replace(_HUB, model="mistralai/Mistral-7B-v0.1", batch_size=2,
                  note="config devices: 1 (the 4xA10G machine trains on one A10G)"),
     258: replace(_HUB, model="microsoft/phi-2", method="full", batch_size=4, config={}, gpus=2, shard="fsdp",
-                 grad_checkpointing=True, note="phi-2/full.yaml devices: 2; " + _FSDP),
+                 grad_checkpointing=True, knobs={**_HUB.knobs, "fsdp_no_sync": False},
+                 note="phi-2/full.yaml devices: 2; global batch 8 = 2 devices x micro-batch 4: no gradient "
+                      "accumulation, so no no_sync(); " + _FSDP),
     260: replace(_HUB, model="microsoft/phi-2", batch_size=4, config=_HUB_ALL,
                  note="config devices: 1 (the 4xA10G machine trains on one A10G)"),
     262: replace(_HUB, model="microsoft/Phi-3-mini-4k-instruct", method="full", batch_size=4, config={},
@@ -337,8 +343,10 @@ RECIPES: dict[int, Recipe] = {
     316: replace(_TABLES, gpus=2, shard="fsdp", grad_checkpointing=True, note=_FSDP + _ABOVE_SHARD),
     318: replace(_TABLES, batch_size=4, gpus=2, shard="fsdp", grad_checkpointing=True, note=_FSDP + _ABOVE_SHARD),
     322: replace(_TABLES, model="meta-llama/Llama-2-13b-hf", gpus=4, shard="fsdp", grad_checkpointing=True,
-                 trainable=6_553_600, note=_FSDP + "; unexplained: 35.57 GB per GPU is more than the whole "
-                                          "unsharded 13B's bf16 weights (26 GB)"),
+                 trainable=6_553_600,
+                 note=_FSDP + "; above the 13B's whole bf16 weights (26 GB): Lightning 2.1's use_orig_params=True "
+                      "(block-sized gradients) and 32 accumulation micro-batches under no_backward_sync (FSDP "
+                      "no_sync: unsharded gradients all step)"),
 }
 
 UNPLANNABLE: dict[int, str] = {

@@ -84,6 +84,9 @@ class KnobOptions:
     bnb_fp16_state: Annotated[bool | None, typer.Option("--bnb-fp16-state/--no-bnb-fp16-state", help="4-bit weights quantized from fp16 (Lightning, litgpt): dequantized to fp16, then cast.")] = None
     model_code: Annotated[str | None, typer.Option("--model-code", help="Whose model code runs the blocks: transformers or litgpt (its fused qkv, RoPE and LoRA); default: the stack's.")] = None
     output_fp32: Annotated[bool | None, typer.Option("--output-fp32/--no-output-fp32", help="The loop's wrapper casts the logits to fp32 (Lightning Fabric, litgpt).")] = None
+    fsdp_flat_grads: Annotated[bool | None, typer.Option("--fsdp-flat-grads/--no-fsdp-flat-grads", help="With --shard fsdp: use_orig_params=True, a unit's gradient spans its frozen parameters too (Lightning, litgpt).")] = None
+    fsdp_no_sync: Annotated[bool | None, typer.Option("--fsdp-no-sync/--no-fsdp-no-sync", help="With --shard fsdp: gradient accumulation under no_sync(), unsharded gradients all step (litgpt).")] = None
+    fsdp_root_whole: Annotated[bool | None, typer.Option("--fsdp-root-whole/--no-fsdp-root-whole", help="With --shard fsdp: the root unit (embeddings, output layer) stays gathered from forward to backward (FSDP1).")] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The overrides by knob name, in `KNOB_NAMES` order (what `api.train_context` and `PlanRequest` take)."""

@@ -53,6 +53,9 @@ class TrainContext:
     bnb_fp16_state: bool = False  # 4-bit weights quantized from fp16: dequantized to fp16, then cast
     model_code: str = "transformers"  # transformers | litgpt (litgpt's own GPT blocks, planner/blocks.py)
     output_fp32: bool = False  # the wrapper casts the model's output (the logits) to fp32 (Lightning Fabric)
+    fsdp_flat_grads: bool = False  # FSDP1 use_orig_params=True: a unit's gradient spans its whole FlatParameter
+    fsdp_no_sync: bool = False  # FSDP gradient accumulation under no_sync(): unsharded gradients all step
+    fsdp_root_whole: bool = True  # FSDP's root unit (embeddings, output layer) stays gathered fwd -> bwd
     cpu_offload: bool = False  # sharded states (and, for FSDP/ZeRO-3, parameters) live on the host
     pinned: frozenset[str] = frozenset()  # knobs (and "optimizer") the user set: stack rules keep them
     # A VLM's images (planner/vision.py): per example, `images` images of `image_patches` vision-tower

@@ -32,12 +32,18 @@ from peftplan.planner.activations import ActivationProfile, activation_profile, 
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
 from peftplan.planner.vision import with_vision
-from peftplan.planner.weights import WeightBytes, weight_bytes
+from peftplan.planner.weights import UnitBytes, WeightBytes, unit_bytes, weight_bytes
 from peftplan.replay.symbolic import Poly
 from peftplan.replay.terms import MemoryTerms, Shape
 
 MIB = 1 << 20
 GIB = 1 << 30
+# DeepSpeed ZeRO-3's reduce bucket: `reduce_bucket_size` (default 5e8, deepspeed/runtime/zero/config.py l.105
+# @microsoft/DeepSpeed@5115df3f0, v0.13.4) elements of the model dtype, allocated when the optimizer is built
+# (`__ipg_bucket_flat_buffer`, stage3.py l.489-492, with `contiguous_gradients`, default True, config.py l.94)
+# and alive for the whole run. accelerate's generated config (utils/dataclasses.py l.688-706 @v0.27.2) and
+# transformers' Trainer leave the size at DeepSpeed's default.
+ZERO3_REDUCE_BUCKET = 500_000_000
 CUDA_CONTEXT = 512 * MIB  # CUDA context, cuBLAS/cuDNN handles and workspaces (measured 0.4-0.6 GiB)
 ALLOCATOR_BLOCK = 2 * MIB  # the caching allocator reserves in 2 MiB blocks (20 MiB for large ones)
 FRAGMENTATION = 0.05  # reserved beyond allocated at the peak, from measured reserved/allocated ratios
@@ -64,6 +70,8 @@ class StepModel:
     method_state: int = 0  # bytes the method keeps between steps beside the optimizer (`MemoryTerms.method_state`)
     early_gradients: int = 0  # gradients made before the model's backward (`MemoryTerms.loss_terms`)
     early_later_gradients: int = 0  # the part of them in blocks 1..L-1 (already in `later_block_gradients`)
+    units: UnitBytes | None = None  # FSDP/ZeRO units (only with several GPUs and sharding)
+    trainable_numel: int = 0  # elements of every trainable tensor
 
     @property
     def shards(self) -> int:
@@ -140,11 +148,16 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         # The tied matrix receives two gradients (LM head, then embedding); their sum is a third copy.
         tied_spike = 2 * vocab_rows if spec.tie_word_embeddings else 0
     early, early_later = loss_term_gradients(spec, terms, ctx)
+    weights = weight_bytes(spec, terms, ctx)
+    units = None
+    if ctx.gpus > 1 and ctx.shard != "none":
+        names = [name for name, _, _ in named_trainable_tensors(spec, terms, ctx)]
+        units = unit_bytes(spec, terms, ctx, weights.weights, names)
     return StepModel(
         spec=spec,
         terms=terms,
         ctx=ctx,
-        weights=weight_bytes(spec, terms, ctx),
+        weights=weights,
         optimizer=optimizer_bytes(ctx.optimizer, tensors),
         gradients=gradients,
         activations=with_vision(activation_profile(spec, terms, ctx), spec, terms, ctx),
@@ -155,6 +168,8 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         method_state=terms.method_state * ctx.adapter_itemsize,
         early_gradients=early,
         early_later_gradients=early_later,
+        units=units,
+        trainable_numel=sum(_numel(shape) for shape, _ in tensors),
     )
 
 
@@ -281,16 +296,32 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
     ctx = m.ctx
     shards = m.shards
     state_shards = ctx.gpus if ctx.shard in ("fsdp", "zero2", "zero3") and ctx.gpus > 1 else 1
+    fsdp = ctx.shard == "fsdp" and ctx.gpus > 1
+    zero3 = ctx.shard == "zero3" and ctx.gpus > 1
     host = host_bytes(m, batch, seq)
     weights = m.weights.weights // shards
-    constants = m.weights.quant_constants // shards
+    # bitsandbytes keeps a 4-bit weight's constants (`quant_state`: absmax, code) as a plain attribute, not a
+    # Parameter (bitsandbytes/nn/modules.py `Params4bit.quant_state`, restored from `Linear4bit.quant_state`
+    # by `fix_4bit_weight_quant_state_from_module` for FSDP, 0.43.0): FSDP flattens and ZeRO-3 partitions
+    # Parameters only, so every GPU holds all of them. torchao's NF4Tensor (torchtune) is sharded whole by FSDP2.
+    constant_shards = shards if ctx.kbit_prep == "torchtune" else 1
+    constants = m.weights.quant_constants // constant_shards
     adapter = m.weights.adapter // shards
     if ctx.cpu_offload and shards > 1:
-        host += weights + constants + adapter
-        weights = constants = adapter = 0
-    if shards > 1:
-        # FSDP all-gathers one block's parameters (and prefetches the next) for compute.
-        weights += _gathered_block_bytes(m)
+        moved = constants if constant_shards > 1 else 0
+        host += weights + moved + adapter
+        weights = adapter = 0
+        constants -= moved
+    if shards > 1 and m.units is not None:
+        # The current unit and the prefetched next one, all-gathered for compute (FSDP's backward prefetch,
+        # ZeRO-3's prefetch bucket).
+        weights += 2 * m.units.block
+        if fsdp and ctx.fsdp_root_whole:
+            # FSDP1 never frees the root unit's gathered parameters after forward (they are used again at
+            # once in backward): torch/distributed/fsdp/_runtime_utils.py `_post_forward_reshard`,
+            # `free_unsharded_flat_param = not state._is_root and ...` (torch 2.1-2.13). Embeddings and the output
+            # layer stay whole from forward to backward (`fsdp_root_whole`).
+            weights += m.units.root
     states = m.optimizer.states // state_shards
     paged = 0
     if ctx.optimizer.startswith("paged-"):
@@ -298,23 +329,51 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
     elif ctx.cpu_offload:
         host, states = host + states, 0
     states += m.method_state // shards  # sized as the (sharded) parameters it scores; never paged or offloaded
+    grad_num, grad_den = 1, state_shards  # a moment's gradients, as the sharded share of this GPU
+    held = 0  # gradient buffers alive at every moment
+    if fsdp and m.units is not None:
+        # `fsdp_flat_grads`: the gradient of every unit with a trainable tensor spans the unit's FlatParameter.
+        grads = m.units.trained if ctx.fsdp_flat_grads else m.gradients
+        if ctx.fsdp_no_sync:
+            # Under `no_sync()` `_post_backward_hook` returns before the reduce-scatter and the unsharded
+            # gradient accumulates across micro-batches (torch/distributed/fsdp/_runtime_utils.py,
+            # `if not state._sync_gradients`): whole on every GPU, from the previous micro-batch on.
+            held, grad_num, grad_den = grads, 0, 1
+        else:
+            grad_num, grad_den = grads, max(m.gradients, 1) * state_shards
+    elif zero3:
+        itemsize = DTYPE_BYTES[ctx.dtype]
+        # The reduce bucket; the flat buffer of this GPU's gradient partitions (`grad_partitions_flat_buffer`,
+        # stage3.py l.499-501 @5115df3f0: zeros at init, in the engine's gradient-accumulation dtype, the
+        # model dtype under ZeRO, engine.py l.891-906); the fp32 partitions of the trainable parameters the
+        # optimizer steps (`fp32_partitioned_groups_flat`, stage3.py l.857-863). Gradients live in these
+        # buffers, not beside them. With offload_optimizer both partitions live pinned on the host.
+        partitions = m.trainable_numel * itemsize // ctx.gpus
+        master = m.trainable_numel * 4 // ctx.gpus
+        held = ZERO3_REDUCE_BUCKET * itemsize
+        if ctx.cpu_offload:
+            host += partitions + master
+        else:
+            held += partitions
+            states += master
+        grad_num = 0
     best: _Moment | None = None
     best_total = -1
     for moment in _moments(m, batch, seq):
-        total = (moment.activations + moment.logits + moment.gradients // state_shards
+        total = (moment.activations + moment.logits + moment.gradients * grad_num // grad_den
                  + moment.optimizer_extra // state_shards)
         if total > best_total:
             best, best_total = moment, total
     assert best is not None
     buckets = ddp_bucket_bytes(m)
-    peak = weights + constants + adapter + states + best_total + buckets
+    peak = weights + constants + adapter + states + best_total + held + buckets
     reserved = reserved_for(peak)
     overhead = CUDA_CONTEXT
     result = MemoryBreakdown(
         weights=weights,
         quant_constants=constants,
         adapter=adapter,
-        gradients=best.gradients // state_shards + buckets,
+        gradients=best.gradients * grad_num // grad_den + held + buckets,
         optimizer=states + best.optimizer_extra // state_shards,
         activations=best.activations,
         logits=best.logits,
@@ -332,14 +391,6 @@ def ddp_bucket_bytes(m: StepModel) -> int:
     """DDP (several GPUs, no sharding) keeps a flat copy of every gradient in its all-reduce buckets,
     allocated when the model is wrapped and alive all step (`gradient_as_bucket_view=False`, the default)."""
     return m.gradients if m.ctx.gpus > 1 and m.ctx.shard == "none" else 0
-
-
-def _gathered_block_bytes(m: StepModel) -> int:
-    """FSDP's unsharded working copy: the current block and the prefetched next one, as stored."""
-    spec = m.spec
-    per_block = sum(lin.in_features * lin.out_features for lin in spec.layer_linears(0))
-    stored_per_param = (m.weights.weights + m.weights.quant_constants) / max(spec.total_params, 1)
-    return int(2 * per_block * stored_per_param)
 
 
 def reserved_for(peak: int) -> int:

@@ -210,6 +210,6 @@ def attach_traces(plan: Plan, chosen: list[tuple[Method, MethodConfig]], engine:
             entry.peak_moment = data["peak_phase"]
             entry.fits = entry.memory.total <= plan.budget.vram_bytes
             entry.headroom_bytes = plan.budget.vram_bytes - entry.memory.total
-    if plan.ctx.shard == "fsdp" and plan.budget.gpus > 1:
-        plan.notes.append("the trace runs one unsharded GPU; FSDP sharding is analytic only")
+    if plan.ctx.shard != "none" and plan.budget.gpus > 1:
+        plan.notes.append(f"the trace runs one unsharded GPU (no NCCL here); {plan.ctx.shard} sharding is analytic only")
     plan.engine = engine  # the recommendation stays the analytic search's (candidates are not traced)

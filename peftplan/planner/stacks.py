@@ -60,6 +60,18 @@ Knobs:
 - `bnb_fp16_state`: the 4-bit weights were quantized from fp16 (Lightning's `BitsandbytesPrecision`), so
   bitsandbytes dequantizes each to fp16 and then casts it to the compute dtype: two weight-sized
   temporaries per 4-bit matmul instead of one on a bf16 model.
+- `fsdp_flat_grads` (with `--shard fsdp`): FSDP1 with `use_orig_params=True` (Lightning's default on torch
+  >= 2.0) flattens a unit's frozen and trainable parameters into one FlatParameter, and the unit's gradient
+  spans all of it: a LoRA block's gradient is the whole block's size. peft's `fsdp_auto_wrap_policy` with
+  `use_orig_params=False` (accelerate, PEFT's examples) wraps the trainable modules apart; FSDP2
+  (torchtune) shards per parameter: only trainable gradients.
+- `fsdp_no_sync` (with `--shard fsdp`): gradient accumulation runs its non-final micro-batches under FSDP's
+  `no_sync()` (Lightning's `no_backward_sync`, litgpt's loop; accelerate's `accumulate`), where every unit
+  keeps its gradient unsharded across micro-batches: a full-size gradient per GPU, alive the whole step.
+- `fsdp_root_whole` (with `--shard fsdp`): the root unit (what no block holds: embeddings, final norm,
+  output layer) stays gathered from forward to backward, as FSDP1 never reshards the root after forward
+  (accelerate, Lightning). torchtune's distributed recipes shard `tok_embeddings` and `output` as units of
+  their own (`custom_sharded_layers`), which reshard after forward: its root is the final norm.
 """
 
 from __future__ import annotations
@@ -109,6 +121,9 @@ class Knobs:
     bnb_fp16_state: bool = False
     model_code: ModelCode = "transformers"
     output_fp32: bool = False
+    fsdp_flat_grads: bool = False
+    fsdp_no_sync: bool = False
+    fsdp_root_whole: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -165,14 +180,15 @@ STACKS: dict[str, Stack] = {
               "hiyouga/LLaMA-Factory@ff6d4d1", losses=("full", "fused"),
               when_full={"optimizer": "adamw-fp32"}),
         Stack("torchtune", Knobs(loss="chunked", loss_chunks=8, precision="pure", adapter_dtype="dtype",
-                                 kbit_prep="torchtune"),
+                                 kbit_prep="torchtune", fsdp_root_whole=False),
               "torchtune recipes: pure bf16, chunked cross-entropy, torchao NF4",
               "pytorch/torchtune@bd2a0fc",
               methods=frozenset({"full", "lora", "qlora", "dora", "qdora"}), losses=("full", "chunked"),
               when_full={"optimizer": "paged-adamw8bit", "optimizer_in_bwd": True}),
         Stack("litgpt", Knobs(loss="chunked", loss_chunk_tokens=128, loss_fp32=False, keep_logits=True,
                               precision="pure", adapter_dtype="dtype", kbit_prep="all-linear", checkpointing="none",
-                              bnb_fp16_state=True, model_code="litgpt", output_fp32=True),
+                              bnb_fp16_state=True, model_code="litgpt", output_fp32=True, fsdp_flat_grads=True,
+                              fsdp_no_sync=True),
               "litgpt finetune (config hub, bf16-true): litgpt's own model under Fabric (fp32 logits), "
               "128-token loss chunks, every Linear quantized from fp16",
               "Lightning-AI/litgpt@2685705 + Lightning-AI/pytorch-lightning@7f0c343",

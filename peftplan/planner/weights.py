@@ -101,3 +101,50 @@ def bits_per_param(quant: Quant, *, double_quant: bool = True, numel: int = 4096
     """Storage bits per weight of a quantized Linear, constants included."""
     data, constants = quantized_linear_bytes(numel, rows, quant, double_quant=double_quant)
     return 8 * (data + constants) / numel
+
+
+@dataclass(frozen=True)
+class UnitBytes:
+    """Parameter bytes as stored, split the way FSDP's transformer auto-wrap makes units of a model.
+
+    accelerate's TRANSFORMER_BASED_WRAP, Lightning's `auto_wrap_policy={Block}` and torchtune's per-layer
+    `fully_shard` make every block a unit; the root unit holds the rest (embeddings, final norm, output
+    layer, a VLM's vision tower). Quantization constants are not parameters and belong to no unit.
+    """
+
+    block: int  # the largest block
+    root: int
+    trained: int  # the blocks (and the root) holding a trainable tensor, whole
+
+
+def unit_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, weights: int,
+               trained_names: list[str]) -> UnitBytes:
+    """The largest block's and the root's stored parameter bytes, and the units `trained_names` touch.
+
+    A quantized Linear's weight counts its packed data; every other parameter the bytes per parameter of
+    `weights` (the unquantized rest of a quantized model: its stored size, see `weight_bytes`).
+    """
+    prefix = f"{spec.layers_path}."
+    quantized: dict[str, LinearInfo] = {}
+    rest_size = weights / max(spec.total_params, 1)
+    if terms.quant != "none":
+        quantized = {lin.name + ".weight": lin for lin in quantized_linears(spec, ctx.kbit_prep)}
+        rest_size = 4 if ctx.kbit_prep == "peft" else DTYPE_BYTES[ctx.dtype]
+    blocks: dict[str, float] = {}
+    root = 0.0
+    for p in spec.params:
+        lin = quantized.get(p.name)
+        if p.tied_to is not None:
+            if lin is None:
+                continue
+        nbytes = quantized_linear_bytes(p.numel, lin.out_features, terms.quant)[0] if lin else p.numel * rest_size
+        if p.name.startswith(prefix):
+            index = p.name[len(prefix):].split(".", 1)[0]
+            blocks[index] = blocks.get(index, 0) + nbytes
+        else:
+            root += nbytes
+    trained_blocks = {n[len(prefix):].split(".", 1)[0] for n in trained_names if n.startswith(prefix)}
+    trained = sum(blocks.get(i, 0) for i in trained_blocks)
+    if any(not n.startswith(prefix) for n in trained_names):
+        trained += root
+    return UnitBytes(int(max(blocks.values(), default=0)), int(root), int(trained))

@@ -96,13 +96,15 @@ def test_fsdp_per_gpu_memory_falls_with_gpus(method_name: str) -> None:
     method = get_method(method_name)
     cfg = method.make_config()
     totals = []
-    for gpus in (1, 2, 4, 8):
-        ctx = TrainContext(
-            seq_len=1024, grad_checkpointing=True, gpus=gpus, shard="fsdp" if gpus > 1 else "none"
-        )
+    for gpus in (2, 4, 8):
+        ctx = TrainContext(seq_len=1024, grad_checkpointing=True, gpus=gpus, shard="fsdp")
         totals.append(estimate_memory(spec, method, cfg, ctx).peak_allocated)
     assert totals == sorted(totals, reverse=True)
     assert totals[0] > totals[-1]
+    # From one GPU to two, FSDP1's root unit (the embeddings and output layer, fp32 under peft's k-bit
+    # preparation) stays gathered whole beside its shard: 8B QLoRA needs more per GPU on two than on one.
+    single = estimate_memory(spec, method, cfg, TrainContext(seq_len=1024, grad_checkpointing=True)).peak_allocated
+    assert (single > totals[0]) == (method_name != "qlora")
 
 
 @pytest.mark.parametrize("method_name", ["full", "lora"])

@@ -70,8 +70,9 @@ Knobs:
   keeps its gradient unsharded across micro-batches: a full-size gradient per GPU, alive the whole step.
 - `fsdp_root_whole` (with `--shard fsdp`): the root unit (what no block holds: embeddings, final norm,
   output layer) stays gathered from forward to backward, as FSDP1 never reshards the root after forward
-  (accelerate, Lightning). torchtune's distributed recipes shard `tok_embeddings` and `output` as units of
-  their own (`custom_sharded_layers`), which reshard after forward: its root is the final norm.
+  (accelerate, Lightning), nor does torchtune's FSDP2 root (`training.shard_model`: `fully_shard(model,
+  reshard_after_forward=False)` @bd2a0fc `torchtune/training/_distributed.py`; FSDP2 treats its root so
+  too). Its configs leave `custom_sharded_layers` (embeddings and output as units of their own) commented out.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ STACKS: dict[str, Stack] = {
               "hiyouga/LLaMA-Factory@ff6d4d1", losses=("full", "fused"),
               when_full={"optimizer": "adamw-fp32"}),
         Stack("torchtune", Knobs(loss="chunked", loss_chunks=8, precision="pure", adapter_dtype="dtype",
-                                 kbit_prep="torchtune", fsdp_root_whole=False),
+                                 kbit_prep="torchtune"),
               "torchtune recipes: pure bf16, chunked cross-entropy, torchao NF4",
               "pytorch/torchtune@bd2a0fc",
               methods=frozenset({"full", "lora", "qlora", "dora", "qdora"}), losses=("full", "chunked"),

@@ -21,6 +21,13 @@ _LLAMA_LIKE = {
     "olmo", "olmo2", "granite", "stablelm", "cohere", "internlm2", "qwen3_moe", "smollm3",
 }
 _PARALLEL = {"phi", "gpt_neox", "falcon", "gptj", "codegen"}
+# Model types whose `...ForCausalLM.forward` calls `load_balancing_loss_func` and adds it to the loss when
+# `output_router_logits` is on (transformers 5.23, e.g. models/mixtral/modeling_mixtral.py:623-631; the
+# config default is off). DeepSeek-V2/V3 record router logits but compute no auxiliary loss.
+AUX_LOSS_TYPES = frozenset({
+    "dbrx", "ernie4_5_moe", "flex_olmo", "gpt_oss", "granitemoe", "granitemoeshared", "jamba", "jetmoe", "minimax",
+    "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "qwen3_next", "mixtral",
+})
 _ENCODERS = {"bert", "roberta", "deberta", "deberta-v2", "xlm-roberta", "electra", "distilbert"}
 
 
@@ -76,6 +83,12 @@ class Arch:
     moe_dense_layers: tuple[int, ...] = ()  # blocks with a dense MLP of width `dense_intermediate`
     dense_intermediate: int = 0  # the dense MLP's width (the config's intermediate_size)
     moe_router_bias: bool = False  # the router adds a bias (gpt-oss)
+    moe_aux_loss: bool = False  # the model adds the load-balancing loss to a training forward's loss
+
+    @property
+    def moe_layers(self) -> int:
+        """Blocks that route tokens through the fused experts."""
+        return self.layers - len(self.moe_dense_layers) if self.moe_experts else 0
 
     def is_moe_layer(self, index: int) -> bool:
         """Block `index` routes tokens through the fused experts."""
@@ -173,6 +186,7 @@ def arch_of(spec: ModelSpec) -> Arch:
         dense_intermediate=spec.intermediate_size,
         moe_router_bias=bool(moe_experts and moe is not None and moe.layers[0].router is not None
                              and moe.layers[0].router.bias),
+        moe_aux_loss=bool(moe_experts and cfg.get("output_router_logits") and model_type in AUX_LOSS_TYPES),
     )
 
 

@@ -55,7 +55,8 @@ class ActivationProfile:
     Attributes:
         saved: what autograd keeps when the loss is reached (all blocks, embeddings, head, batch),
             without the vocabulary-sized loss tensors.
-        logits_saved: the log-softmax output (and soft-capping output) kept for backward.
+        logits_saved: the log-softmax output (and soft-capping output) kept for backward; with the MoE
+            auxiliary loss, every block's router logits too (held to the loss, then their gradients).
         loss_backward: extra vocabulary-sized gradients alive at the loss backward (its peak).
         forward_extra: beyond `saved`, alive at the end of the forward (logits, KV caches).
         ckpt_saved: with checkpointing, what stays saved instead of `saved` (block inputs, head).
@@ -69,7 +70,8 @@ class ActivationProfile:
         moments: totals at moments of the forward when temporaries are alive (the MLP's working
             tensors, a dequantized weight, DoRA's weight norm).
         ckpt_moments: the same moments with checkpointed blocks (which save nothing in the forward).
-        grad_stream: bytes of one gradient of the residual stream (alive throughout backward).
+        grad_stream: bytes of one gradient of the residual stream (alive throughout backward), and the
+            router logits' gradients the MoE auxiliary loss leaves waiting for the blocks' backward.
         batch: the input ids and labels.
     """
 
@@ -164,6 +166,7 @@ class LossTerms:
     held: Poly = ZERO  # the logits the loop keeps until the step is over (part of `backward` too)
     head_backward: Poly = ZERO  # alive at the output layer's backward once the rows are freed (a 4-bit head)
     head_forward: Poly = ZERO  # alive at the output layer's last matmul: the logits so far, a 4-bit head's copies
+    logits: Poly = ZERO  # transformers' own loss: the logits, alive until the forward returns
 
 
 def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) -> LossTerms:
@@ -286,7 +289,48 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         return LossTerms(saved=softcap + rows, forward_extra=2 * fp32, backward=held + 2 * fp32, held=held,
                          head_forward=logits_bytes + dequantized)
     return LossTerms(saved=softcap + rows, forward_extra=logits_bytes + as_float, backward=held + 2 * rows, held=held,
-                     head_forward=logits_bytes + dequantized)
+                     head_forward=logits_bytes + dequantized, logits=logits_bytes)
+
+
+@dataclass(frozen=True)
+class AuxLossTerms:
+    """transformers' load-balancing loss (`load_balancing_loss_func`, e.g. models/mixtral/modeling_mixtral.py:
+    474-547 at 5.23.0), computed when the config's `output_router_logits` is on and the model computes its
+    own loss. Every MoE block's router logits (the router's `F.linear` output, `router_logits` at :105) are
+    recorded (`OutputRecorder`, :381-383) and so stay alive until the forward returns. After the
+    cross-entropy the loss walks the layers one at a time (no concatenation in 5.23): a softmax of each
+    layer's logits, saved for backward (fp32 under CUDA autocast, the logits' dtype on CPU, where
+    `.float()` then copies it for the sum), top-k (values and int64 indices, the previous layer's still
+    referenced), the indices cast to fp32 for `histc`. It is added last, so its backward runs first and
+    leaves each layer's logits gradient waiting for that block's backward.
+
+    Attributes:
+        per_layer_logits: one MoE block's router logits (held in the forward; also its waiting gradient).
+        logits: every MoE block's (at the loss, and their gradients from the loss backward on).
+        moment: beyond `saved`, the loss's saved rows, `logits` and the model's logits, alive while the
+            last layer is processed: every softmax saved and that layer's temporaries.
+    """
+
+    per_layer_logits: Poly
+    logits: Poly
+    moment: Poly
+
+
+def aux_loss_terms(r: Replay, ctx: TrainContext) -> AuxLossTerms | None:
+    """The auxiliary loss's terms, or None when it is not computed (see `AuxLossTerms`)."""
+    a = r.arch
+    own_loss = ctx.loss == "full" and ctx.loss_fp32 and not ctx.legacy_loss and ctx.model_code == "transformers"
+    if not (a.moe_aux_loss and own_loss and a.moe_layers):
+        return None
+    experts, k = a.moe_experts, a.moe_top_k
+    logit_size = r.low or r.param_itemsize(r.trains_all)  # F.linear under autocast, else the router's dtype
+    soft_size = 4 if (r.low is not None and r.device == "cuda") else logit_size  # softmax: fp32 on CUDA autocast
+    per_layer = r.tok(experts) * logit_size
+    topk = r.tok(k) * (soft_size + INDEX_BYTES)
+    upcast = r.tok(experts) * 4 if soft_size != 4 else ZERO  # `routing_weights.float()` before the sum
+    temporaries = topk + max(topk, r.tok(k) * 4, upcast, key=lambda p: p.at(1, 1))
+    softmaxes = r.tok(experts) * soft_size * a.moe_layers
+    return AuxLossTerms(per_layer, per_layer * a.moe_layers, softmaxes + temporaries)
 
 
 def _quantized_head(ops: Ops, h: Sym, weight: Weight) -> Poly:
@@ -415,6 +459,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     kept_blocks = ZERO  # the blocks' 4-bit Linear inputs bitsandbytes keeps (`bnb_keeps_input`)
     used: set[int] = set()
     forward_live = ZERO
+    aux = aux_loss_terms(r, ctx)
+    router_logits = ZERO  # the MoE blocks' router logits the auxiliary loss holds so far
     embeddings = x
     embeddings_held = embeddings.storage_bytes  # LlamaModel.forward keeps `inputs_embeds` until it returns
     for index in range(a.layers):
@@ -438,9 +484,11 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         if not any(replay.moments is seen for seen in moment_lists):  # each kind of block once
             moment_lists.append(replay.moments)
             recompute_moments.extend(replay.moments)
-        moments.extend(running + m for m in replay.moments)
-        moments.extend(running + unsaved for unsaved, _ in replay.live)
-        ckpt_moments.extend(ckpt_inputs + everything for _, everything in replay.live)
+        moments.extend(running + router_logits + m for m in replay.moments)
+        moments.extend(running + router_logits + unsaved for unsaved, _ in replay.live)
+        ckpt_moments.extend(ckpt_inputs + router_logits + everything for _, everything in replay.live)
+        if aux is not None and a.is_moe_layer(index):
+            router_logits = router_logits + aux.per_layer_logits
         # In a block's backward, gradients of its largest tensors are alive together (about two).
         costs[key] = BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.live),
                                replay.backward_temp, replay.backward_options)
@@ -467,19 +515,27 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     lm_key = "embeddings" if a.tied else "lm_head"
     loss = loss_terms(hops, h, Weight(a.vocab * a.hidden, lm_itemsize, lm_trainable, lm_key), ctx, vocab_extra)
     head.save(Sym.fresh(tokens(1, vocab_extra), INDEX_BYTES, False))  # the shifted labels (nll target)
-    forward_extra = forward_live + main.forward_live + loss.forward_extra
+    loss_extra = loss.forward_extra
+    logits_saved = loss.saved
+    if aux is not None:
+        # The router logits are held to the loss, then their gradients wait from the loss backward to each
+        # block's (priced with the residual stream's, through the whole backward).
+        after = loss.logits + aux.moment
+        loss_extra = after if after.at(1, 1) > loss_extra.at(1, 1) else loss_extra
+        logits_saved = logits_saved + aux.logits
+    forward_extra = forward_live + main.forward_live + loss_extra
 
     saved_blocks = running
     model_saved = main.total() + head.total()
     saved = model_saved + saved_blocks + batch
     ckpt_saved = model_saved + ckpt_inputs + batch
-    stream = tokens(a.hidden, vocab_extra) * x.itemsize
+    stream = tokens(a.hidden, vocab_extra) * x.itemsize + (aux.logits if aux is not None else ZERO)
     fixed = main.total() + batch + embeddings_held  # in the blocks' forward the head has saved nothing yet
     ckpt_kept = main.kept_total() + head.kept_total()
     if ctx.kernels == "unsloth":
         return _with_unsloth_blocks(
             spec, r, ActivationProfile(
-                saved=saved, logits_saved=loss.saved, loss_backward=loss.backward, held_logits=loss.held,
+                saved=saved, logits_saved=logits_saved, loss_backward=loss.backward, held_logits=loss.held,
                 head_backward=loss.head_backward,
                 forward_extra=forward_extra,
                 ckpt_saved=ckpt_saved, blocks=tuple(costs.values()), head_saved=head.total(), grad_stream=stream, batch=batch,
@@ -488,7 +544,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
             fixed)
     return ActivationProfile(
         saved=saved,
-        logits_saved=loss.saved,
+        logits_saved=logits_saved,
         loss_backward=loss.backward,
         held_logits=loss.held,
         head_backward=loss.head_backward,

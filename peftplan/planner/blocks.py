@@ -169,24 +169,33 @@ def _mlp(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     """The MLP; `held` are tensors the caller keeps alive meanwhile (for the forward's live moment)."""
     a = ops.r.arch
     if a.moe_experts and not block.mlp_in:
-        return _moe(ops, h, block)
+        return _moe(ops, h, block, held)
+    # An MoE model's dense blocks (DeepSeek's first_k_dense_replace, Qwen3-MoE's mlp_only_layers) have the
+    # config's dense width; `intermediate` is then one routed expert's.
+    width = a.dense_intermediate if a.moe_experts else a.intermediate
+    return _dense_mlp(ops, h, block.mlp_in, block.mlp_out, width, held)
+
+
+def _dense_mlp(ops: Ops, h: Sym, mlp_in: tuple[LinearInfo, ...], mlp_out: LinearInfo | None, width: int,
+               held: tuple[Sym, ...]) -> Sym:
+    a = ops.r.arch
     if a.gated:
-        if len(block.mlp_in) == 1:  # fused gate_up: gate and up are views of one output
-            fused = _linear(ops, h, block.mlp_in[0], 2 * a.intermediate)
-            gate, up = fused.view(ops.r.tok(a.intermediate)), fused.view(ops.r.tok(a.intermediate))
+        if len(mlp_in) == 1:  # fused gate_up: gate and up are views of one output
+            fused = _linear(ops, h, mlp_in[0], 2 * width)
+            gate, up = fused.view(ops.r.tok(width)), fused.view(ops.r.tok(width))
         else:
-            by_leaf = {lin.leaf: lin for lin in block.mlp_in}
-            gate_lin = by_leaf.get("gate_proj") or by_leaf.get("w1") or block.mlp_in[0]
-            up_lin = by_leaf.get("up_proj") or by_leaf.get("w3") or block.mlp_in[1]
-            gate, up = _linear(ops, h, gate_lin, a.intermediate), _linear(ops, h, up_lin, a.intermediate)
+            by_leaf = {lin.leaf: lin for lin in mlp_in}
+            gate_lin = by_leaf.get("gate_proj") or by_leaf.get("w1") or mlp_in[0]
+            up_lin = by_leaf.get("up_proj") or by_leaf.get("w3") or mlp_in[1]
+            gate, up = _linear(ops, h, gate_lin, width), _linear(ops, h, up_lin, width)
         activated = ops.act(gate, a.act)
         mixed = ops.mul(activated, up)
         ops.g.live(*held, *ops.held, h, gate, up, activated, mixed)
     else:
-        hidden = _linear(ops, h, block.mlp_in[0] if block.mlp_in else None, a.intermediate)
+        hidden = _linear(ops, h, mlp_in[0] if mlp_in else None, width)
         mixed = ops.act(hidden, a.act)
         ops.g.live(*held, *ops.held, h, hidden, mixed)
-    return _linear(ops, mixed, block.mlp_out, a.hidden)
+    return _linear(ops, mixed, mlp_out, a.hidden)
 
 
 def _expert_weight(ops: Ops, name: str | None, numel: int) -> tuple[int, bool, Sym | None]:
@@ -214,7 +223,7 @@ def _grouped(ops: Ops, x: Sym, weight: tuple[int, bool, Sym | None], out_width: 
     return ops.g.created(out) if track else out
 
 
-def _moe(ops: Ops, h: Sym, block: BlockLinears) -> Sym:
+def _moe(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> Sym:
     """A routed MoE block with fused experts, as transformers 5.23 runs it by default (`grouped_mm`,
     `integrations/moe.py: grouped_mm_experts_forward`): the top-k router, the tokens gathered per
     expert (S = tokens·top_k rows, whatever the routing), two grouped matmuls in the weights' dtype,
@@ -256,7 +265,15 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears) -> Sym:
     ordered = ops.fresh(weighted.numel, weighted.itemsize, weighted.grad)
     summed = ops.tok(a.hidden, ordered.itemsize, ordered.grad)
     del ordered
-    return ops.cast(summed, h.itemsize)
+    routed = ops.cast(summed, h.itemsize)
+    if not block.shared:
+        return routed
+    # DeepSeek-V2's shared experts (`DeepseekV2Moe.forward`, modeling_deepseek_v2.py:129-135): a gated MLP of
+    # width n_shared_experts·moe_intermediate_size on the block's input, added to the routed output.
+    by_leaf = {lin.leaf: lin for lin in block.shared}
+    shared_in = tuple(lin for lin in block.shared if lin.leaf != "down_proj")
+    shared = _dense_mlp(ops, h, shared_in, by_leaf.get("down_proj"), a.moe_shared_intermediate, (*held, routed))
+    return ops.add(routed, shared)
 
 
 def _leaf(names: tuple[str, ...], leaf: str) -> str | None:

@@ -76,6 +76,8 @@ class Arch:
     moe_dense_layers: tuple[int, ...] = ()  # blocks with a dense MLP of width `dense_intermediate`
     dense_intermediate: int = 0  # the dense MLP's width (the config's intermediate_size)
     moe_router_bias: bool = False  # the router adds a bias (gpt-oss)
+    head_bias: bool = False  # the output layer adds a bias (Phi-2)
+    logit_scale: bool = False  # the logits are multiplied by the config's `logit_scale` (Cohere)
 
     def is_moe_layer(self, index: int) -> bool:
         """Block `index` routes tokens through the fused experts."""
@@ -173,6 +175,8 @@ def arch_of(spec: ModelSpec) -> Arch:
         dense_intermediate=spec.intermediate_size,
         moe_router_bias=bool(moe_experts and moe is not None and moe.layers[0].router is not None
                              and moe.layers[0].router.bias),
+        head_bias=any(lin.role == "output" and lin.bias for lin in spec.linears),
+        logit_scale=cfg.get("logit_scale") not in (None, 0, 1, 1.0),
     )
 
 

@@ -84,6 +84,8 @@ class Arch:
     dense_intermediate: int = 0  # the dense MLP's width (the config's intermediate_size)
     moe_router_bias: bool = False  # the router adds a bias (gpt-oss)
     moe_aux_loss: bool = False  # the model adds the load-balancing loss to a training forward's loss
+    head_bias: bool = False  # the output layer adds a bias (Phi-2)
+    logit_scale: bool = False  # the logits are multiplied by the config's `logit_scale` (Cohere)
 
     @property
     def moe_layers(self) -> int:
@@ -187,6 +189,8 @@ def arch_of(spec: ModelSpec) -> Arch:
         moe_router_bias=bool(moe_experts and moe is not None and moe.layers[0].router is not None
                              and moe.layers[0].router.bias),
         moe_aux_loss=bool(moe_experts and cfg.get("output_router_logits") and model_type in AUX_LOSS_TYPES),
+        head_bias=any(lin.role == "output" and lin.bias for lin in spec.linears),
+        logit_scale=cfg.get("logit_scale") not in (None, 0, 1, 1.0),
     )
 
 

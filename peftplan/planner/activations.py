@@ -15,7 +15,7 @@ from peftplan.models.spec import ModelSpec
 from peftplan.planner.blocks import block
 from peftplan.planner.context import DTYPE_BYTES, TrainContext
 from peftplan.replay.ops import Ops, Replay, Weight
-from peftplan.replay.symbolic import ZERO, Graph, Poly, Sym, tokens
+from peftplan.replay.symbolic import ZERO, Graph, Poly, Sym, chunked, tokens
 from peftplan.replay.terms import MemoryTerms
 
 INDEX_BYTES = 8  # int64 token ids and labels
@@ -96,6 +96,11 @@ class ActivationProfile:
     ckpt_kept_inputs: Poly = ZERO  # the same with checkpointed blocks (only the head's: a block's recomputed graph dies)
     head_forward: Poly = ZERO  # beyond `saved`, alive at the output layer's last matmul (`LossTerms`)
     vision_backward: Poly = ZERO  # a trained vision tower's backward, run last (planner/vision.py)
+    loss_forward_moments: tuple[Poly, ...] = ()  # beyond `saved`, more candidates at the loss (`LossTerms`)
+    loss_backward_moments: tuple[Poly, ...] = ()  # beyond `saved` and `logits_saved`, at the loss's backward
+    # Autocast caches its low-precision copy of each trainable leaf weight until the forward ends; the blocks'
+    # matmuls save those copies, so only with checkpointed blocks are they extra at the end of the forward.
+    ckpt_cast_cache: Poly = ZERO
 
 
 def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Arch | None = None) -> Replay:
@@ -167,6 +172,10 @@ class LossTerms:
     head_backward: Poly = ZERO  # alive at the output layer's backward once the rows are freed (a 4-bit head)
     head_forward: Poly = ZERO  # alive at the output layer's last matmul: the logits so far, a 4-bit head's copies
     logits: Poly = ZERO  # transformers' own loss: the logits, alive until the forward returns
+    # More candidates for the loss's peak on top of `saved`, when no single polynomial is the largest at every
+    # shape (TRL's checkpointed chunks: the output weight's fp32 copy against the chunk's vocabulary-sized tensors).
+    forward_moments: tuple[Poly, ...] = ()
+    backward_moments: tuple[Poly, ...] = ()
 
 
 def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) -> LossTerms:
@@ -179,9 +188,8 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
       model's output layer runs per chunk and returns every chunk's logits; the loss upcasts one
       chunk at a time and saves each chunk's log-softmax output; torchtune's recipe deletes the
       logits before backward, litgpt's loop holds them (`keep_logits`). Backward holds one chunk's
-      gradients. `loss_recompute` (TRL's `chunked_nll`)
-      checkpoints each chunk: only the hidden states' copy is saved; each chunk upcasts the output
-      weight (`w.float()`) and rebuilds its logits, log-probabilities and their exponent.
+      gradients. `loss_recompute` (TRL's `chunked_nll`) checkpoints each chunk: only the hidden states'
+      copy is saved; each chunk runs again in backward (`_trl_chunked_nll`).
     - `fused` (Liger's fused linear cross-entropy, Unsloth's fused loss, Apple's cut cross-entropy,
       TRL's fused LM head with `loss_chunk_tokens` tiles): no full logits; a hidden-sized tensor is kept (the input gradient computed in the forward, or
       CCE's input) with an fp32 value per token; one block of logits exists at a time, about as many
@@ -198,7 +206,8 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
             # TRL's ChunkedLogProbFunction: fixed tiles of tokens x 32768 vocabulary entries; it saves a
             # copy of the hidden states, log Z and the entropy (fp32), and backward accumulates an fp32
             # gradient of the hidden states.
-            tile = Poly(c=ctx.loss_chunk_tokens * min(vocab, FUSED_VOCAB_TILE) * low)
+            # A batch of fewer tokens than a tile has a tile of that many (`min(N, TOKEN_CHUNK_SIZE)` rows).
+            tile = chunked(min(vocab, FUSED_VOCAB_TILE) * low, ctx.loss_chunk_tokens, extra)
             return LossTerms(saved=hidden + per_token * 8, forward_extra=tile,
                              backward=tokens(a.hidden, extra) * 4 + tile)
         block = tokens(a.hidden, extra) * (low + 4)  # one block of logits and its fp32 softmax
@@ -211,19 +220,12 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
     upcast = low != loss_size
     if ctx.loss == "chunked":
         if ctx.loss_recompute:
-            # TRL's `chunked_nll` (before 1.16): checkpointed chunks of `loss_chunk_tokens` tokens of the
-            # flattened batch. Each chunk's peak, in the forward and again when backward recomputes it, is
-            # `w.float()` and its autocast copy beside the chunk's logits; its log-softmax and exponent
-            # come after the weight copies are freed, and are far smaller.
-            chunk_logits = (Poly(c=ctx.loss_chunk_tokens * vocab * low) if ctx.loss_chunk_tokens
-                            else _split(tokens(vocab, extra) * low, ctx.loss_chunks))
-            weight_copies = Poly(c=vocab * a.hidden * ((4 if weight.itemsize != 4 else 0) + (low if ops.r.low else 0)))
-            chunk = weight_copies + chunk_logits
-            return LossTerms(saved=hidden + per_token * INDEX_BYTES, forward_extra=chunk, backward=chunk)
+            return _trl_chunked_nll(ops, h, weight, ctx, extra)
         if ctx.loss_chunk_tokens:
-            # Chunks of `loss_chunk_tokens` positions of every sequence (litgpt's `x.split(..., dim=1)`).
-            chunk_logits = Poly(b=ctx.loss_chunk_tokens * vocab * low)
-            chunk_rows = Poly(b=ctx.loss_chunk_tokens * vocab * loss_size)
+            # Chunks of `loss_chunk_tokens` positions of every sequence (litgpt's `x.split(..., dim=1)`): a
+            # sequence shorter than that is one chunk.
+            chunk_logits = chunked(vocab * low, ctx.loss_chunk_tokens, extra, kind="row_min")
+            chunk_rows = chunked(vocab * loss_size, ctx.loss_chunk_tokens, extra, kind="row_min")
         else:
             chunk_logits = _split(tokens(vocab, extra) * low, ctx.loss_chunks)
             chunk_rows = _split(tokens(vocab, extra) * loss_size, ctx.loss_chunks)
@@ -239,7 +241,7 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         fp32_logits = tokens(vocab, extra) * 4 if cast else ZERO
         if cast:
             loss_size, upcast = 4, True
-            chunk_rows = (Poly(b=ctx.loss_chunk_tokens * vocab * 4) if ctx.loss_chunk_tokens
+            chunk_rows = (chunked(vocab * 4, ctx.loss_chunk_tokens, extra, kind="row_min") if ctx.loss_chunk_tokens
                           else _split(tokens(vocab, extra) * 4, ctx.loss_chunks))
         if ctx.compile_loss:
             # Inductor saves each chunk's logits themselves (so deleting the list frees nothing) and two
@@ -251,17 +253,28 @@ def loss_terms(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) 
         # litgpt's model soft-caps each chunk (tanh saves its output); torchtune's Gemma-2 soft-caps the
         # normed hidden state instead, not the logits.
         softcap = logits_bytes if (a.final_softcap and ctx.keep_logits) else ZERO
-        # A trainable output layer gets one weight gradient per chunk: autograd sums them into a buffer,
-        # so the buffer and the next chunk's gradient are alive while the other chunks' rows are saved.
-        weight_grads = Poly(c=2 * weight.numel * weight.itemsize) if weight.trainable else ZERO
-        # A 4-bit output layer (litgpt's `all-linear`) is dequantized whole for each chunk's matmul. Backward
-        # runs every chunk's loss first, so that copy sits beside every chunk's logits gradient (the
-        # saved rows are freed by then), the held logits and the soft-capping's saved outputs.
-        head_backward = ZERO
-        if ops.r.quantizes(weight.key, "output"):
-            head_backward = held + softcap + logits_bytes + dequantized
+        # Backward runs every chunk's loss first (the output layer ran on every chunk before the loss), so
+        # when the output layer's backward starts, every chunk's logits gradient is alive (the saved rows are
+        # freed by then) beside the held logits, the soft-capping's saved outputs and a 4-bit layer's
+        # dequantized copy (litgpt's `all-linear` dequantizes it whole for each chunk's matmul). A trainable
+        # layer gets one weight gradient per chunk, which autograd sums out of place: from the second chunk
+        # on, the running sum, the new gradient and their sum. The two chunks whose gradients are summed first
+        # have used their logits gradients by then: the last one (of any size) and a whole one before it, of
+        # which only the whole one is counted off (exact when the sequence divides into whole chunks, never low).
+        head_backward = held + softcap + logits_bytes + dequantized
+        if weight.trainable:
+            summed = 2 * weight.numel * weight.itemsize
+            if ctx.loss_chunk_tokens:
+                tokens_per_chunk = ctx.loss_chunk_tokens
+                head_backward = (head_backward + chunked(summed, tokens_per_chunk, extra, kind="seq_above")
+                                 - chunked(tokens_per_chunk * vocab * low, tokens_per_chunk, extra,
+                                           kind="batch_if_seq_above"))
+            elif ctx.loss_chunks > 1:
+                head_backward = head_backward + Poly(c=summed) - chunk_logits
+        # Backward holds a chunk's nll and log-softmax gradients beside the saved rows; the upcast's gradient
+        # (in the logits' dtype) comes once log-softmax's backward has freed the chunk's rows and nll's gradient.
         return LossTerms(saved=softcap + rows, forward_extra=copy if cast else logits_bytes + copy,
-                         backward=held + chunk_rows * 2 + (chunk_logits if upcast else ZERO) + weight_grads,
+                         backward=held + chunk_rows * 2,
                          held=held, head_backward=head_backward, head_forward=logits_bytes + dequantized)
     dequantized = _quantized_head(ops, h, weight)
     logits = ops.matmul(h, weight, vocab)
@@ -333,6 +346,220 @@ def aux_loss_terms(r: Replay, ctx: TrainContext) -> AuxLossTerms | None:
     return AuxLossTerms(per_layer, per_layer * a.moe_layers, softmaxes + temporaries)
 
 
+class _Live:
+    """The bytes alive while one chunk of TRL's loss runs, and their total at each allocation (a moment).
+
+    In the forward the chunk is checkpointed, so nothing it makes outlives it; when backward recomputes it
+    (`keep_saved`), what autograd saves on the loss's path stays for the chunk's backward. The entropy and
+    accuracy TRL computes beside the loss are not part of the loss, so their saved tensors are never kept.
+    """
+
+    def __init__(self, keep_saved: bool) -> None:
+        self.keep_saved = keep_saved
+        self.live: dict[str, Poly] = {}
+        self.saved: set[str] = set()
+        self.moments: list[Poly] = []
+
+    def new(self, name: str, size: Poly) -> str:
+        self.live[name] = size
+        self.moments.append(self.total())
+        return name
+
+    def save(self, *names: str) -> None:
+        self.saved.update(names)
+
+    def free(self, *names: str) -> None:
+        """Drop temporaries (what autograd saves stays when recomputing); "" names nothing."""
+        for name in names:
+            if name and not (self.keep_saved and name in self.saved):
+                self.live.pop(name, None)
+
+    def release(self, *names: str) -> None:
+        """Drop tensors backward is done with (a node's saved tensors, a consumed gradient)."""
+        for name in names:
+            self.live.pop(name, None)
+
+    def total(self) -> Poly:
+        out = ZERO
+        for size in self.live.values():
+            out = out + size
+        return out
+
+
+def _trl_chunked_nll(ops: Ops, h: Sym, weight: Weight, ctx: TrainContext, extra: int) -> LossTerms:
+    """TRL's `chunked_nll` (`_chunked_cross_entropy_loss`, huggingface/trl@f2cd577, `trl/trainer/sft_trainer.py`).
+
+    The valid tokens of the flattened batch are reordered into one copy of the hidden states (saved, with
+    the reordered labels, the order and the valid mask), then cut into chunks of `loss_chunk_tokens` rows
+    (at most the batch's tokens) or `loss_chunks` equal ones, each run under non-reentrant checkpointing
+    (`_trl_chunk`). Nothing of a chunk outlives its forward; its recomputation in backward keeps what the
+    loss's path saves, and its backward makes the gradients one op at a time (`_trl_chunk_backward`). Whether
+    the fp32 copy of the output weight or the chunk's vocabulary-sized tensors dominate depends on the
+    chunk's rows, so every moment is a candidate. Backward accumulates the gradient of the reordered hidden
+    states (and of a trainable output weight) across chunks.
+    """
+    a = ops.r.arch
+
+    def rows(width: int) -> Poly:
+        """Elements of a (chunk rows, width) tensor."""
+        if ctx.loss_chunk_tokens:
+            return chunked(width, ctx.loss_chunk_tokens, extra)
+        return _split(tokens(width, extra), ctx.loss_chunks)
+
+    forward = _Live(keep_saved=False)
+    _trl_chunk(forward, ops.r, rows, h, weight)
+    recompute = _Live(keep_saved=True)
+    end = _trl_chunk(recompute, ops.r, rows, h, weight)
+    moments = recompute.moments + _trl_chunk_backward(recompute, ops.r, rows, h, weight, end)
+    # With several chunks, backward sums each chunk's gradient of the reordered hidden states (full-size) and of
+    # a trainable output weight into a buffer; a single chunk's gradient is the whole one.
+    if ctx.loss_chunk_tokens:
+        accumulated = chunked(a.hidden * h.itemsize if h.grad else 0, ctx.loss_chunk_tokens, extra, kind="above")
+        if weight.trainable:
+            accumulated = accumulated + chunked(weight.numel * weight.itemsize, ctx.loss_chunk_tokens, kind="step")
+    else:
+        several = ctx.loss_chunks > 1
+        accumulated = tokens(a.hidden, extra) * h.itemsize if h.grad and several else ZERO
+        if weight.trainable and several:
+            accumulated = accumulated + Poly(c=weight.numel * weight.itemsize)
+    hidden = tokens(a.hidden, extra) * h.itemsize
+    # In the forward the model's last hidden state stays alive beside the loss (`outputs.last_hidden_state`),
+    # and before the chunks its shifted rows are copied (`reshape`) and then reordered (the saved copy).
+    forward_moments = (hidden * 2, *(hidden + m for m in forward.moments))
+    return LossTerms(saved=hidden + tokens(2 * INDEX_BYTES + 1, extra), forward_extra=ZERO, backward=ZERO,
+                     forward_moments=forward_moments, backward_moments=tuple(m + accumulated for m in moments))
+
+
+@dataclass(frozen=True)
+class _ChunkEnd:
+    """What a recomputed chunk of TRL's loss leaves for its backward: names of the saved tensors ("" when
+    the op saved its input itself, a parameter), itemsizes, and the ops from the matmul to log-softmax."""
+
+    log_p: str
+    nll_in: str
+    w_in: str
+    h_in: str
+    lp_size: int
+    lsm_cast: bool
+    size: int  # the logits' itemsize at log-softmax's input
+    mm_size: int  # the matmul's itemsize
+    chain: tuple[tuple[str, int], ...]  # (op, the itemsize of its input)
+
+
+def _trl_chunk(live: _Live, r: Replay, rows: Callable[[int], Poly], h: Sym, weight: Weight) -> _ChunkEnd:
+    """Replay TRL's `_chunk` into `live`: `h.float() @ w.float().t()` (autocast casts both operands down
+    again), the bias in fp32, `logit_scale`, soft-capping, log-softmax (in fp32 under CUDA's autocast),
+    nll (in fp32 under autocast: a saved copy of low-precision log-probabilities), and the entropy for
+    logging (`log_p.exp() * log_p`, whose graph is dropped before backward)."""
+    a = r.arch
+    cells = rows(a.vocab)  # a vocabulary-sized tensor of the chunk, in elements
+    h_in = live.new("h32", rows(a.hidden) * 4) if h.itemsize != 4 else ""
+    w_in = live.new("w32", Poly(c=weight.numel * 4)) if weight.itemsize != 4 else ""
+    temporaries = [h_in, w_in]
+    size = 4
+    if r.low is not None:
+        h_in = live.new("h_low", rows(a.hidden) * r.low)
+        w_in = live.new("w_low", Poly(c=weight.numel * r.low))
+        temporaries += [h_in, w_in]
+        size = r.low
+    mm_size = size
+    if h.grad and w_in:
+        live.save(w_in)
+    if weight.trainable and h_in:
+        live.save(h_in)
+    logits = live.new("logits", cells * size)
+    live.free(*temporaries)
+    chain: list[tuple[str, int]] = []
+    if a.head_bias:
+        upcast = live.new("bias32", Poly(c=a.vocab * 4)) if weight.itemsize != 4 else ""
+        biased = live.new("biased", cells * 4)  # an fp32 bias promotes the sum to fp32
+        live.free(logits, upcast)
+        chain.append(("bias", size))
+        logits, size = biased, 4
+    if a.logit_scale:
+        scaled = live.new("scaled", cells * size)
+        live.free(logits)
+        chain.append(("scale", size))
+        logits = scaled
+    if a.final_softcap:
+        divided = live.new("cap_div", cells * size)
+        live.save(live.new("tanh", cells * size))
+        live.free(divided)
+        capped = live.new("capped", cells * size)
+        live.free("tanh", logits)
+        chain.append(("softcap", size))
+        logits = capped
+    lsm_cast = r.low is not None and r.device == "cuda" and size != 4
+    lsm_in = live.new("lsm_in", cells * 4) if lsm_cast else logits
+    lp_size = 4 if lsm_cast else size
+    log_p = live.new("log_p", cells * lp_size)
+    live.save(log_p)
+    live.free(lsm_in if lsm_cast else "")
+    nll_in = log_p
+    if r.low is not None and lp_size != 4:
+        nll_in = live.new("nll_in", cells * 4)
+        live.save(nll_in)
+        live.free(nll_in)
+    exp = live.new("exp", cells * lp_size)
+    product = live.new("entropy", cells * lp_size)
+    live.free(exp, product)
+    live.free(*list(live.live))  # the chunk returns: its temporaries go, what the loss's path saved stays
+    return _ChunkEnd(log_p, nll_in, w_in, h_in, lp_size, lsm_cast, size, mm_size, tuple(chain))
+
+
+def _trl_chunk_backward(live: _Live, r: Replay, rows: Callable[[int], Poly], h: Sym, weight: Weight,
+                        end: _ChunkEnd) -> list[Poly]:
+    """The moments of one chunk's backward, from what its recomputation saved (`_trl_chunk`)."""
+    a = r.arch
+    live.moments = []
+    cells = rows(a.vocab)
+    grad = ""
+
+    def step(name: str, size: Poly, *done: str) -> None:
+        nonlocal grad
+        made = live.new(name, size)
+        live.release(grad, *done)
+        grad = made
+
+    step("g_nll", cells * (4 if end.nll_in != end.log_p else end.lp_size))
+    if end.nll_in != end.log_p:
+        live.release(end.nll_in)
+        step("g_nll_cast", cells * end.lp_size)
+    step("g_lsm", cells * end.lp_size, end.log_p)
+    size = end.size
+    if end.lsm_cast:
+        step("g_lsm_cast", cells * size)
+    for op, in_size in reversed(end.chain):
+        if op == "softcap":  # `cap * tanh(x / cap)`: the product's, tanh's and the division's gradients
+            step("g_cap_mul", cells * size)
+            step("g_tanh", cells * size, "tanh")
+            step("g_cap_div", cells * size)
+        else:  # the scale's product; the fp32 bias sum's gradient cast back to the logits' dtype
+            step(f"g_{op}", cells * in_size)
+            size = in_size
+    vocab_grad = grad
+    if weight.trainable:
+        live.new("g_w", Poly(c=weight.numel * end.mm_size))
+    if h.grad:
+        live.new("g_h", rows(a.hidden) * end.mm_size)
+    live.release(vocab_grad, end.w_in, end.h_in)
+    if weight.trainable:  # the weight's gradient cast back to fp32, then to the parameter's dtype
+        grad, current = "g_w", end.mm_size
+        for itemsize in (4, weight.itemsize):
+            if itemsize != current:
+                step(f"g_w{itemsize}", Poly(c=weight.numel * itemsize))
+                current = itemsize
+        live.release(grad)
+    if h.grad:  # the rows' gradient cast back to fp32, then to the hidden states' dtype, into a full-size slice
+        grad, current = "g_h", end.mm_size
+        for itemsize in (4, h.itemsize):
+            if itemsize != current:
+                step(f"g_h{itemsize}", rows(a.hidden) * itemsize)
+                current = itemsize
+        step("g_slice", tokens(a.hidden, r.extra) * h.itemsize)
+    return live.moments
+
+
 def _quantized_head(ops: Ops, h: Sym, weight: Weight) -> Poly:
     """A 4-bit output layer (litgpt's `all-linear`): its dequantized weight's bytes, and before bitsandbytes
     0.43.2 the input it keeps (`bnb_keeps_input`). ZERO for an unquantized head."""
@@ -389,7 +616,8 @@ def _with_unsloth_blocks(spec: ModelSpec, r: Replay, profile: ActivationProfile,
 def _split(p: Poly, parts: int) -> Poly:
     """One of `parts` equal chunks of a per-token size (rounded up)."""
     parts = max(1, parts)
-    return Poly(n=-(-p.n // parts), s2=-(-p.s2 // parts), b=-(-p.b // parts), s=-(-p.s // parts), c=-(-p.c // parts))
+    return Poly(n=-(-p.n // parts), s2=-(-p.s2 // parts), b=-(-p.b // parts), s=-(-p.s // parts), c=-(-p.c // parts),
+                capped=tuple((cap, -(-k // parts)) for cap, k in p.capped))
 
 
 @dataclass
@@ -405,6 +633,7 @@ class _BlockReplay:
     backward_temp: Poly
     kept: Poly = ZERO
     backward_options: tuple[Poly, ...] = ()
+    cached: Poly = ZERO  # autocast's cached casts of the block's trainable weights
 
 
 def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
@@ -461,6 +690,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     forward_live = ZERO
     aux = aux_loss_terms(r, ctx)
     router_logits = ZERO  # the MoE blocks' router logits the auxiliary loss holds so far
+    cast_cache = ZERO  # autocast's cached weight casts so far (saved by the blocks unless checkpointed)
     embeddings = x
     embeddings_held = embeddings.storage_bytes  # LlamaModel.forward keeps `inputs_embeds` until it returns
     for index in range(a.layers):
@@ -470,12 +700,13 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         if replay is None:
             graph = Graph(external=shared)
             x_in = x if index else embeddings
-            out = block(Ops(r, graph), x_in, linears, index, rope, mask)
+            block_ops = Ops(r, graph)
+            out = block(block_ops, x_in, linears, index, rope, mask)
             replay = cache[key] = _BlockReplay(graph.total(), list(graph.moments), graph.live_moments,
                                                graph.forward_live, set(graph.used_external), out.grad,
                                                out.itemsize, embeddings.storage in graph.saved,
                                                graph.largest * 2 + graph.backward_extra, graph.kept_total(),
-                                               tuple(graph.backward_options))
+                                               tuple(graph.backward_options), block_ops.cached_casts)
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
         ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input
@@ -486,7 +717,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
             recompute_moments.extend(replay.moments)
         moments.extend(running + router_logits + m for m in replay.moments)
         moments.extend(running + router_logits + unsaved for unsaved, _ in replay.live)
-        ckpt_moments.extend(ckpt_inputs + router_logits + everything for _, everything in replay.live)
+        cast_cache = cast_cache + replay.cached
+        ckpt_moments.extend(ckpt_inputs + router_logits + cast_cache + everything for _, everything in replay.live)
         if aux is not None and a.is_moe_layer(index):
             router_logits = router_logits + aux.per_layer_logits
         # In a block's backward, gradients of its largest tensors are alive together (about two).
@@ -524,6 +756,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         loss_extra = after if after.at(1, 1) > loss_extra.at(1, 1) else loss_extra
         logits_saved = logits_saved + aux.logits
     forward_extra = forward_live + main.forward_live + loss_extra
+    loss_forward = tuple(forward_live + main.forward_live + m for m in loss.forward_moments)
 
     saved_blocks = running
     model_saved = main.total() + head.total()
@@ -540,7 +773,9 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
                 forward_extra=forward_extra,
                 ckpt_saved=ckpt_saved, blocks=tuple(costs.values()), head_saved=head.total(), grad_stream=stream, batch=batch,
                 ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs,
-                ckpt_kept_inputs=ckpt_kept, head_forward=loss.head_forward),
+                ckpt_kept_inputs=ckpt_kept, head_forward=loss.head_forward,
+                loss_forward_moments=loss_forward, loss_backward_moments=loss.backward_moments,
+                ckpt_cast_cache=cast_cache),
             fixed)
     return ActivationProfile(
         saved=saved,
@@ -563,4 +798,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
         kept_inputs=kept_blocks + ckpt_kept,
         ckpt_kept_inputs=ckpt_kept,
         head_forward=loss.head_forward,
+        loss_forward_moments=loss_forward,
+        loss_backward_moments=loss.backward_moments,
+        ckpt_cast_cache=cast_cache,
     )

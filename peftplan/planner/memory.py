@@ -8,8 +8,11 @@ The step is the second or later one (optimizer states exist; gradients were rele
 `optimizer.step()`. Its peak is the largest of a few moments, each priced exactly:
 - the loss backward: every saved activation plus the fp32 log-softmax output and two fp32
   gradients of the logits (usually the peak: vocabulary x tokens x 12 bytes);
-- the end of the forward (logits, their fp32 copy, KV caches of prefix tuning), and the output layer's
-  last matmul (a 4-bit head's dequantized weight beside the logits);
+- the end of the forward (logits, their fp32 copy, KV caches of prefix tuning; with checkpointed blocks,
+  autocast's cached weight copies), and the output layer's last matmul (a 4-bit head's dequantized weight
+  beside the logits);
+- each moment of a loss whose largest one depends on the shape (TRL's checkpointed chunks), forward
+  and backward;
 - with `bnb_keeps_input` and a loop that keeps the logits (litgpt), the previous step's kept 4-bit inputs
   and logits beside this step's forward;
 - transient moments of the forward (a dequantized 4-bit weight, DoRA's weight norm);
@@ -244,7 +247,11 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             block_bwd = saved - at(act.head_saved) + max(c.temporaries(at) for c in act.blocks)
         moments = [_Moment("forward", forward + previous, 0, 0, 0),
                    _Moment("block-bwd", block_bwd + at(act.grad_stream) + held, 0, head_grad + early, 0)]
-    forward_end = saved + at(act.forward_extra)
+    # With checkpointed blocks, autocast's cached weight copies are alive until the forward ends, unsaved.
+    # Not under DeepSpeed: accelerate runs its bf16 engine without torch autocast there (`native_amp` off,
+    # accelerate 1.15 `accelerator.py`), so nothing is cached.
+    cached = at(act.ckpt_cast_cache) if ctx.grad_checkpointing and ctx.shard not in ("zero2", "zero3") else 0
+    forward_end = saved + at(act.forward_extra) + cached
     # A tied matrix's two gradients (output layer, then embedding) are summed by autograd before its
     # post-accumulate hook steps it, so the spike stays with the optimizer in backward.
     end_grads = (m.largest_gradient if in_bwd else m.gradients) + m.tied_spike
@@ -255,8 +262,11 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept + at(act.vision_backward), 0,
                 end_grads, 0),
         _Moment("head-bwd", saved, at(act.head_backward), head_grad + early, 0),  # a 4-bit output layer's backward
-        _Moment("head-fwd", saved + previous, at(act.head_forward), 0, 0),  # the output layer's last matmul
+        _Moment("head-fwd", saved + previous + cached, at(act.head_forward), 0, 0),  # the output layer's last matmul
     ]
+    # A loss whose peak moves with the shape (TRL's chunks): each candidate moment of its forward and backward.
+    moments += [_Moment("loss", saved + cached + at(extra), logits_saved, 0, 0) for extra in act.loss_forward_moments]
+    moments += [_Moment("loss-bwd", saved, logits_saved + at(extra), early, 0) for extra in act.loss_backward_moments]
     if not in_bwd:
         graph = kept if ctx.keep_logits else 0  # a trainer drops the loss (and the graph) before its step
         moments.append(_Moment("optimizer", at(act.batch) + held + graph, 0, m.gradients, m.optimizer.step_temporary))

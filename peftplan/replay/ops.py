@@ -110,6 +110,14 @@ class Ops:
         self._cast_cache: dict[str, Sym] = {}
         self.held: tuple[Sym, ...] = ()  # tensors the model's forward keeps alive throughout (embeddings)
 
+    @property
+    def cached_casts(self) -> Poly:
+        """Bytes of autocast's cached copies of trainable leaf weights: alive until the forward ends."""
+        total = Poly()
+        for copy in self._cast_cache.values():
+            total = total + copy.storage_bytes
+        return total
+
     # -- tensors and casts ---------------------------------------------------------------------------
     def fresh(self, numel: Poly, itemsize: int, grad: bool) -> Sym:
         return self.g.created(Sym.fresh(numel, itemsize, grad))

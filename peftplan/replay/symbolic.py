@@ -11,33 +11,86 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Literal
+
+CapKind = Literal["min", "row_min", "above", "step", "seq_above", "batch_if_seq_above"]
+
+
+@dataclass(frozen=True, order=True)
+class Cap:
+    """A size set by how the batch's N = B·(S + extra) positions compare with a fixed chunk of `limit`:
+
+    - `min`: min(N, limit), one chunk of the flattened batch (a short batch is one smaller chunk);
+    - `row_min`: B·min(S + extra, limit), one chunk of every sequence;
+    - `above`: N when N > limit, else 0 (a buffer that exists only when there are several chunks);
+    - `step`: 1 when N > limit, else 0;
+    - `seq_above`, `batch_if_seq_above`: 1, or B, when each sequence is several chunks (S + extra > limit).
+    """
+
+    limit: int
+    extra: int = 0
+    kind: CapKind = "min"
+
+    def at(self, batch: int, seq: int) -> int:
+        count = batch * (seq + self.extra)
+        if self.kind == "row_min":
+            return batch * min(seq + self.extra, self.limit)
+        if self.kind == "above":
+            return count if count > self.limit else 0
+        if self.kind == "step":
+            return 1 if count > self.limit else 0
+        if self.kind in ("seq_above", "batch_if_seq_above"):
+            several = seq + self.extra > self.limit
+            return (batch if self.kind == "batch_if_seq_above" else 1) if several else 0
+        return min(count, self.limit)
 
 
 @dataclass(frozen=True)
 class Poly:
-    """`n·(B·S) + s2·(B·S²) + b·B + s·S + c` for batch size B and sequence length S (bytes or elements)."""
+    """`n·(B·S) + s2·(B·S²) + b·B + s·S + c` for batch size B and sequence length S (bytes or elements),
+    plus `k·cap` for each `(cap, k)` of `capped`: sizes of fixed-size chunks, which a short batch caps."""
 
     n: int = 0
     s2: int = 0
     b: int = 0
     s: int = 0
     c: int = 0
+    capped: tuple[tuple[Cap, int], ...] = ()
 
     def __add__(self, other: Poly) -> Poly:
-        return Poly(self.n + other.n, self.s2 + other.s2, self.b + other.b, self.s + other.s, self.c + other.c)
+        return Poly(self.n + other.n, self.s2 + other.s2, self.b + other.b, self.s + other.s, self.c + other.c,
+                    _merge(self.capped, other.capped, 1))
 
     def __sub__(self, other: Poly) -> Poly:
-        return Poly(self.n - other.n, self.s2 - other.s2, self.b - other.b, self.s - other.s, self.c - other.c)
+        return Poly(self.n - other.n, self.s2 - other.s2, self.b - other.b, self.s - other.s, self.c - other.c,
+                    _merge(self.capped, other.capped, -1))
 
     def __mul__(self, k: int) -> Poly:
-        return Poly(self.n * k, self.s2 * k, self.b * k, self.s * k, self.c * k)
+        return Poly(self.n * k, self.s2 * k, self.b * k, self.s * k, self.c * k,
+                    _merge((), self.capped, k))
 
     __rmul__ = __mul__
 
     def at(self, batch: int, seq: int) -> int:
         """The value for batch size `batch` and sequence length `seq`."""
         return (self.n * batch * seq + self.s2 * batch * seq * seq + self.b * batch + self.s * seq
-                + self.c)
+                + self.c + sum(k * cap.at(batch, seq) for cap, k in self.capped))
+
+
+def _merge(a: tuple[tuple[Cap, int], ...], b: tuple[tuple[Cap, int], ...], sign: int) -> tuple[tuple[Cap, int], ...]:
+    """`a + sign·b` of capped terms, canonical (sorted, no zero coefficients)."""
+    if not b:
+        return a
+    out = dict(a)
+    for cap, k in b:
+        out[cap] = out.get(cap, 0) + sign * k
+    return tuple(sorted((cap, k) for cap, k in out.items() if k))
+
+
+def chunked(width: int, limit: int, extra: int = 0, *, kind: CapKind = "min") -> Poly:
+    """`width` times the `Cap` of a chunk of `limit` positions (elements of a chunk of that width, or of a
+    buffer that only several chunks need)."""
+    return Poly(capped=((Cap(limit, extra, kind), width),)) if width else Poly()
 
 
 ZERO = Poly()

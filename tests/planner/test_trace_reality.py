@@ -7,7 +7,8 @@ SmolLM2-135M widths (hidden 576, 9 heads, 3 kv heads, vocab 49,152; the settings
 4,096 vocabulary to keep the real runs quick), plus small GPT-2, BERT and Mixtral shapes for Conv1D
 layers, an encoder and mixture-of-experts blocks. `test_stack_technique` runs each training-stack
 technique of planner/trace_stack.py once (its losses, offloading, the optimizer in backward, k-bit
-preparations and pure precision), host copies kept out of the count on both sides.
+preparations and pure precision), host copies kept out of the count on both sides; TRL's and torchtune's
+chunked losses also on GPT-NeoX's and Phi's heads (those of the loss-knob calibration) and GPT-2's tied one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from peftplan.methods import get_method, method_names
 from peftplan.models.catalog import catalog_config_dict
 from peftplan.planner.context import TrainContext
 from peftplan.planner.trace import trace_step_at_depth
+from tests.planner.calibration.test_matrix_loss_heads import CONFIGS as TINY_LOSS_HEADS
 
 SMOL = catalog_config_dict("HuggingFaceTB/SmolLM2-135M")
 SMOL_BIASED = {**SMOL, "attention_bias": True}  # BitFit needs biases
@@ -130,6 +132,8 @@ TINY_GEMMA2 = {
     "vocab_size": 512,
 }
 PURE = {"precision": "pure", "adapter_dtype": "dtype"}
+# The loss-knob calibration's heads: GPT-NeoX's untied `embed_out`, Phi's biased output layer.
+TINY_NEOX, TINY_PHI = TINY_LOSS_HEADS["neox"], TINY_LOSS_HEADS["phi"]
 
 
 @pytest.mark.parametrize(
@@ -153,6 +157,9 @@ PURE = {"precision": "pure", "adapter_dtype": "dtype"}
         (SMOL_SMALL_VOCAB, "qlora", {"kbit_prep": "all-linear", "loss": "chunked", "keep_logits": True,
                                      "loss_chunk_tokens": 8, "optimizer": "paged-adamw"}),
         (SMOL_SMALL_VOCAB, "full", {"precision": "pure"}),
+        (TINY_PHI, "lora", {"loss": "chunked", "loss_recompute": True, "loss_chunk_tokens": 16}),  # TRL, head bias
+        (TINY_NEOX, "lora", {"loss": "chunked", "loss_recompute": True, "loss_chunk_tokens": 4096, **PURE}),
+        (TINY_GPT2, "lora", {"loss": "chunked", "loss_chunk_tokens": 4096}),  # tied head, one chunk a row
     ],
     ids=[
         "torchtune-chunked",
@@ -171,6 +178,9 @@ PURE = {"precision": "pure", "adapter_dtype": "dtype"}
         "qlora-kbit-torchtune-pure",
         "qlora-all-linear-litgpt",
         "full-pure",
+        "phi-trl-chunked-recompute",
+        "neox-trl-one-chunk-pure",
+        "gpt2-chunked-one-per-row",
     ],
 )
 def test_stack_technique(config: dict, method_name: str, knobs: dict) -> None:

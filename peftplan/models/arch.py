@@ -153,10 +153,8 @@ def arch_of(spec: ModelSpec) -> Arch:
     return Arch(
         family=family,
         norm=norm,
-        hidden=spec.hidden_size,
-        layers=spec.num_layers,
-        heads=spec.num_heads,
-        kv_heads=spec.num_kv_heads,
+        # the shapes
+        hidden=spec.hidden_size, layers=spec.num_layers, heads=spec.num_heads, kv_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,
         intermediate=moe.expert_intermediate if moe_experts and moe is not None else spec.intermediate_size,
         vocab=spec.vocab_size,

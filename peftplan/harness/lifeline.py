@@ -10,8 +10,10 @@ Nothing here imports more than the standard library: the trial's `main` calls it
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
+
+_log = logging.getLogger(__name__)
 
 
 def die_with_parent(parent: int | None = None) -> None:
@@ -37,8 +39,8 @@ def exit_if_orphaned_rank(trial_pid: int) -> None:
     launcher = os.getppid()
     if parent_pid(launcher) == trial_pid:
         return
-    print(f"rank {os.environ.get('RANK', '?')}: the trial process {trial_pid} no longer runs its launcher "
-          f"{launcher}; exiting", file=sys.stderr, flush=True)
+    _log.warning("rank %s: the trial process %s no longer runs its launcher %s; exiting",
+                 os.environ.get("RANK", "?"), trial_pid, launcher)
     os._exit(1)
 
 

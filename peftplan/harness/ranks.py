@@ -17,8 +17,8 @@ CPU ranks over gloo, and it is the same code on GPUs.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from peftplan.harness.tasks import Encoded
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 
 def rank_outcome_name(rank: int) -> str:
@@ -140,9 +142,9 @@ class DataParallelRanks:
         blocks = decoder_blocks(model)
         self.sharded_blocks = len(blocks)
         if not blocks:
-            print(f"rank {self.rank}: warning: no decoder blocks (_no_split_modules) found in "
-                  f"{type(model).__name__}; FSDP shards the whole model as one unit, so every forward gathers "
-                  "all of its weights at once", file=sys.stderr, flush=True)
+            _log.warning("rank %s: no decoder blocks (_no_split_modules) found in %s; FSDP shards the whole "
+                         "model as one unit, so every forward gathers all of its weights at once",
+                         self.rank, type(model).__name__)
         for block in blocks:  # innermost first: FSDP2 needs a child sharded before its parent
             fully_shard(block, mesh=mesh)  # one all-gather per block: only one block's full weights at a time
         fully_shard(model, mesh=mesh)  # embeddings, head and whatever the blocks leave (e.g. prompt embeddings)

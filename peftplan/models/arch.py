@@ -76,6 +76,10 @@ class Arch:
     moe_dense_layers: tuple[int, ...] = ()  # blocks with a dense MLP of width `dense_intermediate`
     dense_intermediate: int = 0  # the dense MLP's width (the config's intermediate_size)
     moe_router_bias: bool = False  # the router adds a bias (gpt-oss)
+    # Multimodal rotary positions (Qwen2-VL's mrope): position ids are (3, B, S), so the cos/sin tables are
+    # (B, S, head_dim), one per example, not one (1, S, head_dim) shared by the batch
+    # (transformers 5.23 `modeling_qwen2_vl.py:125-142`, `Qwen2VLRotaryEmbedding.forward`).
+    rope_per_example: bool = False
 
     def is_moe_layer(self, index: int) -> bool:
         """Block `index` routes tokens through the fused experts."""
@@ -173,6 +177,8 @@ def arch_of(spec: ModelSpec) -> Arch:
         dense_intermediate=spec.intermediate_size,
         moe_router_bias=bool(moe_experts and moe is not None and moe.layers[0].router is not None
                              and moe.layers[0].router.bias),
+        rope_per_example=any(isinstance(rope, dict) and "mrope_section" in rope
+                             for rope in (cfg.get("rope_scaling"), cfg.get("rope_parameters"))),
     )
 
 

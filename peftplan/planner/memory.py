@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 from peftplan.methods.base import Method, MethodConfig
 from peftplan.models.spec import ModelSpec
-from peftplan.planner.activations import ActivationProfile, activation_profile, base_itemsize
+from peftplan.planner.activations import ActivationProfile, base_itemsize
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
-from peftplan.planner.vision import with_vision
+from peftplan.planner.vision import step_activations
 from peftplan.planner.weights import WeightBytes, weight_bytes
 from peftplan.replay.symbolic import Poly
 from peftplan.replay.terms import MemoryTerms, Shape
@@ -147,7 +147,7 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         weights=weight_bytes(spec, terms, ctx),
         optimizer=optimizer_bytes(ctx.optimizer, tensors),
         gradients=gradients,
-        activations=with_vision(activation_profile(spec, terms, ctx), spec, terms, ctx),
+        activations=step_activations(spec, terms, ctx),
         lm_head_grad=lm_head_grad,
         tied_spike=tied_spike,
         later_block_gradients=later_block_gradients(spec, terms, ctx),

@@ -511,28 +511,31 @@ def run_step(
                 lb.mark("forward:pre")
                 instrument.stage = "forward"
                 ids = torch.randint(vocab, (ctx.batch_size, ctx.seq_len), generator=generator)
+                images = image_inputs(model, ctx, ids, generator)  # held with ids, as the loop holds its batch
                 held: Any = None
                 with autocast:
                     if own_loss:
                         labels = _labels(model, ids)
-                        outputs = model(input_ids=ids, labels=labels, **image_inputs(model, ctx, ids, generator))
+                        outputs = model(input_ids=ids, labels=labels, **images)
                         loss = outputs.loss
                         held = outputs.logits if ctx.keep_logits else None  # the loop's `logits`
                         del outputs  # a trainer keeps only the loss
                     else:
                         labels = batch.labels(ids)
-                        loss, held = stack_loss(model, ids, labels, batch, ctx, lambda: lb.scope(head_tag))
+                        loss, held = stack_loss(model, ids, labels, batch, ctx, lambda: lb.scope(head_tag), images)
                 instrument.stage = "backward"
                 lb.mark("backward:head")
                 loss.backward()
-                del loss, ids, labels
+                del loss
                 instrument.stage = "optimizer"
                 lb.mark("optimizer")
                 if not ctx.optimizer_in_bwd:
                     optimizers[0].step()
                     if method is not None:
                         method.after_optimizer_step(model, STATE_STEP)
-                del held  # litgpt's loop variable `logits` lives until the step is over
+                # The loop's batch (a trainer's `inputs`, the harness's `batch`) and litgpt's loop variable
+                # `logits` live until the step is over.
+                del held, ids, labels, images
                 # Categorise now: gradients are still alive, and every segment's peak is behind us.
                 persistent = _persistent_categories(
                     model, optimizers, method.state_tensors(model) if method is not None else [])

@@ -27,7 +27,8 @@ from peftplan.replay.ops import Ops, Replay, Weight
 from peftplan.replay.symbolic import ZERO, Graph, Poly, Sym
 from peftplan.replay.terms import MemoryTerms
 
-__all__ = ["VisionActivations", "image_context", "parse_image_size", "vision_activations", "with_vision"]
+__all__ = ["VisionActivations", "image_context", "parse_image_size", "step_activations", "vision_activations",
+           "with_vision"]
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -112,7 +113,9 @@ class VisionActivations:
         ckpt_saved: the same with checkpointed vision blocks (each block's input, the merger's saved set).
         forward_peak: the tower's largest forward moment beyond `inputs` and `saved` so far.
         backward_temp: gradient temporaries of its backward (it runs last, on top of every gradient).
+        block_saved: what one vision block saves (what its recomputation rebuilds under checkpointing).
         embeds_copy: `masked_scatter`'s new `inputs_embeds` beside the old one.
+        output_grad: the image rows require grad, so the language model's embeddings do too.
     """
 
     inputs: Poly
@@ -120,7 +123,9 @@ class VisionActivations:
     ckpt_saved: Poly
     forward_peak: Poly
     backward_temp: Poly
+    block_saved: Poly
     embeds_copy: Poly
+    output_grad: bool = False
 
     @property
     def trains(self) -> bool:
@@ -148,12 +153,18 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
     pixels = ops.cast(Sym.fresh(Poly(b=patches * tower.patch_features), 4, False), weight_size)
     x = ops.matmul(pixels, Weight(tower.embed_dim * tower.patch_features, weight_size, tr.trains_all,
                                   f"{tower.path}.patch_embed.proj"), tower.embed_dim)  # Conv3d = a matmul per patch
+    if ctx.grad_checkpointing and not x.grad:
+        # Checkpointing makes every input embedding's output require grad (`enable_input_require_grads`, see
+        # `input_grad_leaves`), the tower's `patch_embed` too: a frozen tower then records autograd, its blocks
+        # save their checkpointed inputs and the merger its activations, and backward runs through it.
+        x = x.view(grad=True)
     held = [pixels] if pixels.itemsize != 4 else []
     # Axial rotary tables (fp32 cos and sin, shared by every block; saved by the rope products).
     cos = Sym.fresh(tr.tok(tower.head_dim), 4, False)
     sin = Sym.fresh(tr.tok(tower.head_dim), 4, False)
     tables = cos.storage_bytes + sin.storage_bytes
     blocks_saved = ZERO
+    block_saved = ZERO
     block_inputs = ZERO
     peaks: list[Poly] = []
     largest = ZERO
@@ -164,6 +175,7 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
         bops = Ops(tr, bg)
         x = _block(bops, spec, tower, index, x, cos, sin, held)
         blocks_saved = blocks_saved + bg.total()
+        block_saved = bg.total() if bg.total().b > block_saved.b else block_saved
         for unsaved, _ in bg.live_moments:
             peaks.append(start + unsaved + tables)
         g.saved.update(bg.saved)
@@ -181,10 +193,21 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
     peak = max(peaks, key=lambda p: p.b) if peaks else ZERO
     embeds = Poly(n=spec.hidden_size * r.compute_itemsize)  # a copy of the (B, S, H) embeddings
     return VisionActivations(inputs=inputs, saved=saved, ckpt_saved=ckpt_saved, forward_peak=peak - saved,
-                             backward_temp=largest * 2 if grad else ZERO, embeds_copy=embeds)
+                             backward_temp=largest * 2 if grad else ZERO, block_saved=block_saved if grad else ZERO,
+                             embeds_copy=embeds, output_grad=merged.grad)
 
 
-def with_vision(profile: ActivationProfile, spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
+def step_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
+    """The step's activation profile: the language model's (`activation_profile`) with the vision tower."""
+    from peftplan.planner.activations import activation_profile, make_replay
+
+    vis = vision_activations(spec, terms, ctx, make_replay(spec, terms, ctx))
+    profile = activation_profile(spec, terms, ctx, embeds_grad=vis is not None and vis.output_grad)
+    return with_vision(profile, spec, terms, ctx, vis)
+
+
+def with_vision(profile: ActivationProfile, spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext,
+                vis: VisionActivations | None = None) -> ActivationProfile:
     """`profile` (the language model's) with the vision tower of the step's images added; unchanged without.
 
     The tower runs first, after the token embeddings (`Qwen2VLModel.forward`): its forward moment sits on the
@@ -193,21 +216,28 @@ def with_vision(profile: ActivationProfile, spec: ModelSpec, terms: MemoryTerms,
     """
     from peftplan.planner.activations import make_replay
 
-    vis = vision_activations(spec, terms, ctx, make_replay(spec, terms, ctx))
+    if vis is None:
+        vis = vision_activations(spec, terms, ctx, make_replay(spec, terms, ctx))
     if vis is None:
         return profile
     embeddings = Poly(n=spec.hidden_size * make_replay(spec, terms, ctx).param_itemsize(terms.trainable_base == "all"))
     start = profile.batch + vis.inputs + embeddings
+    # Under checkpointing, a frozen embedding's output is made a leaf that requires grad
+    # (`enable_input_require_grads`); `masked_scatter` writes the image rows into a new tensor, and the old
+    # one stays alive as that leaf (its AccumulateGrad node holds it) until backward is over.
+    leaf = embeddings if terms.trainable_base != "all" else ZERO
     return replace(
         profile,
         saved=profile.saved + vis.inputs + vis.saved,
-        ckpt_saved=profile.ckpt_saved + vis.inputs + vis.ckpt_saved,
+        ckpt_saved=profile.ckpt_saved + vis.inputs + vis.ckpt_saved + leaf,
         batch=profile.batch + vis.inputs,
         moments=[m + vis.inputs + vis.saved for m in profile.moments]
         + [start + vis.saved + vis.forward_peak, start + vis.saved + vis.embeds_copy],
-        ckpt_moments=[m + vis.inputs + vis.ckpt_saved for m in profile.ckpt_moments]
+        ckpt_moments=[m + vis.inputs + vis.ckpt_saved + leaf for m in profile.ckpt_moments]
         + [start + vis.ckpt_saved + vis.forward_peak, start + vis.ckpt_saved + vis.embeds_copy],
-        vision_backward=(vis.saved + vis.backward_temp) if vis.trains else ZERO,
+        # The tower's backward runs last; under checkpointing, on its checkpoints and one block rebuilt.
+        vision_backward=((vis.ckpt_saved + vis.block_saved if ctx.grad_checkpointing else vis.saved)
+                         + vis.backward_temp) if vis.trains else ZERO,
     )
 
 

@@ -342,7 +342,7 @@ def image_layout_answers() -> Iterator[None]:
             return t.constant
 
         with no_dispatch():
-            ids = torch.zeros(input_ids.shape, dtype=input_ids.dtype)
+            ids: Any = torch.zeros(input_ids.shape, dtype=input_ids.dtype)
             positions, deltas = rope_index(model, ids, real(mm_token_type_ids), real(image_grid_thw))
             values = deltas.flatten().tolist()
         out = torch.zeros(3, *input_ids.shape, dtype=input_ids.dtype)

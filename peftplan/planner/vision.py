@@ -110,7 +110,8 @@ class VisionActivations:
     Attributes:
         inputs: `pixel_values` (fp32, as the processor returns it) and the image grid: alive all step.
         saved: what the tower and merger save for backward (zero for a frozen, unadapted tower).
-        ckpt_saved: the same with checkpointed vision blocks (each block's input, the merger's saved set).
+        ckpt_saved: the same with checkpointed vision blocks (the patch embedding's saved set, each block's
+            input, the merger's saved set).
         forward_peak: the tower's largest forward moment beyond `inputs` and `saved` so far.
         backward_temp: gradient temporaries of its backward (it runs last, on top of every gradient).
         block_saved: what one vision block saves (what its recomputation rebuilds under checkpointing).
@@ -159,6 +160,7 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
         # save their checkpointed inputs and the merger its activations, and backward runs through it.
         x = x.view(grad=True)
     held = [pixels] if pixels.itemsize != 4 else []
+    embed_saved = g.total()  # a trained patch embedding saves its (cast) pixels, outside any checkpoint
     # Axial rotary tables (fp32 cos and sin, shared by every block; saved by the rope products).
     cos = Sym.fresh(tr.tok(tower.head_dim), 4, False)
     sin = Sym.fresh(tr.tok(tower.head_dim), 4, False)
@@ -189,7 +191,7 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
     merger_saved = g.total() - before_merger
     saved = g.total()
     grad = x.grad or saved != ZERO
-    ckpt_saved = (block_inputs + merger_saved + (tables if grad else ZERO)) if grad else ZERO
+    ckpt_saved = (embed_saved + block_inputs + merger_saved + (tables if grad else ZERO)) if grad else ZERO
     peak = max(peaks, key=lambda p: p.b) if peaks else ZERO
     embeds = Poly(n=spec.hidden_size * r.compute_itemsize)  # a copy of the (B, S, H) embeddings
     return VisionActivations(inputs=inputs, saved=saved, ckpt_saved=ckpt_saved, forward_peak=peak - saved,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,38 @@ def test_analytic_tower_matches_the_real_step(method_name: str, train_vision: bo
         real = trace_step_at_depth(config, method, cfg, ctx, 2, real=True)
     analytic = estimate_memory(spec, method, cfg, ctx).peak_allocated
     assert abs(analytic - real.peak) / real.peak < 0.03, (analytic, real.peak, real.peak_segment)
+
+
+@pytest.mark.parametrize(("method_name", "train_vision", "ckpt"), [
+    ("lora", False, False), ("lora", True, True), ("full", True, False), ("full", False, True),
+])
+def test_trace_equals_the_real_image_step(method_name: str, train_vision: bool, ckpt: bool) -> None:
+    """The fake-tensor step with images holds, segment by segment, the bytes the real step holds."""
+    pytest.importorskip("torch")
+    from tests.planner.test_trace_reality import assert_same_step
+
+    config = _base()
+    spec = spec_from_config(config, model_id="tiny-qwen2-vl", cache=False)
+    ctx = TrainContext(seq_len=96, batch_size=2, device="cpu", grad_checkpointing=ckpt)
+    _, ctx, _ = image_context(spec, ctx, image_size=None, images=2, tokens=16, train_vision=train_vision)
+    assert assert_same_step(config, method_name, ctx) > 0
+
+
+def test_trace_command_takes_the_image_options(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(_base()))
+    command = [sys.executable, "-m", "peftplan.cli", "trace", "--model", str(tmp_path), "--method", "lora",
+               "--seq-len", "96", "--image-tokens", "16", "--images-per-example", "2", "--format", "json"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert (data["training"]["image_tokens"], data["training"]["image_patches"]) == (16, 64)
+    assert any("2 image(s) per example" in note for note in data["notes"])
+    plan = peftplan.plan(str(tmp_path), methods="lora", seq_len=96, image_tokens=16, images_per_example=2,
+                         device="cpu")
+    traced = data["methods"][0]["memory"]["peak_allocated"]
+    assert abs(plan.method("lora").memory.peak_allocated - traced) / traced < 0.03
+    text = subprocess.run([sys.executable, "-m", "peftplan.cli", "trace", "--model", "Qwen/Qwen2.5-7B",
+                           "--method", "lora", "--image-size", "1024x1325"], capture_output=True, text=True)
+    assert text.returncode == 2 and "--image-size does not apply" in text.stderr and "Traceback" not in text.stderr

@@ -93,7 +93,8 @@ class ActivationProfile:
     kept_inputs: Poly = ZERO  # 4-bit Linears' inputs kept as long as the graph (`bnb_keeps_input`; part of `saved`)
     ckpt_kept_inputs: Poly = ZERO  # the same with checkpointed blocks (only the head's: a block's recomputed graph dies)
     head_forward: Poly = ZERO  # beyond `saved`, alive at the output layer's last matmul (`LossTerms`)
-    vision_backward: Poly = ZERO  # a trained vision tower's backward, run last (planner/vision.py)
+    vision_backward: Poly = ZERO  # a vision tower's backward, run last (planner/vision.py)
+    ckpt_vision_backward: Poly = ZERO  # the same under checkpointing
 
 
 def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Arch | None = None) -> Replay:

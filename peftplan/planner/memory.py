@@ -237,8 +237,12 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         _Moment("loss", forward_end, logits_saved, 0, 0),
         _Moment("loss-bwd", saved, logits_saved + loss_backward, early, 0),
         _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad + early, 0),
-        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept + at(act.vision_backward), 0,
-                end_grads, 0),
+        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept, 0, end_grads, 0),
+        # A VLM's vision tower runs its backward last but before the token embedding's (it ran after it in the
+        # forward): an untied embedding table's gradient does not exist yet (planner/vision.py).
+        _Moment("vision-bwd", at(act.batch) + at(act.grad_stream) + held + kept
+                + at(act.ckpt_vision_backward if ctx.grad_checkpointing else act.vision_backward), 0,
+                end_grads - (0 if in_bwd or m.spec.tie_word_embeddings else m.lm_head_grad), 0),
         _Moment("head-bwd", saved, at(act.head_backward), head_grad + early, 0),  # a 4-bit output layer's backward
         _Moment("head-fwd", saved + previous, at(act.head_forward), 0, 0),  # the output layer's last matmul
     ]

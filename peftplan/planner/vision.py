@@ -137,8 +137,12 @@ def _tower_linear(spec: ModelSpec, name: str) -> LinearInfo:
     return next(lin for lin in spec.linears if lin.name == name)
 
 
-def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r: Replay) -> VisionActivations | None:
-    """Replay the vision tower of one example's images; None when the step has no image."""
+def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r: Replay, *,
+                       checkpointing: bool = False) -> VisionActivations | None:
+    """Replay the vision tower of one example's images; None when the step has no image.
+
+    `checkpointing`: the step checkpoints its blocks (the tower's patch embedding then requires grad).
+    """
     tower = spec.vision
     if tower is None or not ctx.images:
         return None
@@ -154,9 +158,9 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
     pixels = ops.cast(Sym.fresh(Poly(b=patches * tower.patch_features), 4, False), weight_size)
     x = ops.matmul(pixels, Weight(tower.embed_dim * tower.patch_features, weight_size, tr.trains_all,
                                   f"{tower.path}.patch_embed.proj"), tower.embed_dim)  # Conv3d = a matmul per patch
-    if ctx.grad_checkpointing and not x.grad:
+    if checkpointing and not x.grad:
         # Checkpointing makes every input embedding's output require grad (`enable_input_require_grads`, see
-        # `input_grad_leaves`), the tower's `patch_embed` too: a frozen tower then records autograd, its blocks
+        # `with_vision`), the tower's `patch_embed` too: a frozen tower then records autograd, its blocks
         # save their checkpointed inputs and the merger its activations, and backward runs through it.
         x = x.view(grad=True)
     held = [pixels] if pixels.itemsize != 4 else []
@@ -200,46 +204,59 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
 
 
 def step_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
-    """The step's activation profile: the language model's (`activation_profile`) with the vision tower."""
+    """The step's activation profile: the language model's (`activation_profile`) with the vision tower.
+
+    Like the language model's, the profile holds the step with and without checkpointing (a plan's search
+    prices both from one profile), so the tower is replayed both ways.
+    """
     from peftplan.planner.activations import activation_profile, make_replay
 
-    vis = vision_activations(spec, terms, ctx, make_replay(spec, terms, ctx))
+    r = make_replay(spec, terms, ctx)
+    vis = vision_activations(spec, terms, ctx, r)
+    ckpt_vis = vision_activations(spec, terms, ctx, r, checkpointing=True)
+    # Image rows that carry grad make the embeddings require grad, which changes what the first block saves;
+    # under checkpointing the blocks keep only their inputs, so the difference is the non-checkpointed step's.
     profile = activation_profile(spec, terms, ctx, embeds_grad=vis is not None and vis.output_grad)
-    return with_vision(profile, spec, terms, ctx, vis)
+    if vis is None or ckpt_vis is None:
+        return profile
+    return with_vision(profile, spec, terms, ctx, vis, ckpt_vis)
 
 
 def with_vision(profile: ActivationProfile, spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext,
-                vis: VisionActivations | None = None) -> ActivationProfile:
-    """`profile` (the language model's) with the vision tower of the step's images added; unchanged without.
+                vis: VisionActivations, ckpt_vis: VisionActivations) -> ActivationProfile:
+    """`profile` (the language model's) with the vision tower of the step's images added: `vis` as replayed
+    without checkpointing, `ckpt_vis` with it.
 
     The tower runs first, after the token embeddings (`Qwen2VLModel.forward`): its forward moment sits on the
     batch and the embeddings; what it saves stays through the language model's forward and backward; its
     backward runs last, beside every gradient (`vision_backward`).
+
+    With checkpointing, transformers 5.23's `gradient_checkpointing_enable` (`modeling_utils.py:3181-3189`)
+    calls `enable_input_require_grads` (`:2137-2170`), which makes the output of every `PreTrainedModel`'s
+    input embedding require grad: the vision tower's `patch_embed` too (`_input_embed_layer`,
+    `modeling_qwen2_vl.py:647`). A frozen tower then records autograd (`ckpt_vis`), and the text
+    embeddings' output, made a leaf, stays alive beside `masked_scatter`'s copy.
     """
     from peftplan.planner.activations import make_replay
 
-    if vis is None:
-        vis = vision_activations(spec, terms, ctx, make_replay(spec, terms, ctx))
-    if vis is None:
-        return profile
     embeddings = Poly(n=spec.hidden_size * make_replay(spec, terms, ctx).param_itemsize(terms.trainable_base == "all"))
     start = profile.batch + vis.inputs + embeddings
-    # Under checkpointing, a frozen embedding's output is made a leaf that requires grad
-    # (`enable_input_require_grads`); `masked_scatter` writes the image rows into a new tensor, and the old
-    # one stays alive as that leaf (its AccumulateGrad node holds it) until backward is over.
+    # The frozen embedding's output made a leaf by the hook: its AccumulateGrad node holds it until backward is over.
     leaf = embeddings if terms.trainable_base != "all" else ZERO
+    ckpt_saved = ckpt_vis.ckpt_saved + leaf
     return replace(
         profile,
         saved=profile.saved + vis.inputs + vis.saved,
-        ckpt_saved=profile.ckpt_saved + vis.inputs + vis.ckpt_saved + leaf,
+        ckpt_saved=profile.ckpt_saved + vis.inputs + ckpt_saved,
         batch=profile.batch + vis.inputs,
         moments=[m + vis.inputs + vis.saved for m in profile.moments]
         + [start + vis.saved + vis.forward_peak, start + vis.saved + vis.embeds_copy],
-        ckpt_moments=[m + vis.inputs + vis.ckpt_saved + leaf for m in profile.ckpt_moments]
-        + [start + vis.ckpt_saved + vis.forward_peak, start + vis.ckpt_saved + vis.embeds_copy],
+        ckpt_moments=[m + vis.inputs + ckpt_saved for m in profile.ckpt_moments]
+        + [start + ckpt_vis.ckpt_saved + ckpt_vis.forward_peak, start + ckpt_vis.ckpt_saved + ckpt_vis.embeds_copy],
         # The tower's backward runs last; under checkpointing, on its checkpoints and one block rebuilt.
-        vision_backward=((vis.ckpt_saved + vis.block_saved if ctx.grad_checkpointing else vis.saved)
-                         + vis.backward_temp) if vis.trains else ZERO,
+        vision_backward=(vis.saved + vis.backward_temp) if vis.trains else ZERO,
+        ckpt_vision_backward=(ckpt_vis.ckpt_saved + ckpt_vis.block_saved + ckpt_vis.backward_temp)
+        if ckpt_vis.trains else ZERO,
     )
 
 

@@ -146,3 +146,22 @@ def test_trace_command_takes_the_image_options(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-m", "peftplan.cli", "trace", "--model", "Qwen/Qwen2.5-7B",
                            "--method", "lora", "--image-size", "1024x1325"], capture_output=True, text=True)
     assert text.returncode == 2 and "--image-size does not apply" in text.stderr and "Traceback" not in text.stderr
+
+
+@pytest.mark.parametrize("train_vision", [False, True])
+def test_one_profile_prices_the_step_with_and_without_checkpointing(train_vision: bool) -> None:
+    """A plan's search builds the step once without checkpointing and prices both (`decide.Search.step`)."""
+    from dataclasses import replace
+
+    from peftplan.models import get_spec
+    from peftplan.planner.memory import price, step_model
+
+    method = get_method("lora")
+    cfg = method.make_config()
+    spec, ctx, _ = image_context(get_spec(VLM), TrainContext(seq_len=4096, batch_size=2, grad_checkpointing=False),
+                                 image_size="791x1024", images=None, tokens=None, train_vision=train_vision)
+    built_without = step_model(spec, method, cfg, ctx)
+    for ckpt in (False, True):
+        direct = step_model(spec, method, cfg, replace(ctx, grad_checkpointing=ckpt))
+        recontexted = replace(built_without, ctx=replace(ctx, grad_checkpointing=ckpt))
+        assert price(recontexted, 2, 4096) == price(direct, 2, 4096)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, get_args
 import typer
 
 from peftplan.commands._options import (
+    ImageOptions,
     KnobOptions,
     MethodOptions,
     StepOptions,
@@ -43,6 +44,7 @@ def trace_command(
     adapter: MethodOptions,
     step: StepOptions,
     knobs: KnobOptions,
+    images: ImageOptions,
     full_depth: Annotated[
         bool, typer.Option("--full-depth", help="Trace every block; no extrapolation.")
     ] = False,
@@ -76,10 +78,13 @@ def trace_command(
     from peftplan.planner.method_plan import trainable_context
     from peftplan.planner.stacks import check_method
     from peftplan.planner.trace import trace_memory
+    from peftplan.planner.vision import image_context
 
     spec = get_spec(model)
+    image = images.to_dict()
+    spec, ctx, notes = image_context(spec, ctx, image_size=image["image_size"], images=image["images_per_example"],
+                                     tokens=image["image_tokens"], train_vision=image["train_vision"])
     entries: list[dict[str, Any]] = []
-    notes: list[str] = []
     for m, cfg in chosen:
         try:
             check_method(ctx.stack, m.name)
@@ -118,7 +123,7 @@ def trace_command(
 
 def _training(ctx: Any) -> dict[str, Any]:
     """The step's setting as traced: plan's `training` keys (the stack and every knob)."""
-    return {**ctx.step_setting(), **ctx.knobs()}
+    return {**ctx.step_setting(), **ctx.knobs(), **(ctx.image_setting() if ctx.images else {})}
 
 
 def _gib(n: int) -> str:

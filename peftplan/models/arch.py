@@ -86,6 +86,10 @@ class Arch:
     moe_aux_loss: bool = False  # the model adds the load-balancing loss to a training forward's loss
     head_bias: bool = False  # the output layer adds a bias (Phi-2)
     logit_scale: bool = False  # the logits are multiplied by the config's `logit_scale` (Cohere)
+    # Multimodal rotary positions (Qwen2-VL's mrope): position ids are (3, B, S), so the cos/sin tables are
+    # (B, S, head_dim), one per example, not one (1, S, head_dim) shared by the batch
+    # (transformers 5.23 `modeling_qwen2_vl.py:125-142`, `Qwen2VLRotaryEmbedding.forward`).
+    rope_per_example: bool = False
 
     @property
     def moe_layers(self) -> int:
@@ -189,6 +193,8 @@ def arch_of(spec: ModelSpec) -> Arch:
         moe_aux_loss=bool(moe_experts and cfg.get("output_router_logits") and model_type in AUX_LOSS_TYPES),
         head_bias=any(lin.role == "output" and lin.bias for lin in spec.linears),
         logit_scale=cfg.get("logit_scale") not in (None, 0, 1, 1.0),
+        rope_per_example=any(isinstance(rope, dict) and "mrope_section" in rope
+                             for rope in (cfg.get("rope_scaling"), cfg.get("rope_parameters"))),
     )
 
 

@@ -95,7 +95,8 @@ class ActivationProfile:
     kept_inputs: Poly = ZERO  # 4-bit Linears' inputs kept as long as the graph (`bnb_keeps_input`; part of `saved`)
     ckpt_kept_inputs: Poly = ZERO  # the same with checkpointed blocks (only the head's: a block's recomputed graph dies)
     head_forward: Poly = ZERO  # beyond `saved`, alive at the output layer's last matmul (`LossTerms`)
-    vision_backward: Poly = ZERO  # a trained vision tower's backward, run last (planner/vision.py)
+    vision_backward: Poly = ZERO  # a vision tower's backward, run last (planner/vision.py)
+    ckpt_vision_backward: Poly = ZERO  # the same under checkpointing
     loss_forward_moments: tuple[Poly, ...] = ()  # beyond `saved`, more candidates at the loss (`LossTerms`)
     loss_backward_moments: tuple[Poly, ...] = ()  # beyond `saved` and `logits_saved`, at the loss's backward
     # Autocast caches its low-precision copy of each trainable leaf weight until the forward ends; the blocks'
@@ -636,8 +637,13 @@ class _BlockReplay:
     cached: Poly = ZERO  # autocast's cached casts of the block's trainable weights
 
 
-def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
-    """Replay one training step of `spec` adapted per `terms` under `ctx` (see the module docstring)."""
+def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *,
+                       embeds_grad: bool = False) -> ActivationProfile:
+    """Replay one training step of `spec` adapted per `terms` under `ctx` (see the module docstring).
+
+    `embeds_grad`: the embeddings require grad although the embedding table is frozen (a VLM's image rows
+    from a vision tower that carries grad, planner/vision.py).
+    """
     r = make_replay(spec, terms, ctx)
     a = r.arch
     main = Graph()
@@ -647,7 +653,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     # -- inputs and embeddings ------------------------------------------------------------------------
     batch = tokens(INDEX_BYTES * 2)  # input ids and labels, already on the device
     emb_itemsize = r.param_itemsize(r.trains_all)
-    x = ops.tok(a.hidden, emb_itemsize, r.trains_all)
+    x = ops.tok(a.hidden, emb_itemsize, r.trains_all or embeds_grad)
     if r.extra:  # prompt tuning: the trained prompt is concatenated in front of the embeddings
         x = ops.tok(a.hidden, emb_itemsize, True)
         main.forward_live = main.forward_live + tokens(INDEX_BYTES, r.extra)  # labels padded for the prompt
@@ -662,7 +668,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -
     rope: tuple[Sym, Sym] | None = None
     if a.rotary:
         width = a.head_dim  # cos and sin tables, cast to the activation dtype, shared by every block
-        rope = (ops.positions(width, x.itemsize), ops.positions(width, x.itemsize))
+        table = ops.r.tok(width) if a.rope_per_example else ops.r.pos(width)
+        rope = (ops.fresh(table, x.itemsize, False), ops.fresh(table, x.itemsize, False))
     mask: Sym | None = None
     if r.prefix:
         # The (B, 1, S, P + S) mask: float for eager attention, bool for SDPA (which converts it per

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 from peftplan.methods.base import Method, MethodConfig
 from peftplan.models.spec import ModelSpec
-from peftplan.planner.activations import ActivationProfile, activation_profile, base_itemsize
+from peftplan.planner.activations import ActivationProfile, base_itemsize
 from peftplan.planner.context import DTYPE_BYTES, MemoryBreakdown, TrainContext
 from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
-from peftplan.planner.vision import with_vision
+from peftplan.planner.vision import step_activations
 from peftplan.planner.weights import UnitBytes, WeightBytes, unit_bytes, weight_bytes
 from peftplan.replay.symbolic import Poly
 from peftplan.replay.terms import MemoryTerms, Shape
@@ -163,7 +163,7 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         weights=weights,
         optimizer=optimizer_bytes(ctx.optimizer, tensors),
         gradients=gradients,
-        activations=with_vision(activation_profile(spec, terms, ctx), spec, terms, ctx),
+        activations=step_activations(spec, terms, ctx),
         lm_head_grad=lm_head_grad,
         tied_spike=tied_spike,
         later_block_gradients=later_block_gradients(spec, terms, ctx),
@@ -259,8 +259,12 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         _Moment("loss", forward_end, logits_saved, 0, 0),
         _Moment("loss-bwd", saved, logits_saved + loss_backward, early, 0),
         _Moment("head-bwd", saved + at(act.grad_stream), loss_backward // 2, head_grad + early, 0),
-        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept + at(act.vision_backward), 0,
-                end_grads, 0),
+        _Moment("bwd-end", at(act.batch) + at(act.grad_stream) + held + kept, 0, end_grads, 0),
+        # A VLM's vision tower runs its backward last but before the token embedding's (it ran after it in the
+        # forward): an untied embedding table's gradient does not exist yet (planner/vision.py).
+        _Moment("vision-bwd", at(act.batch) + at(act.grad_stream) + held + kept
+                + at(act.ckpt_vision_backward if ctx.grad_checkpointing else act.vision_backward), 0,
+                end_grads - (0 if in_bwd or m.spec.tie_word_embeddings else m.lm_head_grad), 0),
         _Moment("head-bwd", saved, at(act.head_backward), head_grad + early, 0),  # a 4-bit output layer's backward
         _Moment("head-fwd", saved + previous + cached, at(act.head_forward), 0, 0),  # the output layer's last matmul
     ]

@@ -157,10 +157,6 @@ def check_traceable(
         BadInputError: offloaded checkpoints without checkpointing.
     """
     check_stack_knobs(ctx, spec)
-    if ctx.images:
-        raise UnsupportedError("the fake-tensor trace cannot follow Qwen2-VL's image path yet (its vision attention "
-                               "splits by `cu_seqlens.tolist()`, data fake tensors do not have); images are priced "
-                               "analytically and checked against real steps (tests/planner/test_vlm_plan.py)")
     if ctx.bnb_fp16_state and getattr(cfg, "quant", "none") != "none":
         raise UnsupportedError("the trace quantizes in the model's dtype and runs bitsandbytes 0.50's fused forward; "
                                "--bnb-fp16-state (Lightning's fp16 quantization) is priced analytically: --no-bnb-fp16-state")

@@ -478,12 +478,14 @@ def _reads_weight(head: nn.Module) -> None:
 
 
 def stack_loss(model: Any, ids: torch.Tensor, labels: torch.Tensor, batch: Batch, ctx: TrainContext,
-               scope: Callable[[], AbstractContextManager[Any]] = nullcontext) -> tuple[torch.Tensor, Any]:
+               scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
+               inputs: dict[str, Any] | None = None) -> tuple[torch.Tensor, Any]:
     """The loss of `ctx.loss` (with its sub-knobs) and what the loop keeps until backward is done.
 
     `full` with `loss_fp32` runs transformers' own loss inside the model (the caller's default path, not
     this function). Everything else runs the model with its output layer captured (`captured_hidden`)
-    and applies the stack's loss to the last hidden state; `scope` tags what the loss allocates.
+    and applies the stack's loss to the last hidden state; `scope` tags what the loss allocates. `inputs`:
+    the model's other inputs (a VLM's images).
     """
     head = model.get_output_embeddings()
     cap = _config_value(model, "final_logit_softcapping")
@@ -491,7 +493,7 @@ def stack_loss(model: Any, ids: torch.Tensor, labels: torch.Tensor, batch: Batch
         _reads_weight(head)
     head_call = type(head).forward.__get__(head)  # the layer's own forward, outside its hooks
     with captured_hidden(head) as box:
-        model(input_ids=ids)  # the outputs (an empty logits view) are dropped at once
+        model(input_ids=ids, **(inputs or {}))  # the outputs (an empty logits view) are dropped at once
     hidden = box.pop("hidden")
     held: Any = None
     with scope():

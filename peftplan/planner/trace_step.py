@@ -289,6 +289,75 @@ class _AdapterKeptTorch:
 
 
 @contextmanager
+def image_layout_answers() -> Iterator[None]:
+    """Let an image step's layout keep its values on fake tensors, as the real step's does.
+
+    Qwen2-VL reads its image layout's values (transformers 5.23 `vision_utils.py`: `get_vision_position_ids`
+    iterates `grid_thw.tolist()`, `get_vision_cu_seqlens`; `modeling_qwen2_vl.py`: `VisionAttention.forward`
+    splits each image by `lengths.tolist()`, `get_image_features` by the grid, `get_rope_index` groups
+    `mm_token_type_ids.tolist()`). FakeTensorMode keeps the values of tensors made from Python data (a lift)
+    and of ops on them (constant propagation), but only up to `CONSTANT_NUMEL_LIMIT` elements (1, torch 2.13
+    `_subclasses/fake_tensor.py:85`, `may_turn_const`). Raised here, the layout (the grid, the token types
+    `image_inputs` builds from lists) and what is computed from it alone keep their values, and the same ops
+    run on fake tensors of the same sizes; everything else (weights, ids, pixels) has no constant and is
+    unaffected. The values are small integer tensors: they are computed for real, beside the fake ones.
+
+    Two questions the layout does not answer alone:
+    - `get_placeholder_mask` checks that the random ids hold as many placeholders as the tower returns rows
+      (`torch_compilable_check`, `modeling_qwen2_vl.py:1050-1060`). `image_inputs` builds the batch so that
+      they do, and the real step checks it; on fake tensors the answer is that it holds.
+    - `get_rope_index` (`:893-995`) builds each example's positions with `torch.arange` (no constant) and
+      reads their `max()` into `torch.tensor(...)`. It runs for real on the layout's values, outside the
+      tracked step, and the step gets what it returns made as it makes them: `position_ids`, a
+      `torch.zeros(3, B, S)` of the ids' dtype filled in place, and the deltas, a `torch.tensor` of B
+      integers `unsqueeze`d (kept on the model as `rope_deltas`). Its per-example rows (3 x S int64) are
+      freed before it returns and are not replayed.
+    """
+    from unittest import mock
+
+    import torch
+    from torch._subclasses import fake_tensor
+    from torch.utils._mode_utils import no_dispatch
+    from transformers.models.qwen2_vl import modeling_qwen2_vl
+
+    check = modeling_qwen2_vl.torch_compilable_check
+    rope_index = modeling_qwen2_vl.Qwen2VLModel.get_rope_index
+
+    def holds_on_fake(cond: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(cond, fake_tensor.FakeTensor) and cond.constant is None:
+            return
+        check(cond, *args, **kwargs)
+
+    def layout_rope_index(model: Any, input_ids: Any, mm_token_type_ids: Any, image_grid_thw: Any = None,
+                          video_grid_thw: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+        if not isinstance(input_ids, fake_tensor.FakeTensor):
+            return rope_index(model, input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw,
+                              attention_mask, **kwargs)
+        if video_grid_thw is not None or attention_mask is not None:
+            raise RuntimeError("the traced image step has neither videos nor an attention mask")
+
+        def real(t: Any) -> Any:
+            if t is None or t.constant is None:
+                raise RuntimeError("the image layout lost its values on fake tensors")
+            return t.constant
+
+        with no_dispatch():
+            ids: Any = torch.zeros(input_ids.shape, dtype=input_ids.dtype)
+            positions, deltas = rope_index(model, ids, real(mm_token_type_ids), real(image_grid_thw))
+            values = deltas.flatten().tolist()
+        out = torch.zeros(3, *input_ids.shape, dtype=input_ids.dtype)
+        out.copy_(positions)
+        return out, torch.tensor(values, device=input_ids.device).unsqueeze(1)
+
+    with (
+        mock.patch.object(fake_tensor, "CONSTANT_NUMEL_LIMIT", 1 << 24),
+        mock.patch.object(modeling_qwen2_vl, "torch_compilable_check", holds_on_fake),
+        mock.patch.object(modeling_qwen2_vl.Qwen2VLModel, "get_rope_index", layout_rope_index),
+    ):
+        yield
+
+
+@contextmanager
 def _data_answers() -> Iterator[None]:
     """Answer the library code's data-dependent questions on fake inputs as the real step answers them.
 
@@ -339,9 +408,10 @@ def image_inputs(model: Any, ctx: TrainContext, ids: torch.Tensor, generator: An
     """A VLM step's image inputs, as Qwen2-VL's processor returns them; {} for a text step.
 
     Each example starts with its images' placeholder tokens (`image_token_id`, `mm_token_type_ids` 1), one text
-    token after each; each
-    image is a 2 x (patches / 2) grid of patches (one frame), its `pixel_values` rows fp32. The tower's memory
-    depends on the patch count, not the grid's shape. `ids` is changed in place.
+    token after each; each image is a 2 x (patches / 2) grid of patches (one frame), its `pixel_values` rows
+    fp32. The tower's memory depends on the patch count, not the grid's shape. `ids` is changed in place. The
+    layout (`image_grid_thw`, `mm_token_type_ids`) is made from Python lists, so that on fake tensors it keeps its
+    values (`image_layout_answers`).
     """
     import torch
 
@@ -352,12 +422,13 @@ def image_inputs(model: Any, ctx: TrainContext, ids: torch.Tensor, generator: An
     merge = int(vc.spatial_merge_size)
     features = int(vc.in_channels) * int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
     image_id = int(config.image_token_id)
-    ids[ids == image_id] = 0
-    types = torch.zeros_like(ids, dtype=torch.int)
+    ids.masked_fill_(ids == image_id, 0)  # random text holds no placeholder
+    row = [0] * ids.shape[1]
     for i in range(ctx.images):  # one text token after each image, as the processor's vision_end
         start = i * (ctx.image_tokens + 1)
         ids[:, start:start + ctx.image_tokens] = image_id
-        types[:, start:start + ctx.image_tokens] = 1
+        row[start:start + ctx.image_tokens] = [1] * ctx.image_tokens
+    types = torch.tensor([row] * ids.shape[0], dtype=torch.int)
     count = ids.shape[0] * ctx.images
     grid = torch.tensor([[1, merge, ctx.image_patches // merge]] * count, dtype=torch.long)
     pixels = torch.rand(count * ctx.image_patches, features, generator=generator)
@@ -504,6 +575,8 @@ def run_step(
             with ExitStack() as stack:
                 if fake_mode is not None:
                     stack.enter_context(_data_answers())  # imports first: module constants are not the step's
+                    if ctx.images:
+                        stack.enter_context(image_layout_answers())
                 stack.enter_context(lb)
                 if decompose is not None:
                     stack.enter_context(decompose)
@@ -511,28 +584,31 @@ def run_step(
                 lb.mark("forward:pre")
                 instrument.stage = "forward"
                 ids = torch.randint(vocab, (ctx.batch_size, ctx.seq_len), generator=generator)
+                images = image_inputs(model, ctx, ids, generator)  # held with ids, as the loop holds its batch
                 held: Any = None
                 with autocast:
                     if own_loss:
                         labels = _labels(model, ids)
-                        outputs = model(input_ids=ids, labels=labels, **image_inputs(model, ctx, ids, generator))
+                        outputs = model(input_ids=ids, labels=labels, **images)
                         loss = outputs.loss
                         held = outputs.logits if ctx.keep_logits else None  # the loop's `logits`
                         del outputs  # a trainer keeps only the loss
                     else:
                         labels = batch.labels(ids)
-                        loss, held = stack_loss(model, ids, labels, batch, ctx, lambda: lb.scope(head_tag))
+                        loss, held = stack_loss(model, ids, labels, batch, ctx, lambda: lb.scope(head_tag), images)
                 instrument.stage = "backward"
                 lb.mark("backward:head")
                 loss.backward()
-                del loss, ids, labels
+                del loss
                 instrument.stage = "optimizer"
                 lb.mark("optimizer")
                 if not ctx.optimizer_in_bwd:
                     optimizers[0].step()
                     if method is not None:
                         method.after_optimizer_step(model, STATE_STEP)
-                del held  # litgpt's loop variable `logits` lives until the step is over
+                # The loop's batch (a trainer's `inputs`, the harness's `batch`) and litgpt's loop variable
+                # `logits` live until the step is over.
+                del held, ids, labels, images
                 # Categorise now: gradients are still alive, and every segment's peak is behind us.
                 persistent = _persistent_categories(
                     model, optimizers, method.state_tensors(model) if method is not None else [])

@@ -27,7 +27,8 @@ from peftplan.replay.ops import Ops, Replay, Weight
 from peftplan.replay.symbolic import ZERO, Graph, Poly, Sym
 from peftplan.replay.terms import MemoryTerms
 
-__all__ = ["VisionActivations", "image_context", "parse_image_size", "vision_activations", "with_vision"]
+__all__ = ["VisionActivations", "image_context", "parse_image_size", "step_activations", "vision_activations",
+           "with_vision"]
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -109,10 +110,13 @@ class VisionActivations:
     Attributes:
         inputs: `pixel_values` (fp32, as the processor returns it) and the image grid: alive all step.
         saved: what the tower and merger save for backward (zero for a frozen, unadapted tower).
-        ckpt_saved: the same with checkpointed vision blocks (each block's input, the merger's saved set).
+        ckpt_saved: the same with checkpointed vision blocks (the patch embedding's saved set, each block's
+            input, the merger's saved set).
         forward_peak: the tower's largest forward moment beyond `inputs` and `saved` so far.
         backward_temp: gradient temporaries of its backward (it runs last, on top of every gradient).
+        block_saved: what one vision block saves (what its recomputation rebuilds under checkpointing).
         embeds_copy: `masked_scatter`'s new `inputs_embeds` beside the old one.
+        output_grad: the image rows require grad, so the language model's embeddings do too.
     """
 
     inputs: Poly
@@ -120,7 +124,9 @@ class VisionActivations:
     ckpt_saved: Poly
     forward_peak: Poly
     backward_temp: Poly
+    block_saved: Poly
     embeds_copy: Poly
+    output_grad: bool = False
 
     @property
     def trains(self) -> bool:
@@ -131,8 +137,12 @@ def _tower_linear(spec: ModelSpec, name: str) -> LinearInfo:
     return next(lin for lin in spec.linears if lin.name == name)
 
 
-def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r: Replay) -> VisionActivations | None:
-    """Replay the vision tower of one example's images; None when the step has no image."""
+def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r: Replay, *,
+                       checkpointing: bool = False) -> VisionActivations | None:
+    """Replay the vision tower of one example's images; None when the step has no image.
+
+    `checkpointing`: the step checkpoints its blocks (the tower's patch embedding then requires grad).
+    """
     tower = spec.vision
     if tower is None or not ctx.images:
         return None
@@ -148,12 +158,19 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
     pixels = ops.cast(Sym.fresh(Poly(b=patches * tower.patch_features), 4, False), weight_size)
     x = ops.matmul(pixels, Weight(tower.embed_dim * tower.patch_features, weight_size, tr.trains_all,
                                   f"{tower.path}.patch_embed.proj"), tower.embed_dim)  # Conv3d = a matmul per patch
+    if checkpointing and not x.grad:
+        # Checkpointing makes every input embedding's output require grad (`enable_input_require_grads`, see
+        # `with_vision`), the tower's `patch_embed` too: a frozen tower then records autograd, its blocks
+        # save their checkpointed inputs and the merger its activations, and backward runs through it.
+        x = x.view(grad=True)
     held = [pixels] if pixels.itemsize != 4 else []
+    embed_saved = g.total()  # a trained patch embedding saves its (cast) pixels, outside any checkpoint
     # Axial rotary tables (fp32 cos and sin, shared by every block; saved by the rope products).
     cos = Sym.fresh(tr.tok(tower.head_dim), 4, False)
     sin = Sym.fresh(tr.tok(tower.head_dim), 4, False)
     tables = cos.storage_bytes + sin.storage_bytes
     blocks_saved = ZERO
+    block_saved = ZERO
     block_inputs = ZERO
     peaks: list[Poly] = []
     largest = ZERO
@@ -164,6 +181,7 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
         bops = Ops(tr, bg)
         x = _block(bops, spec, tower, index, x, cos, sin, held)
         blocks_saved = blocks_saved + bg.total()
+        block_saved = bg.total() if bg.total().b > block_saved.b else block_saved
         for unsaved, _ in bg.live_moments:
             peaks.append(start + unsaved + tables)
         g.saved.update(bg.saved)
@@ -177,37 +195,68 @@ def vision_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, r
     merger_saved = g.total() - before_merger
     saved = g.total()
     grad = x.grad or saved != ZERO
-    ckpt_saved = (block_inputs + merger_saved + (tables if grad else ZERO)) if grad else ZERO
+    ckpt_saved = (embed_saved + block_inputs + merger_saved + (tables if grad else ZERO)) if grad else ZERO
     peak = max(peaks, key=lambda p: p.b) if peaks else ZERO
     embeds = Poly(n=spec.hidden_size * r.compute_itemsize)  # a copy of the (B, S, H) embeddings
     return VisionActivations(inputs=inputs, saved=saved, ckpt_saved=ckpt_saved, forward_peak=peak - saved,
-                             backward_temp=largest * 2 if grad else ZERO, embeds_copy=embeds)
+                             backward_temp=largest * 2 if grad else ZERO, block_saved=block_saved if grad else ZERO,
+                             embeds_copy=embeds, output_grad=merged.grad)
 
 
-def with_vision(profile: ActivationProfile, spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
-    """`profile` (the language model's) with the vision tower of the step's images added; unchanged without.
+def step_activations(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> ActivationProfile:
+    """The step's activation profile: the language model's (`activation_profile`) with the vision tower.
+
+    Like the language model's, the profile holds the step with and without checkpointing (a plan's search
+    prices both from one profile), so the tower is replayed both ways.
+    """
+    from peftplan.planner.activations import activation_profile, make_replay
+
+    r = make_replay(spec, terms, ctx)
+    vis = vision_activations(spec, terms, ctx, r)
+    ckpt_vis = vision_activations(spec, terms, ctx, r, checkpointing=True)
+    # Image rows that carry grad make the embeddings require grad, which changes what the first block saves;
+    # under checkpointing the blocks keep only their inputs, so the difference is the non-checkpointed step's.
+    profile = activation_profile(spec, terms, ctx, embeds_grad=vis is not None and vis.output_grad)
+    if vis is None or ckpt_vis is None:
+        return profile
+    return with_vision(profile, spec, terms, ctx, vis, ckpt_vis)
+
+
+def with_vision(profile: ActivationProfile, spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext,
+                vis: VisionActivations, ckpt_vis: VisionActivations) -> ActivationProfile:
+    """`profile` (the language model's) with the vision tower of the step's images added: `vis` as replayed
+    without checkpointing, `ckpt_vis` with it.
 
     The tower runs first, after the token embeddings (`Qwen2VLModel.forward`): its forward moment sits on the
     batch and the embeddings; what it saves stays through the language model's forward and backward; its
     backward runs last, beside every gradient (`vision_backward`).
+
+    With checkpointing, transformers 5.23's `gradient_checkpointing_enable` (`modeling_utils.py:3181-3189`)
+    calls `enable_input_require_grads` (`:2137-2170`), which makes the output of every `PreTrainedModel`'s
+    input embedding require grad: the vision tower's `patch_embed` too (`_input_embed_layer`,
+    `modeling_qwen2_vl.py:647`). A frozen tower then records autograd (`ckpt_vis`), and the text
+    embeddings' output, made a leaf, stays alive beside `masked_scatter`'s copy.
     """
     from peftplan.planner.activations import make_replay
 
-    vis = vision_activations(spec, terms, ctx, make_replay(spec, terms, ctx))
-    if vis is None:
-        return profile
     embeddings = Poly(n=spec.hidden_size * make_replay(spec, terms, ctx).param_itemsize(terms.trainable_base == "all"))
     start = profile.batch + vis.inputs + embeddings
+    # The frozen embedding's output made a leaf by the hook: its AccumulateGrad node holds it until backward is over.
+    leaf = embeddings if terms.trainable_base != "all" else ZERO
+    ckpt_saved = ckpt_vis.ckpt_saved + leaf
     return replace(
         profile,
         saved=profile.saved + vis.inputs + vis.saved,
-        ckpt_saved=profile.ckpt_saved + vis.inputs + vis.ckpt_saved,
+        ckpt_saved=profile.ckpt_saved + vis.inputs + ckpt_saved,
         batch=profile.batch + vis.inputs,
         moments=[m + vis.inputs + vis.saved for m in profile.moments]
         + [start + vis.saved + vis.forward_peak, start + vis.saved + vis.embeds_copy],
-        ckpt_moments=[m + vis.inputs + vis.ckpt_saved for m in profile.ckpt_moments]
-        + [start + vis.ckpt_saved + vis.forward_peak, start + vis.ckpt_saved + vis.embeds_copy],
+        ckpt_moments=[m + vis.inputs + ckpt_saved for m in profile.ckpt_moments]
+        + [start + ckpt_vis.ckpt_saved + ckpt_vis.forward_peak, start + ckpt_vis.ckpt_saved + ckpt_vis.embeds_copy],
+        # The tower's backward runs last; under checkpointing, on its checkpoints and one block rebuilt.
         vision_backward=(vis.saved + vis.backward_temp) if vis.trains else ZERO,
+        ckpt_vision_backward=(ckpt_vis.ckpt_saved + ckpt_vis.block_saved + ckpt_vis.backward_temp)
+        if ckpt_vis.trains else ZERO,
     )
 
 

@@ -45,3 +45,20 @@ def check_cell(model_id: str, method: str, ckpt: bool, seq: int, batch: int, **s
         assert any(limit in cell.skipped for limit in KNOWN_LIMITS), f"refused for a new reason: {cell.skipped}"
         return
     assert abs(cell.error) <= TOLERANCE, f"analytic {cell.error:+.2%} off the trace ({cell.peak_phase} peak)"
+
+
+def check_spec_cell(spec: Any, method_name: str, cfg: Any, ctx: TrainContext) -> None:
+    """Trace and estimate `method_name` with `cfg` on a spec built outside the catalog (a tiny MoE or VLM
+    written to a directory); assert the counts agree and the peak is within TOLERANCE."""
+    from peftplan.methods import get_method
+    from peftplan.planner.memory import estimate_memory
+    from peftplan.planner.trace import trace_memory
+
+    method = get_method(method_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced: Any = trace_memory(spec, method, cfg, ctx)
+    analytic = estimate_memory(spec, method, cfg, ctx)
+    assert traced.trainable_params == method.trainable_params(spec, cfg)
+    error = (analytic.peak_allocated - traced.memory.peak_allocated) / traced.memory.peak_allocated
+    assert abs(error) <= TOLERANCE, f"analytic {error:+.2%} off the trace ({traced.peak_segment} peak)"

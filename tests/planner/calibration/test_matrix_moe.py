@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from peftplan.models.catalog import catalog_config_dict
-from tests.planner.calibration.matrix import TOLERANCE
+from tests.planner.calibration.matrix import check_spec_cell
 
 TINY = {
     "mixtral": ("mistralai/Mixtral-8x7B-v0.1", {
@@ -59,22 +58,10 @@ CELLS = [
 def test_lora_on_experts_within_tolerance_of_trace(
     tiny_dirs: dict[str, str], model: str, targets: list[str], ckpt: bool, seq: int, batch: int,
 ) -> None:
-    import warnings
-
     from peftplan.methods import get_method
     from peftplan.models import get_spec
     from peftplan.planner.context import TrainContext
-    from peftplan.planner.memory import estimate_memory
-    from peftplan.planner.trace import trace_memory
 
-    spec = get_spec(tiny_dirs[model])
-    method = get_method("lora")
-    cfg = method.make_config(targets=targets)
+    cfg = get_method("lora").make_config(targets=targets)
     ctx = TrainContext(seq_len=seq, batch_size=batch, grad_checkpointing=ckpt, device="cpu")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced: Any = trace_memory(spec, method, cfg, ctx)
-    analytic = estimate_memory(spec, method, cfg, ctx)
-    assert traced.trainable_params == method.trainable_params(spec, cfg)
-    error = (analytic.peak_allocated - traced.memory.peak_allocated) / traced.memory.peak_allocated
-    assert abs(error) <= TOLERANCE, f"analytic {error:+.2%} off the trace ({traced.peak_phase} peak)"
+    check_spec_cell(get_spec(tiny_dirs[model]), "lora", cfg, ctx)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from peftplan.models.catalog import catalog_config_dict
-from tests.planner.calibration.matrix import TOLERANCE
+from tests.planner.calibration.matrix import check_spec_cell
 
 BASE = catalog_config_dict("Qwen/Qwen2-VL-7B-Instruct")
 TINY = {**BASE, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 2,
@@ -46,25 +45,13 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.parametrize(("method_name", "train_vision", "ckpt", "shape"), CELLS)
 def test_images_within_tolerance_of_trace(tiny_dir: str, method_name: str, train_vision: bool, ckpt: bool,
                                           shape: tuple[int, int, int, int]) -> None:
-    import warnings
-
     from peftplan.methods import get_method
     from peftplan.models import get_spec
     from peftplan.planner.context import TrainContext
-    from peftplan.planner.memory import estimate_memory
-    from peftplan.planner.trace import trace_memory
     from peftplan.planner.vision import image_context
 
     seq, batch, images, tokens = shape
-    method = get_method(method_name)
-    cfg = method.make_config()
     ctx = TrainContext(seq_len=seq, batch_size=batch, grad_checkpointing=ckpt, device="cpu")
     spec, ctx, _ = image_context(get_spec(tiny_dir), ctx, image_size=None, images=images, tokens=tokens,
                                  train_vision=train_vision)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced: Any = trace_memory(spec, method, cfg, ctx)
-    analytic = estimate_memory(spec, method, cfg, ctx)
-    assert traced.trainable_params == method.trainable_params(spec, cfg)
-    error = (analytic.peak_allocated - traced.memory.peak_allocated) / traced.memory.peak_allocated
-    assert abs(error) <= TOLERANCE, f"analytic {error:+.2%} off the trace ({traced.peak_segment} peak)"
+    check_spec_cell(spec, method_name, get_method(method_name).make_config(), ctx)

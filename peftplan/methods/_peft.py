@@ -116,7 +116,8 @@ def peft_config_class(peft_type: str) -> type[PeftConfig]:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]  # type: ignore[index, return-value]
+    mapping = cast("dict[str, type[PeftConfig]]", PEFT_TYPE_TO_CONFIG_MAPPING)  # keyed by PeftType, a str enum
+    return mapping[peft_type]
 
 
 class PeftMethod(Method[ConfigT]):

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field, replace
 from peftplan.models.arch import Arch, BlockLinears, arch_of, block_linears
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.blocks import block
-from peftplan.planner.context import DTYPE_BYTES, TrainContext
+from peftplan.planner.context import DTYPE_BYTES, INDEX_BYTES, TrainContext
 from peftplan.replay.ops import Ops, Replay, Weight
 from peftplan.replay.symbolic import ZERO, Graph, Poly, Sym, chunked, tokens
 from peftplan.replay.terms import MemoryTerms
 
-INDEX_BYTES = 8  # int64 token ids and labels
 FUSED_VOCAB_TILE = 32768  # TRL's `_CHUNKED_LOGPROB_CHUNK_SIZE`: vocabulary entries per fused-loss tile
 
 

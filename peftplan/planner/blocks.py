@@ -16,6 +16,7 @@ from peftplan.errors import UnsupportedError
 from peftplan.models.arch import BlockLinears
 from peftplan.models.spec import LinearInfo
 from peftplan.planner.adapters import adapted_linear, base_linear
+from peftplan.planner.context import INDEX_BYTES
 from peftplan.replay.ops import Ops, Weight, promote
 from peftplan.replay.symbolic import Poly, Sym
 
@@ -390,8 +391,13 @@ def _litgpt_qkv(ops: Ops, h: Sym, block: BlockLinears) -> Sym:
     if enabled != width:
         # `zero_pad` (l.334-340): `x.new_zeros(..., out_features)`, the transposed update reshaped (a copy),
         # and `result.index_copy(1, torch.tensor(self.lora_ind), ...)`, out of place: a full-width result.
+        # `index_copy`'s backward reads its source and index (pytorch tools/autograd/derivatives.yaml,
+        # `index_copy`: `grad.index_select(dim, index).expand_as(source)`; IndexCopyBackward0 keeps
+        # `_saved_source` and `_saved_index`): the copy and the int64 index stay for backward. litgpt 0.5.13's
+        # `result.index_copy_(dim=-1, index=self.lora_ind, source=x)` (lora.py l.321-326 @2685705) saves the
+        # update itself and a clone of the `_lora_ind` buffer: the same bytes.
         zeros = ops.tok(width, after_b.itemsize, False)
-        ops.pointwise(after_b)
+        ops.g.save(ops.pointwise(after_b), ops.fresh(Poly(c=enabled), INDEX_BYTES, False))
         after_b = ops.fresh(zeros.numel, after_b.itemsize, True)
     lora = ops.pointwise(after_b)  # `* self.scaling` (l.430)
     return ops.add(pretrained, lora)  # `pretrained + lora` (l.431)

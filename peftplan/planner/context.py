@@ -13,6 +13,7 @@ Shard = Literal["none", "fsdp", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
+INDEX_BYTES = 8  # int64: token ids, labels, index tensors
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,8 @@ def test_litgpt_stack_sets_its_model_code_and_fabric_cast() -> None:
     assert (ctx.model_code, ctx.output_fp32) == ("litgpt", True)
 
 
-@pytest.mark.parametrize(("kv_heads", "per_token"), [(HEADS, 3 * HIDDEN), (2, -HIDDEN)])
-def test_litgpt_attention_saves_the_hand_counted_bytes(kv_heads: int, per_token: int) -> None:
+@pytest.mark.parametrize(("kv_heads", "per_token", "index"), [(HEADS, 11 * HIDDEN, 2 * HIDDEN), (2, 5 * HIDDEN, 3 * HIDDEN // 2)])
+def test_litgpt_attention_saves_the_hand_counted_bytes(kv_heads: int, per_token: int, index: int) -> None:
     """Bytes per token over the two blocks, bf16 on CUDA, LoRA r8 on q and v with dropout, minus transformers'.
 
     transformers (SDPA, GQA native): SDPA saves q, k, v and the output (2·(2H + 2·kv)); peft's q and v LoRA
@@ -63,13 +63,15 @@ def test_litgpt_attention_saves_the_hand_counted_bytes(kv_heads: int, per_token:
     and lora_A's output (2r). litgpt (lit_gpt/model.py l.196-229 @8641822, lora.py l.375-386): SDPA saves q
     and k after `torch.cat` (2H each) and the output; with one query per group v is a view of the fused qkv
     output and keeps all of it (2·3H), with grouped queries an expanded copy (2H); LoRAQKVLinear has one
-    dropout (2H, and H of mask after block 0) and one lora_A of 2r rows (2·2r).
-    MHA: SDPA +4H; LoRA -2H in block 0, -3H in block 1: +2H + H.  GQA (kv = H/2): SDPA +2H: 0 - H.
+    dropout (2H, and H of mask after block 0) and one lora_A of 2r rows (2·2r); `zero_pad`'s `index_copy`
+    saves its source, the q and v update (2·(H + kv)), and its int64 index of H + kv entries per block.
+    MHA: SDPA +4H; LoRA -2H in block 0, -3H in block 1; zero_pad +4H per block: +2H + H + 8H.
+    GQA (kv = H/2): SDPA +2H; zero_pad +3H per block: 0 - H + 6H.
     """
     tokens = 2 * 256
     litgpt = _blocks_saved(kv_heads)
     transformers = _blocks_saved(kv_heads, model_code="transformers")
-    assert litgpt - transformers == per_token * tokens
+    assert litgpt - transformers == per_token * tokens + LAYERS * index * 8
 
 
 def test_fabric_cast_makes_the_held_logits_and_loss_rows_fp32() -> None:

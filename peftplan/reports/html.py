@@ -86,7 +86,7 @@ def _sort_value(value: Any) -> str:
     return "" if is_missing(value) else repr(float(value))
 
 
-_BREAK_BEFORE = re.compile("\u00a0(?=[[±(])")
+_BREAK_BEFORE = re.compile("\u00a0(?=[\\[±(])")
 
 
 def _number_text(text: str) -> str:

@@ -714,7 +714,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
                                                graph.forward_live, set(graph.used_external), out.grad,
                                                out.itemsize, embeddings.storage in graph.saved,
                                                graph.largest * 2 + graph.backward_extra, graph.kept_total(),
-                                               tuple(graph.backward_options), block_ops.cached_casts)
+                                               tuple(graph.backward_totals()), block_ops.cached_casts)
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
         ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input

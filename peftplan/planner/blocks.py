@@ -195,7 +195,14 @@ def _sdpa_math(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool, dropout: float, qk_
     q_scaled = ops.tok(qk_width, work, grad)  # q * sqrt(scale)
     k_scaled = ops.fresh(_kv_tokens(ops, qk_width), work, grad)  # (k * sqrt(scale)).transpose
     v_work = ops.cast(va, work)
-    probs = ops.fresh(_scores(ops, a.heads), work, grad)
+    if out_width == qk_width:
+        probs = ops.fresh(_scores(ops, a.heads), work, grad)
+    else:
+        # MLA: its backward holds the probabilities' gradient and the scores' (softmax's) beside what the
+        # block saved up to here; the MLP's saved tensors are gone by then.
+        probs = Sym.fresh(_scores(ops, a.heads), work, grad)
+        if grad:
+            ops.g.backward_moment(probs.storage_bytes * 2)
     if grad:
         ops.g.save(q_scaled, k_scaled, v_work, probs)
         if dropout > 0:

@@ -28,6 +28,18 @@ AUX_LOSS_TYPES = frozenset({
     "dbrx", "ernie4_5_moe", "flex_olmo", "gpt_oss", "granitemoe", "granitemoeshared", "jamba", "jetmoe", "minimax",
     "olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "qwen3_next", "mixtral",
 })
+# Model types whose PreTrainedModel has `_supports_sdpa = False` in transformers 5.23, so that a model built
+# without an explicit `attn_implementation` runs `eager_attention_forward` (models/gpt_oss/modeling_gpt_oss.py:379;
+# checked against the installed transformers by tests/planner/test_moe_attention.py).
+NO_SDPA_TYPES = frozenset({"gpt_oss"})
+# gpt-oss's router: top-k of the raw logits, then a softmax over the k values in their own dtype
+# (`GptOssTopKRouter.forward`, modeling_gpt_oss.py:125-129), and its experts' clamped gate
+# (`GptOssExperts._apply_gate`, :81-87).
+_TOPK_THEN_SOFTMAX_TYPES = frozenset({"gpt_oss"})
+_CLAMPED_GATE_TYPES = frozenset({"gpt_oss"})
+# DeepSeek-V2's router casts its input and weight to fp32 before `F.linear` (`DeepseekV2TopkRouter.forward`,
+# models/deepseek_v2/modeling_deepseek_v2.py:99); autocast runs the linear in the low dtype anyway.
+_FP32_ROUTER_TYPES = frozenset({"deepseek_v2"})
 _ENCODERS = {"bert", "roberta", "deberta", "deberta-v2", "xlm-roberta", "electra", "distilbert"}
 
 
@@ -43,6 +55,22 @@ class BlockLinears:
     shared: tuple[LinearInfo, ...] = ()  # an MoE block's always-on shared experts (DeepSeek, Qwen2-MoE)
     experts: tuple[str, ...] = ()  # an MoE block's fused expert parameters (full names)
     router: str | None = None  # its router's weight (full name) when the router is not a Linear
+
+
+@dataclass(frozen=True)
+class LatentAttention:
+    """DeepSeek-V2's multi-head latent attention (`DeepseekV2Attention`, modeling_deepseek_v2.py:290-418):
+    the widths of its projections, per head where said."""
+
+    q_lora_rank: int  # 0: `q_proj` straight from the hidden state (V2-Lite), else q_a_proj -> norm -> q_b_proj
+    kv_lora_rank: int  # the compressed key/value latent (kv_a_proj_with_mqa -> kv_a_layernorm -> kv_b_proj)
+    qk_nope: int  # per head: the part of q and k without rotary embedding
+    qk_rope: int  # per head: the rotary part (k's is one head, shared by all heads)
+    v_head: int  # per head: the value width
+
+    @property
+    def qk_head(self) -> int:
+        return self.qk_nope + self.qk_rope
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,16 @@ class Arch:
     # (B, S, head_dim), one per example, not one (1, S, head_dim) shared by the batch
     # (transformers 5.23 `modeling_qwen2_vl.py:125-142`, `Qwen2VLRotaryEmbedding.forward`).
     rope_per_example: bool = False
+    # Attention beyond the Llama shape:
+    sdpa: bool = True  # transformers' default attention for this model is SDPA (False: eager, `NO_SDPA_TYPES`)
+    attn_sinks: bool = False  # a learned sink logit per head is concatenated to the scores (gpt-oss)
+    attn_masks: int = 1  # distinct 4-D masks the eager path builds (gpt-oss: full and sliding-window)
+    mla: LatentAttention | None = None  # DeepSeek-V2's latent attention
+    # MoE routing and experts beyond Mixtral's:
+    moe_topk_then_softmax: bool = False  # softmax over the top-k logits only, in their dtype (gpt-oss)
+    moe_router_fp32: bool = False  # the router's input and weight are cast to fp32 first (DeepSeek-V2)
+    moe_expert_bias: bool = False  # the fused experts add per-expert biases (gpt-oss)
+    moe_clamped_gate: bool = False  # gpt-oss's clamped `gate * sigmoid(alpha * gate) * (up + 1)`
 
     @property
     def moe_layers(self) -> int:
@@ -141,7 +179,9 @@ def arch_of(spec: ModelSpec) -> Arch:
     block = block_linears(spec, 0)
     block_norms = [n for n in spec.norms if n.name.startswith(f"{spec.layers_path}.0.")]
     per_head = [n for n in block_norms if n.numel == spec.head_dim]
-    layer_norms = [n for n in block_norms if n.numel != spec.head_dim]
+    # The hidden-width norms (LayerNorm's numel counts its bias too); not MLA's latent norms (kv_a_layernorm).
+    layer_norms = [n for n in block_norms if n.numel in (spec.hidden_size, 2 * spec.hidden_size)
+                   and n.numel != spec.head_dim]
     norm: NormKind = "layer" if layer_norms and layer_norms[0].numel == 2 * spec.hidden_size else "rms"
     if model_type.startswith("gemma"):
         norm = "rms_gemma"
@@ -195,7 +235,29 @@ def arch_of(spec: ModelSpec) -> Arch:
         logit_scale=cfg.get("logit_scale") not in (None, 0, 1, 1.0),
         rope_per_example=any(isinstance(rope, dict) and "mrope_section" in rope
                              for rope in (cfg.get("rope_scaling"), cfg.get("rope_parameters"))),
+        sdpa=model_type not in NO_SDPA_TYPES,
+        attn_sinks=any(p.name == f"{spec.layers_path}.0.self_attn.sinks" for p in spec.params),
+        attn_masks=2 if "sliding_attention" in (cfg.get("layer_types") or ()) else 1,
+        mla=_latent_attention(cfg, block),
+        moe_topk_then_softmax=bool(moe_experts) and model_type in _TOPK_THEN_SOFTMAX_TYPES,
+        moe_router_fp32=bool(moe_experts) and model_type in _FP32_ROUTER_TYPES,
+        moe_expert_bias=bool(moe_experts) and any(name.endswith("_bias") for name in block_experts(spec)),
+        moe_clamped_gate=bool(moe_experts) and model_type in _CLAMPED_GATE_TYPES,
     )
+
+
+def block_experts(spec: ModelSpec) -> tuple[str, ...]:
+    """The fused expert parameters of the first MoE block (full names; empty on a dense model)."""
+    return tuple(p.name for p in spec.moe.layers[0].experts) if spec.moe is not None and spec.moe.layers else ()
+
+
+def _latent_attention(cfg: dict, block: BlockLinears) -> LatentAttention | None:
+    """MLA's widths when the block projects keys and values through `kv_a_proj_with_mqa`, else None."""
+    if not any(lin.leaf == "kv_a_proj_with_mqa" for lin in block.attn_in):
+        return None
+    return LatentAttention(q_lora_rank=int(cfg.get("q_lora_rank") or 0), kv_lora_rank=int(cfg["kv_lora_rank"]),
+                           qk_nope=int(cfg["qk_nope_head_dim"]), qk_rope=int(cfg["qk_rope_head_dim"]),
+                           v_head=int(cfg["v_head_dim"]))
 
 
 def _is_causal_lm(spec: ModelSpec) -> bool:

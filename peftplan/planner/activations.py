@@ -673,11 +673,12 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
     if r.prefix:
         # The (B, 1, S, P + S) mask: float for eager attention, bool for SDPA (which converts it per
         # layer; see `blocks.attention`). Alive until the forward returns.
-        eager = r.attention == "eager" or a.attn_softcap
-        mask = Sym.fresh(Poly(s2=1, n=r.prefix), x.itemsize if eager else 1, False)
+        mask = Sym.fresh(Poly(s2=1, n=r.prefix), x.itemsize if r.eager else 1, False)
         main.forward_live = main.forward_live + mask.storage_bytes
-    elif r.attention == "eager" or a.attn_softcap:
-        main.forward_live = main.forward_live + Poly(s2=1) * x.itemsize  # the 4-D causal mask
+    elif r.eager:
+        # The 4-D causal masks, one per kind of layer (gpt-oss: full and sliding-window; `GptOssModel.forward`
+        # builds both, modeling_gpt_oss.py:456-466), in the embeddings' dtype.
+        main.forward_live = main.forward_live + Poly(s2=1) * (x.itemsize * a.attn_masks)
     shared = frozenset(t.storage for t in (*(rope or ()), mask) if t is not None)
     shared_syms = {t.storage: t for t in (*(rope or ()), mask) if t is not None}
 
@@ -712,7 +713,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
                                                graph.forward_live, set(graph.used_external), out.grad,
                                                out.itemsize, embeddings.storage in graph.saved,
                                                graph.largest * 2 + graph.backward_extra, graph.kept_total(),
-                                               tuple(graph.backward_options), block_ops.cached_casts)
+                                               tuple(graph.backward_totals()), block_ops.cached_casts)
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
         ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input

@@ -70,41 +70,51 @@ def _rope(ops: Ops, t: Sym, cos: Sym, sin: Sym, rotary_width: int, width: int) -
     return ops.pointwise(ops.fresh(t.numel, rotated.itemsize, t.grad))  # cat with the pass-through part
 
 
-def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None, *, expanded: bool = False) -> Sym:
+def attention(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None, *, expanded: bool = False,
+              widths: tuple[int, int, int] | None = None) -> Sym:
     """The attention core (after projections and rope); returns the (B, S, heads·head_dim) output.
-    `expanded`: keys and values already have every query head (litgpt), nothing is repeated."""
+    `expanded`: keys and values already have every query head (litgpt), nothing is repeated.
+    `widths`: (query/key, key, value) widths when they are not the config's (MLA: every head has keys,
+    and values are narrower than queries)."""
+    a = ops.r.arch
+    qk_width, k_width, v_width = widths or (a.q_width, a.kv_width, a.kv_width)
     if not ops.r.prefix:
-        return _attention_core(ops, q, k, v, mask, expanded=expanded)
+        return _attention_core(ops, q, k, v, mask, expanded=expanded, widths=widths)
     # Prefix tuning: the cache concatenates the trained prefix before the keys/values and holds the
     # result until the forward returns; where the kernel saves that same tensor, it is counted once.
-    a = ops.r.arch
-    k = ops.fresh(_kv_tokens(ops, a.kv_width), k.itemsize, True)
-    v = ops.fresh(_kv_tokens(ops, a.kv_width), v.itemsize, True)
-    out = _attention_core(ops, q, k, v, mask)
+    k = ops.fresh(_kv_tokens(ops, k_width), k.itemsize, True)
+    v = ops.fresh(_kv_tokens(ops, v_width), v.itemsize, True)
+    out = _attention_core(ops, q, k, v, mask, widths=widths)
     for cached in (k, v):
         if cached.storage not in ops.g.saved:
             ops.g.forward_live = ops.g.forward_live + cached.storage_bytes
     return out
 
 
-def _attention_core(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None, *, expanded: bool = False) -> Sym:
+def _attention_core(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None, *, expanded: bool = False,
+                    widths: tuple[int, int, int] | None = None) -> Sym:
     r = ops.r
     a = r.arch
-    eager = r.attention == "eager" or a.attn_softcap
+    qk_width, _, v_width = widths or (a.q_width, a.kv_width, a.kv_width)
+    out_width = a.q_width if widths is None else a.heads * (v_width // a.kv_heads)
     # transformers repeats kv unless SDPA does GQA
-    repeat = a.groups > 1 and (eager or mask is not None) and not expanded
+    repeat = a.groups > 1 and (r.eager or mask is not None) and not expanded
     if repeat:
         k = ops.fresh(_kv_tokens(ops, a.q_width), k.itemsize, k.grad)
         v = ops.fresh(_kv_tokens(ops, a.q_width), v.itemsize, v.grad)
     grad = q.grad or k.grad or v.grad
-    if eager:
-        return _eager(ops, q, k, v, grad)
+    if r.eager:
+        if a.attn_sinks:
+            return _eager_sinks(ops, q, k, v, grad)
+        return _eager(ops, q, k, v, grad, out_width)
     dropout = a.attn_dropout if r.device == "cpu" else 0.0
-    if dropout > 0 or (r.device == "cpu" and a.cpu_math_attention):
-        # CPU's SDPA has no fused dropout kernel: the math path stores the scores.
-        return _sdpa_math(ops, q, k, v, grad, dropout)
+    # CPU's SDPA has no fused dropout kernel, and its flash kernel wants one head width for q, k and v
+    # (torch 2.13 aten/src/ATen/native/transformers/sdp_utils_cpp.cpp, `check_head_dim_size_cpp`): MLA's
+    # narrower values send it to the math path, which stores the scores.
+    if dropout > 0 or (r.device == "cpu" and (a.cpu_math_attention or out_width != qk_width)):
+        return _sdpa_math(ops, q, k, v, grad, dropout, qk_width, out_width)
     qa, ka, va = ops.autocast_in(q), ops.autocast_in(k), ops.autocast_in(v)
-    out = ops.tok(a.q_width, qa.itemsize, grad)
+    out = ops.tok(out_width, qa.itemsize, grad)
     if grad:
         lse = ops.tok(a.heads, 4, False)
         # SDPA turns a bool mask into an additive one of the query's dtype, which the kernel saves.
@@ -117,7 +127,7 @@ def _attention_core(ops: Ops, q: Sym, k: Sym, v: Sym, mask: Sym | None, *, expan
     return out
 
 
-def _eager(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool) -> Sym:
+def _eager(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool, out_width: int) -> Sym:
     r = ops.r
     a = r.arch
     qa, ka = ops.autocast_in(q), ops.autocast_in(k)
@@ -144,25 +154,61 @@ def _eager(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool) -> Sym:
     pa, va = ops.autocast_in(probs), ops.autocast_in(v)
     if grad:
         ops.g.save(pa, va)
-    out = ops.fresh(_scores(ops, 0) + r.tok(a.q_width), low, grad)
+    out = ops.fresh(r.tok(out_width), low, grad)
     return ops.pointwise(out)  # transpose(1, 2).contiguous() copies
 
 
-def _sdpa_math(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool, dropout: float) -> Sym:
-    """SDPA's math kernel (CPU with dropout): it upcasts 16-bit inputs to fp32 and stores the scores,
-    the dropout noise and the dropped probabilities, each (B, heads, S, S_kv) in fp32."""
+def _eager_sinks(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool) -> Sym:
+    """gpt-oss's `eager_attention_forward` (transformers 5.23 models/gpt_oss/modeling_gpt_oss.py:227-255): the
+    scores, scaled and masked, get one sink logit per head and row concatenated (`torch.cat`, B·heads·S·(S_kv+1)),
+    shifted by their row maximum (`max` saves its int64 indices), then softmax in the scores' own dtype (saved).
+    The matmul with the values reads the probabilities without the sink column, a view of the same storage."""
+    r = ops.r
+    a = r.arch
+    qa, ka = ops.autocast_in(q), ops.autocast_in(k)
+    low = qa.itemsize
+    if grad:
+        ops.g.save(qa, ka)  # torch.matmul(query, key_states.transpose(2, 3))
+    scores = _scores(ops, a.heads)
+    with_sinks = scores + r.tok(a.heads)  # one more column: the sink
+    ops.fresh(scores, low, grad)  # the product; `* scaling` and `+ attention_mask` make two more like it
+    ops.fresh(with_sinks, low, grad)  # the concatenation; `- max` makes one more like it
+    if grad:
+        ops.g.save(ops.tok(a.heads, 8, False))  # combined_logits.max(dim=-1): its indices
+    probs = ops.fresh(with_sinks, low, grad)  # F.softmax(..., dtype=combined_logits.dtype): saves its output
+    if grad:
+        ops.g.save(probs)
+    probs = ops.dropout(probs.view(scores), a.attn_dropout)
+    va = ops.autocast_in(v)
+    if grad:
+        ops.g.save(ops.autocast_in(probs), va)
+    out = ops.tok(a.q_width, low, grad)
+    return ops.pointwise(out)  # transpose(1, 2).contiguous() copies
+
+
+def _sdpa_math(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool, dropout: float, qk_width: int, out_width: int) -> Sym:
+    """SDPA's math kernel (CPU with dropout, or with a value width unlike the query's): it upcasts 16-bit
+    inputs to fp32 and stores the scores, the dropout noise and the dropped probabilities, each
+    (B, heads, S, S_kv) in fp32."""
     a = ops.r.arch
     qa, va = ops.autocast_in(q), ops.autocast_in(v)
     work = 4 if qa.itemsize < 4 else qa.itemsize
-    q_scaled = ops.tok(a.q_width, work, grad)  # q * sqrt(scale)
-    k_scaled = ops.fresh(_kv_tokens(ops, a.q_width), work, grad)  # (k * sqrt(scale)).transpose
+    q_scaled = ops.tok(qk_width, work, grad)  # q * sqrt(scale)
+    k_scaled = ops.fresh(_kv_tokens(ops, qk_width), work, grad)  # (k * sqrt(scale)).transpose
     v_work = ops.cast(va, work)
-    probs = ops.fresh(_scores(ops, a.heads), work, grad)
+    if out_width == qk_width:
+        probs = ops.fresh(_scores(ops, a.heads), work, grad)
+    else:
+        # MLA: its backward holds the probabilities' gradient and the scores' (softmax's) beside what the
+        # block saved up to here; the MLP's saved tensors are gone by then.
+        probs = Sym.fresh(_scores(ops, a.heads), work, grad)
+        if grad:
+            ops.g.backward_moment(probs.storage_bytes * 2)
     if grad:
         ops.g.save(q_scaled, k_scaled, v_work, probs)
         if dropout > 0:
             ops.g.save(ops.fresh(probs.numel, work, False), ops.fresh(probs.numel, work, grad))  # noise, dropped
-    return ops.tok(a.q_width, qa.itemsize, grad)
+    return ops.tok(out_width, qa.itemsize, grad)
 
 
 # -- MLP -----------------------------------------------------------------------------------------------
@@ -232,30 +278,48 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     r = ops.r
     a = r.arch
     k, experts = a.moe_top_k, a.moe_experts
-    # Router: F.linear under autocast, softmax of its fp32 copy (saved), top-k (indices saved).
+    # Router: F.linear under autocast, softmax of its fp32 copy (saved), top-k (indices saved). DeepSeek-V2
+    # casts the input and the weight to fp32 first (`DeepseekV2TopkRouter.forward`, modeling_deepseek_v2.py:99-102):
+    # autocast then runs the linear on low-precision copies of those copies, new tensors both.
+    x = ops.cast(h, 4) if a.moe_router_fp32 else h
     router_itemsize, router_trains, router_copy = _expert_weight(ops, block.router, a.hidden * experts)
     if router_copy is None:
-        logits = ops.matmul(h, ops.linear_weight(block.router or "router", a.hidden, experts), experts)
+        weight = ops.linear_weight(block.router or "router", a.hidden, experts)
+        if a.moe_router_fp32:
+            weight = Weight(weight.numel, 4, weight.trainable)  # `.type(torch.float32)`: not a leaf, not cached
+        logits = ops.matmul(x, weight, experts)
     else:
-        xa = ops.autocast_in(h)
-        ops.g.save(xa, ops.weight_operand(Weight(router_copy.numel.c, router_itemsize, True)) or router_copy)
-        logits = ops.tok(experts, r.low or max(h.itemsize, router_itemsize), True)
-    ops.g.save(ops.fresh(logits.numel, 4, logits.grad))  # softmax's fp32 output
+        xa = ops.autocast_in(x)
+        ops.g.save(xa, ops.weight_operand(Weight(router_copy.numel.c, 4 if a.moe_router_fp32 else router_itemsize,
+                                                 True)) or router_copy)
+        logits = ops.tok(experts, r.low or max(x.itemsize, router_itemsize), True)
     ops.g.save(ops.tok(k, 8, False))  # top-k indices
-    top = ops.tok(k, 4, logits.grad)  # routing weights, normalised in place
+    if a.moe_topk_then_softmax:
+        # gpt-oss (`GptOssTopKRouter.forward`, modeling_gpt_oss.py:126-128): the router adds its bias, takes the
+        # top-k of the raw logits, and the softmax of those k values in their dtype is the routing weight (saved).
+        top = ops.tok(k, logits.itemsize, logits.grad)
+        ops.g.save(top)
+    else:
+        ops.g.save(ops.fresh(logits.numel, 4, logits.grad))  # softmax's fp32 output
+        top = ops.tok(k, 4, logits.grad)  # routing weights, normalised in place
     # Experts: sort the (token, expert) pairs, gather the rows, weights per row.
     ops.g.save(ops.tok(2 * k, 8, False))  # the gather's and the weights' indices (perm // k, perm)
     rows = ops.tok(a.hidden * k, h.itemsize, h.grad)
-    weights = ops.tok(k, 4, top.grad)
+    weights = ops.tok(k, top.itemsize, top.grad)
     gate_up = _expert_weight(ops, _leaf(block.experts, "gate_up_proj"), 0)
     # Its backward holds three gradients of the expert width at once (the product's, the activation's and
     # up's) while the activation's output is still saved; gate_up's output gradient comes once those and
     # the output itself are freed, beside the adapted weight's gradient. Not two of gate_up's output.
+    # gpt-oss's biases (`_grouped_linear`, integrations/moe.py:417-419, gathered per row at :480 and :508) are
+    # added in place to the product: a gathered (rows, width) temporary each, nothing saved.
     proj = _grouped(ops, rows, gate_up, 2 * a.intermediate * k, track=False)
     width = r.tok(a.intermediate * k) * proj.itemsize
     ops.g.backward_option(width * 3)
-    gate = proj.view(r.tok(a.intermediate * k))
-    mixed = ops.mul(ops.act(gate, a.act), gate)
+    if a.moe_clamped_gate:
+        mixed = _clamped_gate(ops, proj, r.tok(a.intermediate * k))
+    else:
+        gate = proj.view(r.tok(a.intermediate * k))
+        mixed = ops.mul(ops.act(gate, a.act), gate)
     down = _expert_weight(ops, _leaf(block.experts, "down_proj"), 0)
     out = _grouped(ops, mixed, down, a.hidden * k)
     if down[2] is not None:  # the product's gradient beside the adapted weight's
@@ -275,6 +339,19 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     shared_in = tuple(lin for lin in block.shared if lin.leaf != "down_proj")
     shared = _dense_mlp(ops, h, shared_in, by_leaf.get("down_proj"), a.moe_shared_intermediate, (*held, routed))
     return ops.add(routed, shared)
+
+
+def _clamped_gate(ops: Ops, proj: Sym, half: Poly) -> Sym:
+    """gpt-oss's `GptOssExperts._apply_gate` (modeling_gpt_oss.py:81-87) on the interleaved gate/up product:
+    both clamps save their input (the product), sigmoid its output, and the two products their operands:
+    the product, the clamped gate, the sigmoid, the glu and `up + 1`, each (rows, I) but the product."""
+    if proj.grad:
+        ops.g.save(proj)  # gate.clamp(max=limit) and up.clamp(-limit, limit) read the views of it
+    gate = ops.fresh(half, proj.itemsize, proj.grad)
+    up = ops.fresh(half, proj.itemsize, proj.grad)
+    sig = ops.act(ops.pointwise(gate), "sigmoid")  # torch.sigmoid(gate * alpha)
+    glu = ops.mul(gate, sig)
+    return ops.mul(ops.pointwise(up), glu)  # (up + 1) * glu
 
 
 def _leaf(names: tuple[str, ...], leaf: str) -> str | None:
@@ -297,6 +374,8 @@ def _attention_sublayer(ops: Ops, h: Sym, linears: BlockLinears, index: int,
     a = ops.r.arch
     if ops.r.model_code == "litgpt":
         return _litgpt_attention(ops, h, linears, rope, mask)
+    if a.mla is not None:
+        return _latent_attention(ops, h, linears, index, rope, mask)
     q, k, v = _qkv(ops, h, linears)
     if a.qk_norm:
         rows = Poly(n=a.heads, b=a.heads * ops.r.extra)
@@ -308,6 +387,43 @@ def _attention_sublayer(ops: Ops, h: Sym, linears: BlockLinears, index: int,
         q = _rope(ops, q, cos, sin, rotary, a.head_dim)
         k = _rope(ops, k, cos, sin, rotary, a.head_dim)
     out = attention(ops, q, k, v, mask)
+    return _linear(ops, out, linears.attn_out, a.hidden)
+
+
+def _latent_attention(ops: Ops, h: Sym, linears: BlockLinears, index: int,
+                      rope: tuple[Sym, Sym] | None, mask: Sym | None) -> Sym:
+    """DeepSeek-V2's `DeepseekV2Attention.forward` (transformers 5.23 models/deepseek_v2/modeling_deepseek_v2.py:367-418):
+    q from `q_proj` (or q_a_proj -> q_a_layernorm -> q_b_proj), the key/value latent from `kv_a_proj_with_mqa`
+    split into the normed latent (`kv_a_layernorm`) and one shared rotary key, rope on q's and k's rotary parts,
+    q concatenated back, and `expand_kv` (:348-365): `kv_b_proj` of the latent gives each head's key part and
+    value (a view), and the key is a new tensor filled by `copy_` (nothing saved)."""
+    r = ops.r
+    a = r.arch
+    m = a.mla
+    assert m is not None
+    by_leaf = {lin.leaf: lin for lin in linears.attn_in}
+    qk_width = a.heads * m.qk_head
+    if m.q_lora_rank:
+        q_latent = _linear(ops, h, by_leaf.get("q_a_proj"), m.q_lora_rank)
+        q_latent = ops.rms_norm(q_latent, m.q_lora_rank, f"{index}.q_a_layernorm")
+        q = _linear(ops, q_latent, by_leaf.get("q_b_proj"), qk_width)
+    else:
+        q = _linear(ops, h, by_leaf.get("q_proj"), qk_width)
+    compressed = _linear(ops, h, by_leaf.get("kv_a_proj_with_mqa"), m.kv_lora_rank + m.qk_rope)
+    latent = ops.rms_norm(compressed.view(r.tok(m.kv_lora_rank)), m.kv_lora_rank, f"{index}.kv_a_layernorm")
+    if rope is not None:
+        # `apply_rotary_emb` (:259-272): `x.float()` viewed as complex, times `freqs_cis` (the shared table,
+        # saved), `view_as_real`, `type_as(x)`: transients and a low-precision result, for q's and k's parts.
+        for width in (a.heads * m.qk_rope, m.qk_rope):
+            ops.tok(width, 4, True)  # the fp32 copy
+            ops.tok(width, 4, True)  # the complex64 product
+            ops.g.save(rope[0])
+    low = q.itemsize
+    query = ops.tok(qk_width, low, q.grad)  # torch.cat((q_nope, q_pe), dim=-1)
+    kv = _linear(ops, latent, by_leaf.get("kv_b_proj"), a.heads * (m.qk_nope + m.v_head))
+    key = ops.tok(qk_width, kv.itemsize, kv.grad or compressed.grad)  # new_empty + copy_ of k_nope and k_pe
+    value = kv.view(r.tok(a.heads * m.v_head))
+    out = attention(ops, query, key, value, mask, widths=(qk_width, qk_width, a.heads * m.v_head))
     return _linear(ops, out, linears.attn_out, a.hidden)
 
 

@@ -78,6 +78,13 @@ class Replay:
         return positions(width, self.extra)
 
     @property
+    def eager(self) -> bool:
+        """Whether attention runs transformers' `eager_attention_forward`: asked for, required by soft-capping,
+        or the model's default because it does not support SDPA (gpt-oss, `Arch.sdpa`)."""
+        a = self.arch
+        return self.attention == "eager" or a.attn_softcap or (self.attention == "sdpa" and not a.sdpa)
+
+    @property
     def trains_all(self) -> bool:
         return self.terms.trainable_base == "all"
 
@@ -201,7 +208,7 @@ class Ops:
             return self._python_gelu(x)
         out = self.fresh(x.numel, x.itemsize, x.grad)
         if x.grad:
-            self.g.save(out if name == "relu" else x)  # relu's backward reads its output
+            self.g.save(out if name in ("relu", "sigmoid") else x)  # relu's and sigmoid's backward read the output
         return out
 
     def _python_gelu(self, x: Sym) -> Sym:

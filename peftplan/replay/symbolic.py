@@ -158,6 +158,7 @@ class Graph:
         self.backward_extra = ZERO  # the largest temporaries one module's backward needs on its own
         self.kept: dict[int, Poly] = {}  # saved storages backward never releases (see `keep`)
         self.backward_options: list[Poly] = []  # whole sets of backward temporaries (see `backward_option`)
+        self._backward_moments: list[tuple[Poly, Poly]] = []  # (temporaries, saved so far): `backward_moment`
 
     def save(self, *tensors: Sym | None) -> None:
         for t in tensors:
@@ -215,6 +216,17 @@ class Graph:
         """A set of gradient temporaries the block's backward holds at once at some moment, in total (not on
         top of the two largest tensors' gradients); the block prices the largest at the step's shape."""
         self.backward_options.append(total)
+
+    def backward_moment(self, temporaries: Poly) -> None:
+        """Gradient temporaries of the module replayed now, alive at its backward. That runs after the later
+        modules' backward has released what they saved, so only what is saved so far is alive beside them."""
+        self._backward_moments.append((temporaries, self.total()))
+
+    def backward_totals(self) -> list[Poly]:
+        """The backward options, with each `backward_moment` expressed as one (on top of the whole saved set,
+        less what the later modules saved)."""
+        end = self.total()
+        return [*self.backward_options, *(temps + so_far - end for temps, so_far in self._backward_moments)]
 
     def total(self) -> Poly:
         out = ZERO

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 from peftplan.errors import BadInputError
 from peftplan.planner.context import MemoryBreakdown, TrainContext
 from peftplan.planner.fit import rank_cap, rank_kind
-from peftplan.planner.memory import GIB, StepModel, price, step_model_from_terms, trainable_tensors
+from peftplan.planner.memory import (
+    GIB,
+    StepModel,
+    price,
+    sharded_units,
+    step_model_from_terms,
+    trainable_tensors,
+)
 from peftplan.planner.optimizers import optimizer_bytes
 from peftplan.planner.recommend import LITERATURE_LR, Recommendation, candidate_reasons, nothing_fits_reasons
 from peftplan.planner.serving import ServingNeeds, ServingPlan, price_serving
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
     from peftplan.budgets.budget import Budget
     from peftplan.methods.base import Method, MethodConfig
     from peftplan.models.spec import ModelSpec
+    from peftplan.planner.weights import UnitBytes
     from peftplan.replay.terms import MemoryTerms
 
 TOP = 3
@@ -307,6 +315,7 @@ class Search:
         self._steps: dict[tuple[Any, ...], StepModel] = {}
         self._terms: dict[tuple[str, str], MemoryTerms] = {}
         self._optim: dict[tuple[int, str], Any] = {}
+        self._units: dict[tuple[int, TrainContext], UnitBytes | None] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._totals: dict[tuple[int, int, int], tuple[StepModel, int]] = {}
 
@@ -336,7 +345,13 @@ class Search:
         if key not in self._optim:
             tensors = trainable_tensors(model.spec, model.terms, ctx)
             self._optim[key] = optimizer_bytes(ctx.optimizer, tensors)  # type: ignore[arg-type]
-        return replace(model, ctx=ctx, optimizer=self._optim[key])
+        units = model.units
+        if units is None and ctx.gpus > 1 and ctx.shard != "none":  # built unsharded: the units under `ctx`
+            unit_key = (id(model), ctx)
+            if unit_key not in self._units:
+                self._units[unit_key] = sharded_units(model.spec, model.terms, ctx, model.weights.weights)
+            units = self._units[unit_key]
+        return replace(model, ctx=ctx, optimizer=self._optim[key], units=units)
 
     def total(self, model: StepModel, batch: int, seq: int) -> int:
         """`price(model, batch, seq)[0].total`, once per step model and shape: the searches of one plan

@@ -152,10 +152,6 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         tied_spike = 2 * vocab_rows if spec.tie_word_embeddings else 0
     early, early_later = loss_term_gradients(spec, terms, ctx)
     weights = weight_bytes(spec, terms, ctx)
-    units = None
-    if ctx.gpus > 1 and ctx.shard != "none":
-        names = [name for name, _, _ in named_trainable_tensors(spec, terms, ctx)]
-        units = unit_bytes(spec, terms, ctx, weights.weights, names)
     return StepModel(
         spec=spec,
         terms=terms,
@@ -171,9 +167,17 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         method_state=terms.method_state * ctx.adapter_itemsize,
         early_gradients=early,
         early_later_gradients=early_later,
-        units=units,
+        units=sharded_units(spec, terms, ctx, weights.weights),
         trainable_numel=sum(_numel(shape) for shape, _ in tensors),
     )
+
+
+def sharded_units(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, weights: int) -> UnitBytes | None:
+    """The sharding units' stored bytes when `ctx` shards over GPUs (FSDP, ZeRO), else None."""
+    if ctx.gpus <= 1 or ctx.shard == "none":
+        return None
+    names = [name for name, _, _ in named_trainable_tensors(spec, terms, ctx)]
+    return unit_bytes(spec, terms, ctx, weights, names)
 
 
 def _numel(shape: Shape) -> int:

@@ -232,9 +232,11 @@ def test_limit_columns_mean_something() -> None:
     assert lokr.max_rank < smallest  # its factor w2 is whole from half its larger side
     assert vera.max_rank_knob and "shared" in vera.max_rank_knob and vera.max_rank is not None
     assert vera.max_rank <= smallest
-    tight = peftplan.plan(LLAMA_70B, vram=48)
+    # A budget where a short sequence still fits (48 GiB no longer does: autocast's cached bf16 copies of the
+    # fp32 adapters, 0.39 GiB, are alive at the end of the checkpointed forward).
+    tight = peftplan.plan(LLAMA_70B, vram=49)
     qlora = tight.method("qlora")
-    assert qlora.max_batch_size == 0
+    assert qlora.max_batch_size == 0 and qlora.max_seq_len > 0
     assert any(n.startswith("max batch 0") and f"{qlora.max_seq_len:,} tokens" in n for n in qlora.notes)
 
 

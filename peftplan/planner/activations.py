@@ -685,8 +685,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
     # -- the blocks -----------------------------------------------------------------------------------
     cache: dict[tuple, _BlockReplay] = {}
     ckpt_inputs = ZERO
-    moments: list[Poly] = []  # forward moments without checkpointing (totals)
-    ckpt_moments: list[Poly] = []  # forward moments of checkpointed blocks (totals)
+    latest: dict[tuple, list[Poly]] = {}  # each kind of block's forward moments at its last block (totals)
+    latest_ckpt: dict[tuple, list[Poly]] = {}  # the same with checkpointed blocks
     recompute_moments: list[Poly] = []  # transient moments of each kind of block, block-local totals
     first_input = ZERO
     moment_lists: list[list[Poly]] = []
@@ -722,10 +722,13 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         if not any(replay.moments is seen for seen in moment_lists):  # each kind of block once
             moment_lists.append(replay.moments)
             recompute_moments.extend(replay.moments)
-        moments.extend(running + router_logits + m for m in replay.moments)
-        moments.extend(running + router_logits + unsaved for unsaved, _ in replay.live)
+        # What earlier blocks hold only grows (saved tensors, router logits, checkpoint inputs, cached casts:
+        # bytes, never negative at any shape), so a kind of block's moments peak at its last occurrence:
+        # keep that one's (the same maximum; pricing stays linear in the kinds, not the layers).
+        latest[key] = [running + router_logits + m for m in replay.moments]
+        latest[key] += [running + router_logits + unsaved for unsaved, _ in replay.live]
         cast_cache = cast_cache + replay.cached
-        ckpt_moments.extend(ckpt_inputs + router_logits + cast_cache + everything for _, everything in replay.live)
+        latest_ckpt[key] = [ckpt_inputs + router_logits + cast_cache + everything for _, everything in replay.live]
         if aux is not None and a.is_moe_layer(index):
             router_logits = router_logits + aux.per_layer_logits
         # In a block's backward, gradients of its largest tensors are alive together (about two).
@@ -738,6 +741,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         x = Sym.fresh(x.numel, replay.out_itemsize, replay.out_grad)
     for storage in used:
         main.save(shared_syms[storage])
+    moments = [m for kind in latest.values() for m in kind]
+    ckpt_moments = [m for kind in latest_ckpt.values() for m in kind]
 
     # -- the head and the loss ------------------------------------------------------------------------
     head = Graph()

@@ -315,7 +315,7 @@ class Search:
         self._steps: dict[tuple[Any, ...], StepModel] = {}
         self._terms: dict[tuple[str, str], MemoryTerms] = {}
         self._optim: dict[tuple[int, str], Any] = {}
-        self._units: dict[tuple[int, TrainContext], UnitBytes | None] = {}
+        self._units: dict[int, UnitBytes | None] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._totals: dict[tuple[int, int, int], tuple[StepModel, int]] = {}
 
@@ -347,10 +347,10 @@ class Search:
             self._optim[key] = optimizer_bytes(ctx.optimizer, tensors)  # type: ignore[arg-type]
         units = model.units
         if units is None and ctx.gpus > 1 and ctx.shard != "none":  # built unsharded: the units under `ctx`
-            unit_key = (id(model), ctx)
-            if unit_key not in self._units:
-                self._units[unit_key] = sharded_units(model.spec, model.terms, ctx, model.weights.weights)
-            units = self._units[unit_key]
+            # They depend on the model and the dtypes and k-bit preparation, which `ctx` shares with it.
+            if id(model) not in self._units:
+                self._units[id(model)] = sharded_units(model.spec, model.terms, ctx, model.weights.weights)
+            units = self._units[id(model)]
         return replace(model, ctx=ctx, optimizer=self._optim[key], units=units)
 
     def total(self, model: StepModel, batch: int, seq: int) -> int:

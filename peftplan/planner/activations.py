@@ -685,8 +685,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
     # -- the blocks -----------------------------------------------------------------------------------
     cache: dict[tuple, _BlockReplay] = {}
     ckpt_inputs = ZERO
-    latest: dict[tuple, list[Poly]] = {}  # each kind of block's forward moments at its last block (totals)
-    latest_ckpt: dict[tuple, list[Poly]] = {}  # the same with checkpointed blocks
+    latest: dict[tuple, tuple[Poly, _BlockReplay]] = {}  # each kind of block's last: what came before it
+    latest_ckpt: dict[tuple, tuple[Poly, _BlockReplay]] = {}  # the same with checkpointed blocks
     recompute_moments: list[Poly] = []  # transient moments of each kind of block, block-local totals
     first_input = ZERO
     moment_lists: list[list[Poly]] = []
@@ -725,10 +725,9 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         # What earlier blocks hold only grows (saved tensors, router logits, checkpoint inputs, cached casts:
         # bytes, never negative at any shape), so a kind of block's moments peak at its last occurrence:
         # keep that one's (the same maximum; pricing stays linear in the kinds, not the layers).
-        latest[key] = [running + router_logits + m for m in replay.moments]
-        latest[key] += [running + router_logits + unsaved for unsaved, _ in replay.live]
+        latest[key] = (running + router_logits, replay)
         cast_cache = cast_cache + replay.cached
-        latest_ckpt[key] = [ckpt_inputs + router_logits + cast_cache + everything for _, everything in replay.live]
+        latest_ckpt[key] = (ckpt_inputs + router_logits + cast_cache, replay)
         if aux is not None and a.is_moe_layer(index):
             router_logits = router_logits + aux.per_layer_logits
         # In a block's backward, gradients of its largest tensors are alive together (about two).
@@ -741,8 +740,9 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         x = Sym.fresh(x.numel, replay.out_itemsize, replay.out_grad)
     for storage in used:
         main.save(shared_syms[storage])
-    moments = [m for kind in latest.values() for m in kind]
-    ckpt_moments = [m for kind in latest_ckpt.values() for m in kind]
+    moments = [before + m for before, replay in latest.values()
+               for m in [*replay.moments, *(unsaved for unsaved, _ in replay.live)]]
+    ckpt_moments = [before + everything for before, replay in latest_ckpt.values() for _, everything in replay.live]
 
     # -- the head and the loss ------------------------------------------------------------------------
     head = Graph()

@@ -179,12 +179,16 @@ def _run_rank(spec: TrialSpec, spec_path: Path, suite: Suite, device: str) -> in
         record_failure(outcome, exc)
     _ended(outcome, device).write(spec_path.parent / rank_outcome_name(launched_rank()))
     channel.close()  # rank 0's copies of the runner's pipe (the trial process holds it until the merge)
-    if outcome.status in FINISHED and ranks is not None:
+    finished = outcome.status in FINISHED and ranks is not None
+    if finished and ranks is not None:
         ranks.close()
-        return 0
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)  # not sys.exit: the interpreter's shutdown runs process-group destructors, which may wait on peers
+    # Not a normal exit, even after a clean finish: the interpreter's shutdown runs process-group and thread
+    # destructors, which may wait on peers, and a rank done before rank 0 (which still measures the trained
+    # adapter) was seen to abort there on gloo ("terminate called without an active exception", SIGABRT);
+    # the launcher then stops rank 0 and the trial fails. Its outcome is written; nothing is left to run.
+    os._exit(0 if finished else 1)
 
 
 def _join_ranks(parallel: str, device: str, timeout: timedelta) -> Ranks:

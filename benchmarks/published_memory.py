@@ -98,8 +98,9 @@ def litgpt_chunks(seq_len: int) -> int:
 _SUITE = Recipe(
     source="PEFT MetaMathQA suite", model="meta-llama/Llama-3.2-3B", method="lora", stack="hf", seq_len=768,
     batch_size=4, compare="reserved", unit="GiB", grad_checkpointing=False,
+    knobs={"precision": "pure", "adapter_dtype": "fp32"},
     seq_note="MetaMathQA truncated at max_seq_length 768; the longest batch reaches it",
-    note="use_amp=False: bf16 base without autocast, peft's fp32 adapters (planned as mixed); max over "
+    note="use_amp=False: bf16 base without autocast, peft's fp32 adapters (each casts its input to fp32); max over "
          "the run includes eval and generation; run.py empties the cache every 10 steps",
 )
 # --- PEFT's docs (accelerate/deepspeed.md, fsdp.md; examples/sft): per-GPU readings, GB.

@@ -27,7 +27,8 @@ Knobs:
   transformers' Trainer and torchtune (`del logits`) free them before backward.
 - `precision`: `mixed` (weights in --dtype, adapters in fp32, autocast: transformers + peft) or `pure`
   (everything, adapters included, in --dtype without autocast: torchtune's `dtype: bf16`, litgpt's
-  `bf16-true`).
+  `bf16-true`). `pure` with `adapter_dtype=fp32` is PEFT's method_comparison suite (`use_amp: false`):
+  the adapters stay fp32 and each casts its input to fp32, saving that copy for backward.
 - `kbit_prep`: on a 4/8-bit base, `peft` (peft's `prepare_model_for_kbit_training` upcasts every
   unquantized parameter to fp32), `none` (they stay in the training dtype), `torchtune` (torchao NF4:
   every decoder Linear, LoRA-wrapped or `FrozenNF4Linear`; embeddings and output layer in the training

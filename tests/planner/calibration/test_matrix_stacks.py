@@ -27,6 +27,9 @@ LLAMA, GEMMA, GPT2 = "meta-llama/Llama-3.2-1B", "google/gemma-2-2b", "openai-com
 MODELS = (LLAMA, GEMMA, GPT2)
 BATCH = 2
 PURE = {"precision": "pure", "adapter_dtype": "dtype"}
+# PEFT's method_comparison suite: a bf16 base without autocast (use_amp=False), peft's fp32 adapters
+# (autocast_adapter_dtype=True), so each adapter casts its input to fp32 (`_cast_input_dtype`).
+BF16_BASE_FP32_ADAPTERS = {"precision": "pure", "adapter_dtype": "fp32"}
 
 # (method, checkpointing, knobs): one knob (or one stack's pairing of knobs) at a time. The losses run
 # with and without checkpointing on Llama and GPT-2, with it on Gemma-2 (the blocks do not change the loss).
@@ -50,6 +53,7 @@ KNOBS = [
     ("lora", True, PURE),
     ("qlora", True, {**PURE, "kbit_prep": "none"}),
     ("full", True, {"precision": "pure"}),
+    *((method, False, BF16_BASE_FP32_ADAPTERS) for method in ("lora", "ia3", "prompt", "prefix")),
     ("lora", True, {"ckpt_offload": True}),
     ("qlora", True, {"ckpt_offload": True, "kbit_prep": "none"}),
     ("lora", False, {"offload_activations": True}),

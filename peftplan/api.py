@@ -176,6 +176,12 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
     if cpu_offload and shard == "none":
         raise BadInputError("--cpu-offload needs --shard fsdp, zero2 or zero3")
     pinned = {name for name, value in overrides.items() if value is not None}
+    if gpus > 1 and shard in ("zero2", "zero3"):
+        for name, engine in (("precision", "pure"), ("adapter_dtype", "dtype")):
+            if name in pinned and overrides[name] != engine:
+                raise BadInputError(f"--{name.replace('_', '-')} {overrides[name]} does not apply under --shard {shard}: "
+                                    f"DeepSpeed's engine casts the model and its adapters to --dtype and runs "
+                                    f"without autocast ({name} {engine})")
     if optimizer is not None:
         pinned.add("optimizer")
     values = {name: getattr(resolved, name) for name in KNOB_NAMES if name != "checkpointing"}

@@ -71,6 +71,14 @@ class TrainContext:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.deepspeed:
+            # DeepSpeed's bf16/fp16 engine casts the whole module, adapters included, to the training dtype
+            # (`self.module.bfloat16()`, deepspeed/runtime/engine.py l.1224-1231 @38327e07f) and accelerate
+            # runs it without torch autocast (`native_amp` stays off under DeepSpeed, accelerator.py
+            # l.563-590 @16cb6eb8): the step is `pure`, whatever the stack's default. The fp32 master
+            # weights live in the ZeRO optimizer's partitions (planner/memory.py `price`).
+            object.__setattr__(self, "precision", "pure")
+            object.__setattr__(self, "adapter_dtype", "dtype")
 
     @property
     def tokens(self) -> int:
@@ -92,6 +100,11 @@ class TrainContext:
     def adapter_itemsize(self) -> int:
         """Bytes per adapter element: peft's fp32, or the training dtype."""
         return DTYPE_BYTES[self.dtype] if self.adapter_dtype == "dtype" else 4
+
+    @property
+    def deepspeed(self) -> bool:
+        """Whether DeepSpeed's ZeRO (stage 2 or 3) runs the step."""
+        return self.gpus > 1 and self.shard in ("zero2", "zero3")
 
     @property
     def sharded(self) -> bool:

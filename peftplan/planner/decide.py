@@ -339,7 +339,8 @@ class Search:
 
     def recontext(self, model: StepModel, ctx: TrainContext) -> StepModel:
         """`model` priced under `ctx`, which differs only in knobs no activation depends on."""
-        if (ctx.optimizer == "adamw-fp32") != (model.ctx.optimizer == "adamw-fp32"):
+        if ((ctx.optimizer == "adamw-fp32") != (model.ctx.optimizer == "adamw-fp32")
+                or ctx.deepspeed != model.ctx.deepspeed):  # DeepSpeed changes the precision (TrainContext)
             return step_model_from_terms(model.spec, model.terms, ctx)
         key = (id(model), ctx.optimizer)
         if key not in self._optim:

@@ -27,7 +27,7 @@ The step is the second or later one (optimizer states exist; gradients were rele
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from peftplan.methods.base import Method, MethodConfig
 from peftplan.models.spec import ModelSpec
@@ -41,12 +41,14 @@ from peftplan.replay.terms import MemoryTerms, Shape
 
 MIB = 1 << 20
 GIB = 1 << 30
-# DeepSpeed ZeRO-3's reduce bucket: `reduce_bucket_size` (default 5e8, deepspeed/runtime/zero/config.py l.105
-# @microsoft/DeepSpeed@5115df3f0, v0.13.4) elements of the model dtype, allocated when the optimizer is built
-# (`__ipg_bucket_flat_buffer`, stage3.py l.489-492, with `contiguous_gradients`, default True, config.py l.94)
-# and alive for the whole run. accelerate's generated config (utils/dataclasses.py l.688-706 @v0.27.2) and
+# DeepSpeed ZeRO's reduce bucket: `reduce_bucket_size` (default 5e8, deepspeed/runtime/zero/config.py l.105
+# @microsoft/DeepSpeed@5115df3f0, v0.13.4; l.109 @38327e07f) elements of the model dtype. ZeRO-3 allocates it
+# when the optimizer is built (`__ipg_bucket_flat_buffer`, stage3.py l.489-492, with `contiguous_gradients`,
+# default True, config.py l.94) and keeps it for the whole run; ZeRO-2 for each backward. accelerate's generated config (utils/dataclasses.py l.688-706 @v0.27.2) and
 # transformers' Trainer leave the size at DeepSpeed's default.
-ZERO3_REDUCE_BUCKET = 500_000_000
+ZERO_REDUCE_BUCKET = 500_000_000
+# The moments inside `loss.backward()` (ZeRO-2's reduce bucket exists only there).
+BACKWARD = frozenset({"recompute", "block-bwd", "loss-bwd", "head-bwd", "bwd-end", "vision-bwd"})
 CUDA_CONTEXT = 512 * MIB  # CUDA context, cuBLAS/cuDNN handles and workspaces (measured 0.4-0.6 GiB)
 ALLOCATOR_BLOCK = 2 * MIB  # the caching allocator reserves in 2 MiB blocks (20 MiB for large ones)
 FRAGMENTATION = 0.05  # reserved beyond allocated at the peak, from measured reserved/allocated ratios
@@ -152,12 +154,15 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         tied_spike = 2 * vocab_rows if spec.tie_word_embeddings else 0
     early, early_later = loss_term_gradients(spec, terms, ctx)
     weights = weight_bytes(spec, terms, ctx)
+    # ZeRO's optimizer steps fp32 partitions of the trainable parameters (`param_group['params']` replaced,
+    # deepspeed/runtime/zero/stage_1_and_2.py l.416, stage3.py l.941 @38327e07f): fp32 states.
+    stepped = [(shape, 4) for shape, _ in tensors] if ctx.deepspeed else tensors
     return StepModel(
         spec=spec,
         terms=terms,
         ctx=ctx,
         weights=weights,
-        optimizer=optimizer_bytes(ctx.optimizer, tensors),
+        optimizer=optimizer_bytes(ctx.optimizer, stepped),
         gradients=gradients,
         activations=step_activations(spec, terms, ctx),
         lm_head_grad=lm_head_grad,
@@ -251,10 +256,9 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
             block_bwd = saved - at(act.head_saved) + max(c.temporaries(at) for c in act.blocks)
         moments = [_Moment("forward", forward + previous, 0, 0, 0),
                    _Moment("block-bwd", block_bwd + at(act.grad_stream) + held, 0, head_grad + early, 0)]
-    # With checkpointed blocks, autocast's cached weight copies are alive until the forward ends, unsaved.
-    # Not under DeepSpeed: accelerate runs its bf16 engine without torch autocast there (`native_amp` off,
-    # accelerate 1.15 `accelerator.py`), so nothing is cached.
-    cached = at(act.ckpt_cast_cache) if ctx.grad_checkpointing and ctx.shard not in ("zero2", "zero3") else 0
+    # With checkpointed blocks, autocast's cached weight copies are alive until the forward ends, unsaved
+    # (none without autocast: pure precision, DeepSpeed).
+    cached = at(act.ckpt_cast_cache) if ctx.grad_checkpointing else 0
     forward_end = saved + at(act.forward_extra) + cached
     # A tied matrix's two gradients (output layer, then embedding) are summed by autograd before its
     # post-accumulate hook steps it, so the spike stays with the optimizer in backward.
@@ -349,6 +353,8 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
     states += m.method_state // shards  # sized as the (sharded) parameters it scores; never paged or offloaded
     grad_num, grad_den = 1, state_shards  # a moment's gradients, as the sharded share of this GPU
     held = 0  # gradient buffers alive at every moment
+    in_backward = 0  # gradient buffers alive during backward only
+    step_grads: tuple[int, int] | None = None  # ZeRO-2's step: (at the fp32 cast, during AdamW)
     if fsdp and m.units is not None:
         # `fsdp_flat_grads`: the gradient of every unit with a trainable tensor spans the unit's FlatParameter.
         grads = m.units.trained if ctx.fsdp_flat_grads else m.gradients
@@ -359,27 +365,49 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
             held, grad_num, grad_den = grads, 0, 1
         else:
             grad_num, grad_den = grads, max(m.gradients, 1) * state_shards
-    elif zero3:
+    elif ctx.deepspeed:
         itemsize = DTYPE_BYTES[ctx.dtype]
-        # The reduce bucket; the flat buffer of this GPU's gradient partitions (`grad_partitions_flat_buffer`,
-        # stage3.py l.499-501 @5115df3f0: zeros at init, in the engine's gradient-accumulation dtype, the
-        # model dtype under ZeRO, engine.py l.891-906); the fp32 partitions of the trainable parameters the
-        # optimizer steps (`fp32_partitioned_groups_flat`, stage3.py l.857-863). Gradients live in these
-        # buffers, not beside them. With offload_optimizer both partitions live pinned on the host.
-        partitions = m.trainable_numel * itemsize // ctx.gpus
+        # The fp32 partitions of the trainable parameters the optimizer steps (ZeRO-3
+        # `fp32_partitioned_groups_flat`, stage3.py l.857-863 @5115df3f0; ZeRO-2 `single_partition_of_fp32_groups`,
+        # stage_1_and_2.py l.398-409 @38327e07f). With offload_optimizer they live pinned on the host.
         master = m.trainable_numel * 4 // ctx.gpus
-        held = ZERO3_REDUCE_BUCKET * itemsize
         if ctx.cpu_offload:
-            host += partitions + master
+            host += master
         else:
-            held += partitions
             states += master
-        grad_num = 0
+        if zero3:
+            # The reduce bucket; the flat buffer of this GPU's gradient partitions (`grad_partitions_flat_buffer`,
+            # stage3.py l.499-501 @5115df3f0: zeros at init, in the engine's gradient-accumulation dtype, the
+            # model dtype under ZeRO, engine.py l.891-906). Gradients live in these buffers, not beside them.
+            partitions = m.trainable_numel * itemsize // ctx.gpus
+            held = ZERO_REDUCE_BUCKET * itemsize
+            if ctx.cpu_offload:
+                host += partitions
+            else:
+                held += partitions
+            grad_num = 0
+        else:
+            # ZeRO-2 allocates its reduce bucket (`ipg_buffer`, `reduce_bucket_size` elements of the model dtype,
+            # contiguous_gradients on by default) when backward starts and releases it at the end of backward
+            # (stage_1_and_2.py `backward` l.2048-2053, `_release_ipg_buffers` l.676-680, l.802 @38327e07f).
+            in_backward = ZERO_REDUCE_BUCKET * itemsize
+            if not ctx.cpu_offload:
+                # Its step casts each group's gradient partition to fp32 for the optimizer:
+                # `flatten(averaged_gradients[i]).to(fp32)` (l.1891-1897) holds the 16-bit partition, its flat
+                # copy and the fp32 gradient at once; AdamW then steps on the fp32 gradient. As gradients of
+                # the whole model (this GPU holds their sharded share): the two moments of the step.
+                step_grads = (m.trainable_numel * (2 * itemsize + 4), m.trainable_numel * 4)
     best: _Moment | None = None
     best_total = -1
-    for moment in _moments(m, batch, seq):
+    moments = _moments(m, batch, seq)
+    if step_grads is not None:
+        cast, fp32 = step_grads
+        moments = [step for moment in moments
+                   for step in ((replace(moment, gradients=cast, optimizer_extra=0), replace(moment, gradients=fp32))
+                                if moment.name == "optimizer" else (moment,))]
+    for moment in moments:
         total = (moment.activations + moment.logits + moment.gradients * grad_num // grad_den
-                 + moment.optimizer_extra // state_shards)
+                 + moment.optimizer_extra // state_shards + (in_backward if moment.name in BACKWARD else 0))
         if total > best_total:
             best, best_total = moment, total
     assert best is not None
@@ -391,7 +419,7 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
         weights=weights,
         quant_constants=constants,
         adapter=adapter,
-        gradients=best.gradients * grad_num // grad_den + held + buckets,
+        gradients=best.gradients * grad_num // grad_den + held + buckets + (in_backward if best.name in BACKWARD else 0),
         optimizer=states + best.optimizer_extra // state_shards,
         activations=best.activations,
         logits=best.logits,

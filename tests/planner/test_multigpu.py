@@ -1,7 +1,7 @@
-"""Per-GPU bytes of sharded training (FSDP, ZeRO-3), hand-derived from the code that allocates them.
+"""Per-GPU bytes of sharded training (FSDP, ZeRO-2, ZeRO-3), hand-derived from the code that allocates them.
 
 NCCL cannot run here, so the trace engine never runs a sharded step: these byte counts come from reading
-torch's FSDP (`_runtime_utils.py`), DeepSpeed's ZeRO-3 (`stage3.py`) and bitsandbytes (docs/planner.md,
+torch's FSDP (`_runtime_utils.py`), DeepSpeed's ZeRO (`engine.py`, `stage_1_and_2.py`, `stage3.py`) and bitsandbytes (docs/planner.md,
 "Several GPUs"). Llama-3.2-1B: 16 blocks of 60,821,504 parameters (q 2048x2048, k and v 512x2048,
 o 2048x2048, gate/up 8192x2048, down 2048x8192, two 2048 norms); the root holds the 128256x2048
 embedding (tied to the output layer) and the final 2048 norm: 262,670,336.
@@ -9,11 +9,14 @@ embedding (tied to the output layer) and the final 2048 norm: 262,670,336.
 
 from __future__ import annotations
 
+import pytest
+
 import peftplan
+from peftplan.errors import BadInputError
 from peftplan.methods import get_method
 from peftplan.models import get_spec
 from peftplan.planner.context import TrainContext
-from peftplan.planner.memory import ZERO3_REDUCE_BUCKET, step_model
+from peftplan.planner.memory import ZERO_REDUCE_BUCKET, step_model
 from peftplan.planner.weights import unit_bytes
 
 LLAMA = "meta-llama/Llama-3.2-1B"
@@ -78,13 +81,41 @@ def test_flat_grads_without_no_sync_are_sharded() -> None:
 def test_zero3_prices_the_reduce_bucket_gradient_partitions_and_fp32_master() -> None:
     mem = _memory(gpus=8, shard="zero3")
     # __ipg_bucket_flat_buffer: 5e8 bf16 elements; grad_partitions_flat_buffer: this GPU's share in bf16.
-    assert ZERO3_REDUCE_BUCKET == 500_000_000
-    assert mem.gradients == ZERO3_REDUCE_BUCKET * 2 + LORA_QV * 2 // 8
+    assert ZERO_REDUCE_BUCKET == 500_000_000
+    assert mem.gradients == ZERO_REDUCE_BUCKET * 2 + LORA_QV * 2 // 8
     # AdamW's two fp32 moments and the fp32 partition of the trainable parameters, this GPU's share.
     assert mem.optimizer >= LORA_QV * 8 // 8 + LORA_QV * 4 // 8
     offload = _memory(gpus=8, shard="zero3", cpu_offload=True)
-    assert offload.gradients == ZERO3_REDUCE_BUCKET * 2  # the partitions live pinned on the host
+    assert offload.gradients == ZERO_REDUCE_BUCKET * 2  # the partitions live pinned on the host
     assert offload.host >= LORA_QV * 2 // 8 + LORA_QV * 4 // 8
+
+
+def test_deepspeed_runs_the_model_in_bf16_without_autocast() -> None:
+    # engine.py `_configure_distributed_model`: `self.module.bfloat16()` casts peft's fp32 adapters too, and
+    # accelerate leaves torch autocast off under DeepSpeed; the fp32 copies are the optimizer's partitions.
+    plan = peftplan.plan(LLAMA, methods="lora", seq_len=512, gpus=8, shard="zero3", method_config=QV,
+                         fit_search=False)
+    assert (plan.ctx.precision, plan.ctx.adapter_dtype) == ("pure", "dtype")
+    assert plan.methods[0].memory.adapter == 2 * LORA_QV // 8
+
+
+def test_autocast_under_deepspeed_is_refused_with_the_reason() -> None:
+    with pytest.raises(BadInputError, match="DeepSpeed's engine .* without autocast"):
+        peftplan.plan(LLAMA, methods="lora", gpus=8, shard="zero2", precision="mixed", fit_search=False)
+
+
+def test_zero2_prices_fp32_partitions_the_backward_bucket_and_the_step_cast() -> None:
+    full = peftplan.plan(LLAMA, methods="full", seq_len=512, gpus=2, shard="zero2", fit_search=False)
+    mem = full.methods[0].memory
+    assert mem.weights == 2 * TOTAL  # ZeRO-2 keeps whole bf16 weights
+    # AdamW's two fp32 moments and the fp32 master partition, this GPU's share (the step peaks at the cast,
+    # before AdamW's temporaries exist).
+    assert mem.optimizer == TOTAL * 8 // 2 + TOTAL * 4 // 2
+    # `flatten(averaged_gradients).to(fp32)`: the bf16 partition, its flat copy and the fp32 gradient at once.
+    assert mem.gradients == TOTAL * (2 * 2 + 4) // 2
+    # The reduce bucket (5e8 bf16 elements) exists from backward's start to its end: LoRA peaks there.
+    lora = _memory(gpus=8, shard="zero2")
+    assert lora.gradients >= ZERO_REDUCE_BUCKET * 2
 
 
 def test_bitsandbytes_constants_are_whole_on_every_gpu_torchao_nf4_sharded() -> None:

@@ -166,10 +166,13 @@ def test_offloaded_checkpoints_move_block_inputs_to_the_host() -> None:
 
 def test_zero2_shards_states_not_weights_and_zero3_shards_both() -> None:
     single = _memory(methods="full", gpus=1)
-    zero2 = _memory(methods="full", gpus=8, shard="zero2")
+    plan = peftplan.plan(LLAMA, methods="full", gpus=8, shard="zero2", fit_search=False)
+    zero2, params = plan.methods[0].memory, plan.methods[0].trainable_params
     zero3 = _memory(methods="full", gpus=8, shard="zero3")
     assert zero2.weights == single.weights
-    assert zero2.optimizer * 8 == pytest.approx(single.optimizer, rel=1e-6)
+    # ZeRO's optimizer steps fp32 partitions (stage_1_and_2.py): fp32 moments and fp32 master weights, this
+    # GPU's eighth; the step peaks at the gradients' fp32 cast, before AdamW's temporaries exist.
+    assert zero2.optimizer == params * 8 // 8 + params * 4 // 8
     assert zero3.weights < single.weights / 4
 
 

@@ -94,11 +94,12 @@ def litgpt_chunks(seq_len: int) -> int:
 
 
 # --- PEFT's MetaMathQA suite (method_comparison @5d602fdb, L40S): max_memory_reserved minus the
-# pre-load baseline (init_accelerator, < 500 MiB before the model loads), GiB.
+# pre-load baseline (init_accelerator, < 500 MiB before the model loads), GiB. Its own loop: bf16 base
+# without autocast, fp32 adapters, `torch.optim.AdamW` (foreach) built by utils.py, not the Trainer's.
 _SUITE = Recipe(
     source="PEFT MetaMathQA suite", model="meta-llama/Llama-3.2-3B", method="lora", stack="hf", seq_len=768,
     batch_size=4, compare="reserved", unit="GiB", grad_checkpointing=False,
-    knobs={"precision": "pure", "adapter_dtype": "fp32"},
+    knobs={"precision": "pure", "adapter_dtype": "fp32", "optimizer_fused": False},
     seq_note="MetaMathQA truncated at max_seq_length 768; the longest batch reaches it",
     note="use_amp=False: bf16 base without autocast, peft's fp32 adapters (each casts its input to fp32); max over "
          "the run includes eval and generation; run.py empties the cache every 10 steps",
@@ -108,15 +109,16 @@ _PEFT_DOCS = Recipe(
     source="PEFT docs", model="meta-llama/Llama-2-70b-hf", method="lora", stack="trl", seq_len=2048,
     batch_size=8, compare="total", unit="GB", grad_checkpointing=True, attention="flash",
     config={"rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["all-linear"]},
-    knobs={"packing": True, "loss": "full", "legacy_loss": True},
+    knobs={"packing": True, "loss": "full", "legacy_loss": True, "optimizer_fused": False},
     seq_note="SFTTrainer packing to max length 2048",
     note="2024 runs: TRL's loss was the model's, transformers < 4.45 (fp32 logits in the forward, a shifted copy)",
 )
 # --- LLaMA-Factory wiki "Performance comparison" (edited 2024-04-15): VRAM, GB (unstated; 1e9 taken).
+# transformers 4.39 then: the loss in the model (`legacy_loss`) and the Trainer's `adamw_torch` (foreach).
 _LF = Recipe(
     source="LLaMA-Factory wiki", model="meta-llama/Llama-2-7b-hf", method="lora", stack="llama-factory",
     seq_len=1024, batch_size=4, compare="total", unit="GB", grad_checkpointing=True,
-    config={"rank": 8, "alpha": 16, "targets": ["all-linear"]}, knobs={"legacy_loss": True},
+    config={"rank": 8, "alpha": 16, "targets": ["all-linear"]}, knobs={"legacy_loss": True, "optimizer_fused": False},
     seq_note="cutoff_len 1024, taken as reached",
 )
 _LF_LONG = replace(_LF, method="qlora", batch_size=1, attention="flash",
@@ -143,7 +145,9 @@ _TT_README = Recipe(
 _COUNTER = ("counter unnamed: the same README's flags table reports peak active; compile on (the loss's "
             "priced, the blocks' not)")
 # --- torchtune README "Optimization flags" (1814feb1, 2024-11-18): Llama 3.2 3B, bs 2, max seq 4096,
-# A100, peak memory active (GiB); techniques cumulative.
+# A100, peak memory active (GiB); techniques cumulative: the optimizer steps in backward only from the row
+# "Fuse optimizer step into backward" on (row 208), so the rows above it set `optimizer_in_bwd` off against
+# torchtune's full fine-tuning default.
 _TT_FLAGS = replace(_TT_README, model="meta-llama/Llama-3.2-3B", method="full", seq_len=4096,
                     seq_note="packed to 4096")
 # --- torchtune tutorials (2024-04): llama2/7B_lora_single_device; memory stats divided by 1e9 then.
@@ -191,7 +195,7 @@ _ABOVE_SHARD = ("; above the 1-GPU run (row 283): Lightning 2.1's FSDPStrategy s
                  "micro-batches run under no_backward_sync (FSDP no_sync: unsharded gradients all step)")
 
 RECIPES: dict[int, Recipe] = {
-    16: replace(_SUITE, method="full", knobs={"precision": "pure"}, trainable=3_212_749_824,
+    16: replace(_SUITE, method="full", knobs={"precision": "pure", "optimizer_fused": False}, trainable=3_212_749_824,
                 note="pure bf16 weights, grads and AdamW states (use_amp=False); run.py empties the cache "
                      "every 10 steps"),
     22: replace(_SUITE, method="ia3", config={"targets": ["k_proj", "v_proj", "down_proj"]}, trainable=286_720),
@@ -246,18 +250,21 @@ RECIPES: dict[int, Recipe] = {
                  note="8B_qlora_single_device at the README's commit: q,k,v,output_proj + MLP; " + _COUNTER),
     201: replace(_TT_README, model="meta-llama/Llama-3.1-405B", method="qlora", gpus=8, shard="fsdp",
                  config={"rank": 16, "alpha": 32, "targets": QKVO_MLP},
-                 knobs={"packing": True, "loss": "full", "loss_fp32": False, "compile_loss": True},
+                 knobs={"packing": True, "loss": "full", "loss_fp32": False, "compile_loss": True,
+                        "optimizer_in_bwd": False},
                  note="405B_qlora: FSDP on 8 A100 80GB, nn.CrossEntropyLoss, q,k,v,output_proj + MLP; README "
                       "bs 2 (config 1); table says GB, torchtune logs GiB; " + _COUNTER),
-    202: replace(_TT_FLAGS, seq_len=1304, grad_checkpointing=False, knobs={"loss": "full", "loss_fp32": False},
+    202: replace(_TT_FLAGS, seq_len=1304, grad_checkpointing=False,
+                 knobs={"loss": "full", "loss_fp32": False, "optimizer_in_bwd": False},
                  seq_note="alpaca unpacked (max seq 4096 is a cap): the longest sample; proxy 1304 (litgpt's "
                           "longest Alpaca sample, Llama 2 tokenizer; Llama 3's gives fewer)",
                  note="Baseline: full_finetune_single_device, AdamW, nn.CrossEntropyLoss, no AC, no compile"),
     204: replace(_TT_FLAGS, grad_checkpointing=False,
-                 knobs={"packing": True, "loss": "full", "loss_fp32": False, "compile_loss": True},
+                 knobs={"packing": True, "loss": "full", "loss_fp32": False, "compile_loss": True,
+                        "optimizer_in_bwd": False},
                  note="+ packed + compile (the loss's priced, the blocks' not); AdamW, nn.CrossEntropyLoss on bf16 "
                       "logits, no AC"),
-    206: replace(_TT_FLAGS, knobs={"packing": True, "loss": "chunked", "compile_loss": True},
+    206: replace(_TT_FLAGS, knobs={"packing": True, "loss": "chunked", "compile_loss": True, "optimizer_in_bwd": False},
                  note="+ chunked CE + activation checkpointing; AdamW; compile on"),
     208: replace(_TT_FLAGS, knobs={"packing": True, "loss": "chunked", "optimizer_in_bwd": True,
                                    "offload_activations": True, "compile_loss": True},

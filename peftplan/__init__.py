@@ -36,7 +36,7 @@ def plan(model: str, **options: Any) -> Plan:
     for its `grad_ckpt`, `attn` and `model_config_dict`). `stack` names the training stack whose memory
     techniques are priced (planner/stacks.py); each of its knobs is an option of its own (`loss`,
     `loss_chunks`, `kbit_prep`, `checkpointing` (none/recompute/offload), `offload_activations`,
-    `optimizer_in_bwd`, `packing`, `precision`, `loss_fp32`, `keep_logits`, ...; None: the stack's;
+    `optimizer_in_bwd`, `optimizer_fused`, `packing`, `precision`, `loss_fp32`, `keep_logits`, ...; None: the stack's;
     `grad_checkpointing` None is the stack's too). Without a budget, memory is not limited (fit is not
     judged): a pure prediction. `model_config` plans a config dict under the name `model`; `serve_gpu`,
     `serve_vram`, `serve_context` and `serve_concurrency` describe serving (default: the training GPU,

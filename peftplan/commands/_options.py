@@ -74,6 +74,7 @@ class KnobOptions:
     checkpointing: Annotated[str | None, typer.Option(help="none, recompute or offload (block inputs on the host); default: the stack's.")] = None
     offload_activations: Annotated[bool | None, typer.Option("--offload-activations/--no-offload-activations", help="Saved activations on the host (torch save_on_cpu, torchtune).")] = None
     optimizer_in_bwd: Annotated[bool | None, typer.Option("--optimizer-in-bwd/--no-optimizer-in-bwd", help="Step each parameter inside backward (torchtune).")] = None
+    optimizer_fused: Annotated[bool | None, typer.Option("--optimizer-fused/--no-optimizer-fused", help="torch AdamW's fused kernel, no step temporaries (transformers' adamw_torch_fused, torchtune's fused: True).")] = None
     packing: Annotated[bool | None, typer.Option("--packing/--no-packing", help="Pack sequences to --seq-len (unpacked, --seq-len is a cap).")] = None
     precision: Annotated[str | None, typer.Option(help="mixed (autocast, fp32 adapters) or pure (all in --dtype); default: the stack's.")] = None
     loss_fp32: Annotated[bool | None, typer.Option("--loss-fp32/--no-loss-fp32", help="The loss upcasts logits to fp32 (default: the stack's).")] = None

@@ -48,6 +48,7 @@ class TrainContext:
     ckpt_offload: bool = False  # checkpointed block inputs live on the host (Unsloth)
     offload_activations: bool = False  # every saved activation lives on the host (save_on_cpu)
     optimizer_in_bwd: bool = False  # each gradient is stepped and freed as backward makes it
+    optimizer_fused: bool = False  # torch AdamW's fused kernel: the step allocates nothing
     kernels: str = "torch"  # torch | unsloth (its fused Triton kernels for Llama-style blocks)
     packing: bool = False
     bnb_keeps_input: bool = False  # bitsandbytes < 0.43.2: a 4-bit Linear keeps its input as long as the graph

@@ -314,7 +314,7 @@ class Search:
     def __init__(self) -> None:
         self._steps: dict[tuple[Any, ...], StepModel] = {}
         self._terms: dict[tuple[str, str], MemoryTerms] = {}
-        self._optim: dict[tuple[int, str], Any] = {}
+        self._optim: dict[tuple[int, str, bool], Any] = {}
         self._units: dict[int, UnitBytes | None] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._totals: dict[tuple[int, int, int], tuple[StepModel, int]] = {}
@@ -330,7 +330,8 @@ class Search:
         master = ctx.optimizer == "adamw-fp32"
         neutral = replace(ctx, seq_len=1, batch_size=1, grad_checkpointing=False, ckpt_offload=False, gpus=1,
                           shard="none", cpu_offload=False, optimizer="adamw-fp32" if master else "adamw",
-                          optimizer_in_bwd=False, offload_activations=False, pinned=frozenset())
+                          optimizer_in_bwd=False, optimizer_fused=False, offload_activations=False,
+                          pinned=frozenset())
         key = (method.name, cfg.model_dump_json(), neutral)
         base = self._steps.get(key)
         if base is None:
@@ -342,10 +343,12 @@ class Search:
         if ((ctx.optimizer == "adamw-fp32") != (model.ctx.optimizer == "adamw-fp32")
                 or ctx.deepspeed != model.ctx.deepspeed):  # DeepSpeed changes the precision (TrainContext)
             return step_model_from_terms(model.spec, model.terms, ctx)
-        key = (id(model), ctx.optimizer)
+        key = (id(model), ctx.optimizer, ctx.optimizer_fused)
         if key not in self._optim:
             tensors = trainable_tensors(model.spec, model.terms, ctx)
-            self._optim[key] = optimizer_bytes(ctx.optimizer, tensors)  # type: ignore[arg-type]
+            if ctx.deepspeed:  # ZeRO steps fp32 partitions (memory.step_model_from_terms)
+                tensors = [(shape, 4) for shape, _ in tensors]
+            self._optim[key] = optimizer_bytes(ctx.optimizer, tensors, fused=ctx.optimizer_fused)
         units = model.units
         if units is None and ctx.gpus > 1 and ctx.shard != "none":  # built unsharded: the units under `ctx`
             # They depend on the model and the dtypes and k-bit preparation, which `ctx` shares with it.

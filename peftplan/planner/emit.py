@@ -31,6 +31,13 @@ HF_OPTIM = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit", "paged-adamw8
             "sgd": "sgd", "adafactor": "adafactor"}
 
 
+def hf_optim(ctx: TrainContext) -> str:
+    """transformers' `optim` for the priced optimizer: torch AdamW fused or foreach (`optimizer_fused`)."""
+    if ctx.optimizer == "adamw" and ctx.optimizer_fused:
+        return "adamw_torch_fused"
+    return HF_OPTIM[ctx.optimizer]
+
+
 @dataclass(frozen=True)
 class Chosen:
     """What to emit: the model, the method and its config, and the training context that was priced."""
@@ -174,7 +181,7 @@ def _trl(chosen: Chosen) -> str:
         f"    packing={ctx.packing},",
         f"    gradient_checkpointing={ctx.grad_checkpointing},",
         f"    bf16={ctx.dtype == 'bf16'}, fp16={ctx.dtype == 'fp16'},",
-        f'    optim="{HF_OPTIM[ctx.optimizer]}",',
+        f'    optim="{hf_optim(ctx)}",',
         '    loss_type="nll",  # TRL 1.16: its fused LM head, never the full logits',
         f"    activation_offloading={ctx.offload_activations},",
         f"    model_init_kwargs={{{', '.join(init)}}},",
@@ -215,7 +222,7 @@ def _axolotl(chosen: Chosen) -> str:
         "gradient_accumulation_steps": 1,
         "num_epochs": 1,
         "learning_rate": 1.0e-4,
-        "optimizer": HF_OPTIM[ctx.optimizer],
+        "optimizer": hf_optim(ctx),
         "bf16": ctx.dtype == "bf16",
         "fp16": ctx.dtype == "fp16",
         "gradient_checkpointing": {"none": False, "recompute": True, "offload": "offload"}[ctx.checkpointing],
@@ -255,7 +262,7 @@ def _llama_factory(chosen: Chosen) -> str:
         "gradient_accumulation_steps": 1,
         "learning_rate": 1.0e-4,
         "num_train_epochs": 1.0,
-        "optim": HF_OPTIM[ctx.optimizer],
+        "optim": hf_optim(ctx),
         "bf16": ctx.dtype == "bf16",
         "fp16": ctx.dtype == "fp16",
         "disable_gradient_checkpointing": ctx.checkpointing == "none",
@@ -321,6 +328,8 @@ def torchtune_overrides(chosen: Chosen) -> tuple[str, str, list[str]]:
                  f"optimizer._component_={TORCHTUNE_OPTIMIZERS[ctx.optimizer]}",
                  "loss._component_=" + ("torchtune.modules.loss.CEWithChunkedOutputLoss" if ctx.loss == "chunked"
                                         else "torch.nn.CrossEntropyLoss")]
+    if ctx.optimizer == "adamw":  # torch AdamW fused or foreach, as priced (`optimizer_fused`)
+        overrides.append(f"optimizer.fused={ctx.optimizer_fused}")
     if recipe.startswith("full"):
         overrides.append(f"optimizer_in_bwd={ctx.optimizer_in_bwd}")
         return recipe, config, overrides
@@ -389,7 +398,7 @@ def _unsloth(chosen: Chosen) -> str:
         f"    per_device_train_batch_size={ctx.batch_size}, gradient_accumulation_steps=1,",
         f"    max_length={ctx.seq_len}, packing={ctx.packing},",
         f"    bf16={ctx.dtype == 'bf16'}, fp16={ctx.dtype == 'fp16'},",
-        f'    optim="{HF_OPTIM[ctx.optimizer]}",',
+        f'    optim="{hf_optim(ctx)}",',
         ")",
         *_sft_main("model=model, tokenizer=tokenizer, args=training_args, train_dataset=dataset"),
     ]

@@ -162,7 +162,7 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         terms=terms,
         ctx=ctx,
         weights=weights,
-        optimizer=optimizer_bytes(ctx.optimizer, stepped),
+        optimizer=optimizer_bytes(ctx.optimizer, stepped, fused=ctx.optimizer_fused),
         gradients=gradients,
         activations=step_activations(spec, terms, ctx),
         lm_head_grad=lm_head_grad,

@@ -25,8 +25,9 @@ class OptimizerBytes:
     step_temporary: int
 
 
-def optimizer_bytes(name: str, tensors: Sequence[tuple[Shape, int]]) -> OptimizerBytes:
-    """States and step temporaries for trainable `tensors`, given as (shape, itemsize) pairs.
+def optimizer_bytes(name: str, tensors: Sequence[tuple[Shape, int]], *, fused: bool = False) -> OptimizerBytes:
+    """States and step temporaries for trainable `tensors`, given as (shape, itemsize) pairs; `fused`: torch
+    AdamW's fused kernel (`torch._fused_adamw_` updates in place: no temporaries).
 
     Raises:
         ValueError: an optimizer name this model does not know.
@@ -37,6 +38,8 @@ def optimizer_bytes(name: str, tensors: Sequence[tuple[Shape, int]]) -> Optimize
         return OptimizerBytes(sum(2 * 4 * numel(shape) for shape, _ in tensors), 0)
     if name in ("adamw", "adamw-fp32"):
         states = sum(2 * numel(shape) * size for shape, size in tensors)
+        if fused:
+            return OptimizerBytes(states, 0)
         # foreach AdamW takes sqrt(exp_avg_sq) of a whole dtype group in one go.
         groups: dict[int, int] = {}
         for shape, size in tensors:

@@ -42,6 +42,11 @@ Knobs:
   on the host until backward needs them.
 - `optimizer_in_bwd`: torchtune's optimizer step inside backward: each gradient is stepped and freed as
   soon as it is made, so a full set of gradients never exists.
+- `optimizer_fused`: torch AdamW's fused kernel (`fused=True`) updates every tensor in place, so the step
+  allocates nothing; without it, foreach AdamW takes `sqrt(exp_avg_sq)` of a whole dtype group at once (a
+  copy of the second moments). transformers' Trainer defaults to `adamw_torch_fused` with torch >= 2.8
+  (`training_args.py` `default_optim`), which TRL, axolotl (its own default) and LLaMA-Factory inherit;
+  torchtune's configs set `fused: True`; litgpt's `torch.optim.AdamW` does not.
 - `kernels`: `torch` (the model's own modules, replayed op by op) or `unsloth` (Unsloth's Triton
   kernels for Llama-style blocks: fast RMSNorm, `LoRA_QKV`, `LoRA_W`, `LoRA_MLP`; each saves only its
   input and the MLP its gate and up outputs; priced from their source, since Triton cannot run here).
@@ -117,6 +122,7 @@ class Knobs:
     checkpointing: Checkpointing = "recompute"
     offload_activations: bool = False
     optimizer_in_bwd: bool = False
+    optimizer_fused: bool = True
     kernels: Literal["torch", "unsloth"] = "torch"
     packing: bool = False
     bnb_keeps_input: bool = False
@@ -190,7 +196,7 @@ STACKS: dict[str, Stack] = {
         Stack("litgpt", Knobs(loss="chunked", loss_chunk_tokens=128, loss_fp32=False, keep_logits=True,
                               precision="pure", adapter_dtype="dtype", kbit_prep="all-linear", checkpointing="none",
                               bnb_fp16_state=True, model_code="litgpt", output_fp32=True, fsdp_flat_grads=True,
-                              fsdp_no_sync=True),
+                              fsdp_no_sync=True, optimizer_fused=False),
               "litgpt finetune (config hub, bf16-true): litgpt's own model under Fabric (fp32 logits), "
               "128-token loss chunks, every Linear quantized from fp16",
               "Lightning-AI/litgpt@2685705 + Lightning-AI/pytorch-lightning@7f0c343",

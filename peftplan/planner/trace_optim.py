@@ -33,8 +33,9 @@ OPTIMIZERS = ("adamw", "adamw-fp32", "adamw8bit", "paged-adamw8bit", "paged-adam
 LEARNING_RATE = 1e-4
 
 
-def build_optimizer(name: str, params: list[torch.nn.Parameter], *, lr: float = LEARNING_RATE) -> Any:
-    """A fresh optimizer over `params`.
+def build_optimizer(name: str, params: list[torch.nn.Parameter], *, lr: float = LEARNING_RATE,
+                    fused: bool = False) -> Any:
+    """A fresh optimizer over `params` (`fused`: torch AdamW's fused kernel instead of foreach).
 
     Build it outside `FakeTensorMode`: bitsandbytes computes its quantization maps from real data.
 
@@ -44,7 +45,7 @@ def build_optimizer(name: str, params: list[torch.nn.Parameter], *, lr: float = 
     import torch
 
     if name in ("adamw", "adamw-fp32"):
-        return torch.optim.AdamW(params, lr=lr, foreach=True)
+        return torch.optim.AdamW(params, lr=lr, fused=True) if fused else torch.optim.AdamW(params, lr=lr, foreach=True)
     if name == "paged-adamw":  # bitsandbytes' 32-bit paged AdamW (litgpt's QLoRA optimizer)
         import bitsandbytes as bnb
 

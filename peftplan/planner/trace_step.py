@@ -535,10 +535,10 @@ def run_step(
         raise BadInputError("the method left nothing to train")
     # Outside fake mode: bnb builds real code maps. In backward, torchtune has one optimizer per parameter.
     if ctx.optimizer_in_bwd:
-        per_param = {p: build_optimizer(ctx.optimizer, [p]) for p in trainable}
+        per_param = {p: build_optimizer(ctx.optimizer, [p], fused=ctx.optimizer_fused) for p in trainable}
         optimizers = list(per_param.values())
     else:
-        optimizers = [build_optimizer(ctx.optimizer, trainable)]
+        optimizers = [build_optimizer(ctx.optimizer, trainable, fused=ctx.optimizer_fused)]
     layers_path, layers = find_layers(model, depth)
     vocab = int(model.get_input_embeddings().num_embeddings)
     batch = _batch_layout(model, ctx)

@@ -140,11 +140,23 @@ def test_adapters_in_the_training_dtype_take_half() -> None:
 def test_optimizer_in_backward_never_holds_every_gradient() -> None:
     # Full fine-tuning of 8B in bf16: the gradients alone are 16 GB; stepping inside backward frees
     # each one once it is used, so at most one tensor's gradient (the 1 GB embedding) is alive.
-    plain = _memory(methods="full", checkpointing="recompute")
-    in_bwd = _memory(methods="full", checkpointing="recompute", optimizer_in_bwd=True)
+    # foreach AdamW (its step adds a copy of the second moments: 16 GB more without stepping in backward).
+    plain = _memory(methods="full", checkpointing="recompute", optimizer_fused=False)
+    in_bwd = _memory(methods="full", checkpointing="recompute", optimizer_in_bwd=True, optimizer_fused=False)
     assert plain.gradients >= 2 * 8_000_000_000
     assert in_bwd.gradients <= 2 * 128256 * 4096
     assert in_bwd.peak_allocated < plain.peak_allocated - 14 * GIB
+
+
+def test_fused_adamw_steps_without_temporaries() -> None:
+    # foreach AdamW's `sqrt(exp_avg_sq)` copies the bf16 second moments of all 8.03B parameters at the step;
+    # the fused kernel (transformers' default `adamw_torch_fused`) updates in place.
+    fused = _memory(methods="full")
+    foreach = _memory(methods="full", optimizer_fused=False)
+    params = 8_030_261_248
+    assert foreach.optimizer - fused.optimizer == 2 * params
+    assert fused.optimizer == 2 * 2 * params  # exp_avg and exp_avg_sq in bf16
+    assert _memory(methods="full", stack="litgpt").optimizer == foreach.optimizer  # litgpt's AdamW is foreach
 
 
 def test_paged_optimizer_states_are_outside_peak_allocated() -> None:

@@ -63,6 +63,7 @@ KNOBS = [
     ("lora", False, {"optimizer_in_bwd": True}),
     ("lora", True, {"optimizer_in_bwd": True, "optimizer": "adamw8bit"}),
     ("full", True, {"optimizer": "paged-adamw8bit"}),
+    ("full", True, {"optimizer_fused": True}),  # torch AdamW's fused kernel (transformers' adamw_torch_fused)
     ("qlora", True, {"optimizer": "paged-adamw"}),
 ]
 KNOB_CELLS = [

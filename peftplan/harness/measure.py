@@ -341,12 +341,13 @@ def predict_memory(
     """
     try:
         from peftplan import plan
+        from peftplan.harness.train import HARNESS_KNOBS
 
         result = plan(
             model_id, methods=[method], method_config=method_config, model_config=model_config,
             seq_len=seq_len, batch_size=batch_size, grad_checkpointing=grad_checkpointing,
             optimizer=optimizer, dtype=dtype, device="cuda" if device.startswith("cuda") else "cpu",
-            gpus=gpus, shard=shard, fit_search=False,
+            gpus=gpus, shard=shard, fit_search=False, **HARNESS_KNOBS,
         )
         (entry,) = result.methods
         return Prediction({k: int(v) for k, v in entry.memory.to_dict().items()}, result.engine)

@@ -28,6 +28,7 @@ def auto_methods(model: ModelSection, training: TrainingSection, budget: BudgetS
     from peftplan.api import plan as make_plan
     from peftplan.errors import PeftplanError
     from peftplan.harness.embedded import EMBEDDED_ID, is_embedded
+    from peftplan.harness.train import HARNESS_KNOBS
 
     model_id = EMBEDDED_ID if is_embedded(model.id) and model.config is None else model.id
     limit = budget.vram or budget.memory_cap
@@ -39,6 +40,7 @@ def auto_methods(model: ModelSection, training: TrainingSection, budget: BudgetS
             batch_size=training.batch_size, grad_ckpt=training.grad_checkpointing, optimizer=training.optimizer,
             dtype=training.precision if training.precision in ("bf16", "fp16", "fp32") else "bf16",
             require_budget=False, fit_search=False, trust_remote_code=model.trust_remote_code, given=_PINNED,
+            knobs=dict(HARNESS_KNOBS),
         ))
     except PeftplanError as exc:
         raise ValueError(f"methods: auto could not plan {model.display_id}: {exc}") from None

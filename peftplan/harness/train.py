@@ -115,6 +115,10 @@ def autocast_context(device: str, dtype: str | None) -> contextlib.AbstractConte
     return torch.autocast(device.split(":")[0], dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
 
+# What the loop below runs, as planner knobs: torch AdamW's default implementation, foreach (not fused).
+HARNESS_KNOBS: dict[str, Any] = {"optimizer_fused": False}
+
+
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     import torch
 
@@ -124,6 +128,7 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weigh
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    # torch's default implementation: foreach on CUDA (`HARNESS_KNOBS`: the planner prices it so).
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 

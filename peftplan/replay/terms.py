@@ -9,6 +9,7 @@ serves; the planner calls it and never compares a method's or a kind's name.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -214,7 +215,4 @@ class MemoryTerms:
 
 
 def numel(shape: Shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    return math.prod(shape)

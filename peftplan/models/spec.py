@@ -238,6 +238,11 @@ class ModelSpec:
         nested = self.config.get("text_config")
         return {**self.config, **nested} if isinstance(nested, dict) else self.config
 
+    @property
+    def linears_by_name(self) -> dict[str, LinearInfo]:
+        """Every Linear by its name (shared: read it, never change it)."""
+        return self.memo("linears_by_name", lambda: {lin.name: lin for lin in self.linears})
+
     def layer_linears(self, index: int = 0) -> list[LinearInfo]:
         """Linears of decoder block `index` of the main text stack."""
         # Indexed once per spec: the planner asks for every block of every candidate (O(layers²) otherwise).

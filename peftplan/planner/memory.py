@@ -143,7 +143,9 @@ def step_model(spec: ModelSpec, method: Method, cfg: MethodConfig, ctx: TrainCon
 def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> StepModel:
     named = named_trainable_tensors(spec, terms, ctx)
     tensors = [(shape, size) for _, shape, size in named]
-    gradients = sum(numel(shape) * size for shape, size in tensors)
+    numels = [numel(shape) for shape, _ in tensors]
+    gradient_bytes = [n * size for n, (_, size) in zip(numels, tensors, strict=True)]
+    gradients = sum(gradient_bytes)
     lm_head_grad = 0
     tied_spike = 0
     if terms.trainable_base == "all":
@@ -165,12 +167,12 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         lm_head_grad=lm_head_grad,
         tied_spike=tied_spike,
         later_block_gradients=later_block_gradients(spec, named),
-        largest_gradient=max((numel(shape) * size for shape, size in tensors), default=0),
+        largest_gradient=max(gradient_bytes, default=0),
         method_state=terms.method_state * ctx.adapter_itemsize,
         early_gradients=early,
         early_later_gradients=early_later,
         units=sharded_units(spec, terms, ctx, weights.weights),
-        trainable_numel=sum(numel(shape) for shape, _ in tensors),
+        trainable_numel=sum(numels),
     )
 
 

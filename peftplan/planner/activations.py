@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from peftplan.models.arch import Arch, BlockLinears, arch_of, block_linears
+from peftplan.models.arch import Arch, arch_of, block_linears
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.blocks import block
 from peftplan.planner.context import DTYPE_BYTES, INDEX_BYTES, TrainContext
@@ -136,21 +136,28 @@ def base_itemsize(terms: MemoryTerms, ctx: TrainContext) -> int:
     return DTYPE_BYTES[ctx.dtype]
 
 
-def _signature(spec: ModelSpec, terms: MemoryTerms, linears: BlockLinears) -> tuple:
+def _signature(spec: ModelSpec, terms: MemoryTerms, index: int) -> tuple:
     """What makes two blocks replay alike: their Linears' shapes, adapters and bottleneck sites."""
-    parts: list[tuple | None] = []
-    for group in (linears.attn_in, (linears.attn_out,), linears.mlp_in, (linears.mlp_out,), linears.other):
-        for lin in group:
-            if lin is None:
-                parts.append(None)
-                continue
-            adapter = terms.linear_adapters.get(lin.name)
-            parts.append((lin.leaf, lin.in_features, lin.out_features, lin.bias, adapter,
-                          lin.name in terms.bottleneck_sites))
-    for name in (*linears.experts, linears.router):  # adapters on an MoE block's parameters
+    linears, parameters = _block_shapes(spec, index)
+    adapters, sites = terms.linear_adapters, terms.bottleneck_sites
+    parts: list[tuple | None] = [None if entry is None else (*entry[1], adapters.get(entry[0]), entry[0] in sites)
+                                 for entry in linears]
+    for name in parameters:  # adapters on an MoE block's parameters
         wrapper = terms.param_adapters.get(name) if name is not None else None
         parts.append((name.rsplit(".", 1)[-1], wrapper.shape, wrapper.rank) if wrapper is not None and name else None)
     return tuple(parts)
+
+
+def _block_shapes(spec: ModelSpec, index: int) -> tuple[list[tuple[str, tuple] | None], tuple[str | None, ...]]:
+    """Block `index`'s Linears (name, (leaf, in, out, bias)) and its MoE parameters, as `_signature` reads
+    them (once per spec: a plan asks for every block of every candidate)."""
+    by_index: dict[int, tuple[list[tuple[str, tuple] | None], tuple[str | None, ...]]] = spec.memo("block_shapes", dict)
+    if index not in by_index:
+        linears = block_linears(spec, index)
+        groups = (linears.attn_in, (linears.attn_out,), linears.mlp_in, (linears.mlp_out,), linears.other)
+        by_index[index] = ([None if lin is None else (lin.name, (lin.leaf, lin.in_features, lin.out_features, lin.bias))
+                            for group in groups for lin in group], (*linears.experts, linears.router))
+    return by_index[index]
 
 
 @dataclass(frozen=True)
@@ -706,7 +713,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
     embeddings_held = embeddings.storage_bytes  # LlamaModel.forward keeps `inputs_embeds` until it returns
     numel, grad, itemsize = x.numel, x.grad, x.itemsize  # the residual stream entering the next block
     for index in range(a.layers):
-        key = (_signature(spec, terms, block_linears(spec, index)), grad, itemsize)
+        key = (_signature(spec, terms, index), grad, itemsize)
         kind = kinds.get(key)
         if kind is None:
             graph = Graph(external=shared)

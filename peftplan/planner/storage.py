@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from peftplan.methods.base import Method
 from peftplan.models.spec import ModelSpec
@@ -26,8 +26,7 @@ _json_string = json.encoder.encode_basestring_ascii  # what `json.dumps` writes 
 DISK_GBS = 3.0  # NVMe sequential read (GB/s), for load and swap times
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple: a plan lists a thousand of them per candidate
     name: str
     shape: Shape
     itemsize: int
@@ -44,12 +43,13 @@ def safetensors_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None)
     # string encoder (a plan sizes thousands of tensors per candidate; building the dict costs more).
     offset = 0
     items = [] if metadata is None else [f'"__metadata__":{json.dumps(metadata, separators=(",", ":"))}']
-    for entry in sorted(entries, key=lambda e: (-e.itemsize, e.name)):
-        end = offset + entry.nbytes
-        dtype = entry.dtype or _DTYPE_NAMES[entry.itemsize]
-        shape = ",".join(map(str, entry.shape))
-        items.append(f'{_json_string(entry.name)}:{{"dtype":{_json_string(dtype)},"shape":[{shape}],'
-                     f'"data_offsets":[{offset},{end}]}}')
+    shapes: dict[Shape, str] = {}  # adapters repeat a few shapes
+    for name, shape, itemsize, dtype in sorted(entries, key=lambda e: (-e.itemsize, e.name)):
+        end = offset + numel(shape) * itemsize
+        if shape not in shapes:
+            shapes[shape] = ",".join(map(str, shape))
+        items.append(f'{_json_string(name)}:{{"dtype":{_json_string(dtype or _DTYPE_NAMES[itemsize])},'
+                     f'"shape":[{shapes[shape]}],"data_offsets":[{offset},{end}]}}')
         offset = end
     text = "{" + ",".join(items) + "}"
     length = len(text.encode())

@@ -165,6 +165,10 @@ def _float(cfg: dict, *keys: str) -> float:
 
 def arch_of(spec: ModelSpec) -> Arch:
     """The architecture facts of `spec` (its family decides how a block is replayed)."""
+    return spec.memo("arch", lambda: _read_arch(spec))
+
+
+def _read_arch(spec: ModelSpec) -> Arch:
     cfg = spec.text_config
     model_type = spec.model_type
     family: Family
@@ -270,6 +274,13 @@ def block_linears(spec: ModelSpec, index: int) -> BlockLinears:
     In an MoE block the shared experts' Linears go to `shared`, so that `mlp_in` and `mlp_out` stay
     those of a dense MLP (empty when the fused experts replace it).
     """
+    by_index: dict[int, BlockLinears] = spec.memo("block_linears", dict)
+    if index not in by_index:
+        by_index[index] = _read_block_linears(spec, index)
+    return by_index[index]
+
+
+def _read_block_linears(spec: ModelSpec, index: int) -> BlockLinears:
     block = spec.layer_linears(index)
     moe_layer = next((layer for layer in spec.moe.layers if layer.index == index), None) if spec.moe else None
     shared_names = set(moe_layer.shared) if moe_layer is not None else set()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from torch import nn
 
     from peftplan.models.vision import VisionTower
 
+T = TypeVar("T")
+_MISSING = object()
 ModelKind = Literal["decoder", "encoder", "vlm"]
 LinearRole = Literal["attn", "mlp", "other", "output"]
 
@@ -29,10 +33,7 @@ class ParamInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -167,14 +168,20 @@ class ModelSpec:
     # projector unless --train-vision (see `with_vision_trained`). Presets and full fine-tuning skip them.
     frozen: tuple[str, ...] = ()
 
+    def memo(self, name: str, build: Callable[[], T]) -> T:
+        """`build()`, computed once per spec and kept under `name`: the planner prices thousands of
+        candidates per spec and asks for the same facts each time. `build` must depend on the spec only
+        (a spec is frozen, so the value never goes stale; `dataclasses.replace` starts a new spec empty)."""
+        cached = self.__dict__.get(f"_memo_{name}", _MISSING)
+        if cached is _MISSING:
+            cached = build()
+            object.__setattr__(self, f"_memo_{name}", cached)
+        return cached  # type: ignore[no-any-return]
+
     @property
     def total_params(self) -> int:
         """Parameters with tied ones counted once (as `sum(p.numel() for p in model.parameters())`)."""
-        total: int | None = self.__dict__.get("_total_params")
-        if total is None:  # computed once: the planner prices thousands of candidates per spec
-            total = sum(p.numel for p in self.params if p.tied_to is None)
-            object.__setattr__(self, "_total_params", total)
-        return total
+        return self.memo("total_params", lambda: sum(p.numel for p in self.params if p.tied_to is None))
 
     @property
     def vision(self) -> VisionTower | None:
@@ -231,18 +238,23 @@ class ModelSpec:
         nested = self.config.get("text_config")
         return {**self.config, **nested} if isinstance(nested, dict) else self.config
 
+    @property
+    def linears_by_name(self) -> dict[str, LinearInfo]:
+        """Every Linear by its name (shared: read it, never change it)."""
+        return self.memo("linears_by_name", lambda: {lin.name: lin for lin in self.linears})
+
     def layer_linears(self, index: int = 0) -> list[LinearInfo]:
         """Linears of decoder block `index` of the main text stack."""
         # Indexed once per spec: the planner asks for every block of every candidate (O(layers²) otherwise).
-        by_block: dict[str, list[LinearInfo]] | None = self.__dict__.get("_linears_by_block")
-        if by_block is None:
-            by_block = {}
-            prefix = f"{self.layers_path}."
-            for lin in self.linears:
-                if lin.name.startswith(prefix):
-                    by_block.setdefault(lin.name[len(prefix):].split(".", 1)[0], []).append(lin)
-            object.__setattr__(self, "_linears_by_block", by_block)
-        return list(by_block.get(str(index), ()))
+        return list(self.memo("linears_by_block", self._linears_by_block).get(str(index), ()))
+
+    def _linears_by_block(self) -> dict[str, list[LinearInfo]]:
+        by_block: dict[str, list[LinearInfo]] = {}
+        prefix = f"{self.layers_path}."
+        for lin in self.linears:
+            if lin.name.startswith(prefix):
+                by_block.setdefault(lin.name[len(prefix):].split(".", 1)[0], []).append(lin)
+        return by_block
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from peftplan.models.arch import Arch, BlockLinears, arch_of, block_linears
+from peftplan.models.arch import Arch, arch_of, block_linears
 from peftplan.models.spec import ModelSpec
 from peftplan.planner.blocks import block
 from peftplan.planner.context import DTYPE_BYTES, INDEX_BYTES, TrainContext
@@ -136,21 +136,28 @@ def base_itemsize(terms: MemoryTerms, ctx: TrainContext) -> int:
     return DTYPE_BYTES[ctx.dtype]
 
 
-def _signature(spec: ModelSpec, terms: MemoryTerms, linears: BlockLinears) -> tuple:
+def _signature(spec: ModelSpec, terms: MemoryTerms, index: int) -> tuple:
     """What makes two blocks replay alike: their Linears' shapes, adapters and bottleneck sites."""
-    parts: list[tuple | None] = []
-    for group in (linears.attn_in, (linears.attn_out,), linears.mlp_in, (linears.mlp_out,), linears.other):
-        for lin in group:
-            if lin is None:
-                parts.append(None)
-                continue
-            adapter = terms.linear_adapters.get(lin.name)
-            parts.append((lin.leaf, lin.in_features, lin.out_features, lin.bias, adapter,
-                          lin.name in terms.bottleneck_sites))
-    for name in (*linears.experts, linears.router):  # adapters on an MoE block's parameters
+    linears, parameters = _block_shapes(spec, index)
+    adapters, sites = terms.linear_adapters, terms.bottleneck_sites
+    parts: list[tuple | None] = [None if entry is None else (*entry[1], adapters.get(entry[0]), entry[0] in sites)
+                                 for entry in linears]
+    for name in parameters:  # adapters on an MoE block's parameters
         wrapper = terms.param_adapters.get(name) if name is not None else None
         parts.append((name.rsplit(".", 1)[-1], wrapper.shape, wrapper.rank) if wrapper is not None and name else None)
     return tuple(parts)
+
+
+def _block_shapes(spec: ModelSpec, index: int) -> tuple[list[tuple[str, tuple] | None], tuple[str | None, ...]]:
+    """Block `index`'s Linears (name, (leaf, in, out, bias)) and its MoE parameters, as `_signature` reads
+    them (once per spec: a plan asks for every block of every candidate)."""
+    by_index: dict[int, tuple[list[tuple[str, tuple] | None], tuple[str | None, ...]]] = spec.memo("block_shapes", dict)
+    if index not in by_index:
+        linears = block_linears(spec, index)
+        groups = (linears.attn_in, (linears.attn_out,), linears.mlp_in, (linears.mlp_out,), linears.other)
+        by_index[index] = ([None if lin is None else (lin.name, (lin.leaf, lin.in_features, lin.out_features, lin.bias))
+                            for group in groups for lin in group], (*linears.experts, linears.router))
+    return by_index[index]
 
 
 @dataclass(frozen=True)
@@ -620,6 +627,15 @@ def _split(p: Poly, parts: int) -> Poly:
                 capped=tuple((cap, -(-k // parts)) for cap, k in p.capped))
 
 
+def _per_kind(counts: list[int], sizes: list[Poly]) -> Poly:
+    """What `counts[i]` blocks of kind `i` hold together, each holding `sizes[i]`."""
+    total = ZERO
+    for count, size in zip(counts, sizes, strict=False):  # kinds met later than `counts` was taken have none
+        if count:
+            total = total + size * count
+    return total
+
+
 @dataclass
 class _BlockReplay:
     saved: Poly
@@ -683,66 +699,70 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
     shared_syms = {t.storage: t for t in (*(rope or ()), mask) if t is not None}
 
     # -- the blocks -----------------------------------------------------------------------------------
-    cache: dict[tuple, _BlockReplay] = {}
-    ckpt_inputs = ZERO
-    latest: dict[tuple, tuple[Poly, _BlockReplay]] = {}  # each kind of block's last: what came before it
-    latest_ckpt: dict[tuple, tuple[Poly, _BlockReplay]] = {}  # the same with checkpointed blocks
-    recompute_moments: list[Poly] = []  # transient moments of each kind of block, block-local totals
-    first_input = ZERO
-    moment_lists: list[list[Poly]] = []
-    costs: dict[tuple, BlockCost] = {}  # each kind of block's backward cost
-    running = ZERO
-    kept_blocks = ZERO  # the blocks' 4-bit Linear inputs bitsandbytes keeps (`bnb_keeps_input`)
-    used: set[int] = set()
-    forward_live = ZERO
+    # Blocks with the same signature and input replay alike: each kind of block is replayed once, and what
+    # the blocks hold together is summed per kind from how many blocks of each kind there are.
+    kinds: dict[tuple, int] = {}  # a kind of block (signature, input grad and itemsize) -> its index in `replays`
+    replays: list[_BlockReplay] = []
+    counts: list[int] = []  # blocks of each kind so far
+    # Per kind, at its last block: the blocks of each kind before it, the MoE blocks before it, and the input
+    # itemsizes of every block up to it (a checkpoint keeps each block's input).
+    last: dict[int, tuple[list[int], int, int]] = {}
+    moe_blocks = input_itemsizes = 0
     aux = aux_loss_terms(r, ctx)
-    router_logits = ZERO  # the MoE blocks' router logits the auxiliary loss holds so far
-    cast_cache = ZERO  # autocast's cached weight casts so far (saved by the blocks unless checkpointed)
     embeddings = x
     embeddings_held = embeddings.storage_bytes  # LlamaModel.forward keeps `inputs_embeds` until it returns
+    numel, grad, itemsize = x.numel, x.grad, x.itemsize  # the residual stream entering the next block
     for index in range(a.layers):
-        linears = block_linears(spec, index)
-        key = (_signature(spec, terms, linears), x.grad, x.itemsize)
-        replay = cache.get(key)
-        if replay is None:
+        key = (_signature(spec, terms, index), grad, itemsize)
+        kind = kinds.get(key)
+        if kind is None:
             graph = Graph(external=shared)
-            x_in = x if index else embeddings
+            x_in = Sym.fresh(numel, itemsize, grad) if index else embeddings
             block_ops = Ops(r, graph)
-            out = block(block_ops, x_in, linears, index, rope, mask)
-            replay = cache[key] = _BlockReplay(graph.total(), list(graph.moments), graph.live_moments,
-                                               graph.forward_live, set(graph.used_external), out.grad,
-                                               out.itemsize, embeddings.storage in graph.saved,
-                                               graph.largest * 2 + graph.backward_extra, graph.kept_total(),
-                                               tuple(graph.backward_totals()), block_ops.cached_casts)
+            out = block(block_ops, x_in, block_linears(spec, index), index, rope, mask)
+            kind = kinds[key] = len(replays)
+            counts.append(0)
+            replays.append(_BlockReplay(graph.total(), list(graph.moments), graph.live_moments,
+                                        graph.forward_live, set(graph.used_external), out.grad,
+                                        out.itemsize, embeddings.storage in graph.saved,
+                                        graph.largest * 2 + graph.backward_extra, graph.kept_total(),
+                                        tuple(graph.backward_totals()), block_ops.cached_casts))
+        replay = replays[kind]
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
-        ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input
-        if index == 0:
-            first_input = x.numel * x.itemsize
-        if not any(replay.moments is seen for seen in moment_lists):  # each kind of block once
-            moment_lists.append(replay.moments)
-            recompute_moments.extend(replay.moments)
-        # What earlier blocks hold only grows (saved tensors, router logits, checkpoint inputs, cached casts:
-        # bytes, never negative at any shape), so a kind of block's moments peak at its last occurrence:
-        # keep that one's (the same maximum; pricing stays linear in the kinds, not the layers).
-        latest[key] = (running + router_logits, replay)
-        cast_cache = cast_cache + replay.cached
-        latest_ckpt[key] = (ckpt_inputs + router_logits + cast_cache, replay)
+        input_itemsizes += itemsize
+        last[kind] = (list(counts), moe_blocks, input_itemsizes)
+        counts[kind] += 1
         if aux is not None and a.is_moe_layer(index):
-            router_logits = router_logits + aux.per_layer_logits
-        # In a block's backward, gradients of its largest tensors are alive together (about two).
-        costs[key] = BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.live),
-                               replay.backward_temp, replay.backward_options)
-        running = running + replay.saved
-        kept_blocks = kept_blocks + replay.kept
-        used |= replay.used_external
-        forward_live = forward_live + replay.forward_live
-        x = Sym.fresh(x.numel, replay.out_itemsize, replay.out_grad)
+            moe_blocks += 1
+        grad, itemsize = replay.out_grad, replay.out_itemsize
+    x = Sym.fresh(numel, itemsize, grad) if a.layers else embeddings
+    running = _per_kind(counts, [replay.saved for replay in replays])
+    kept_blocks = _per_kind(counts, [replay.kept for replay in replays])  # 4-bit Linear inputs kept (`bnb_keeps_input`)
+    forward_live = _per_kind(counts, [replay.forward_live for replay in replays])
+    cast_cache = _per_kind(counts, [replay.cached for replay in replays])  # autocast's cached weight casts
+    ckpt_inputs = numel * input_itemsizes
+    first_input = numel * embeddings.itemsize if a.layers else ZERO
+    router = aux.per_layer_logits if aux is not None else ZERO  # the router logits the auxiliary loss holds
+    recompute_moments = [m for replay in replays for m in replay.moments]  # transient, block-local totals
+    # In a block's backward, gradients of its largest tensors are alive together (about two).
+    costs = tuple(BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.live),
+                            replay.backward_temp, replay.backward_options) for replay in replays)
+    used = set().union(*(replay.used_external for replay in replays))
     for storage in used:
         main.save(shared_syms[storage])
-    moments = [before + m for before, replay in latest.values()
-               for m in [*replay.moments, *(unsaved for unsaved, _ in replay.live)]]
-    ckpt_moments = [before + everything for before, replay in latest_ckpt.values() for _, everything in replay.live]
+    # What earlier blocks hold only grows (saved tensors, router logits, checkpoint inputs, cached casts:
+    # bytes, never negative at any shape), so a kind of block's moments peak at its last occurrence:
+    # keep that one's (the same maximum; pricing stays linear in the kinds, not the layers).
+    moments: list[Poly] = []
+    ckpt_moments: list[Poly] = []
+    for kind, replay in enumerate(replays):
+        before, moe_before, itemsizes = last[kind]
+        through = [count + (other == kind) for other, count in enumerate(before)]  # with this block
+        held = _per_kind(before, [other.saved for other in replays]) + router * moe_before
+        held_ckpt = numel * itemsizes + router * moe_before + _per_kind(through, [other.cached for other in replays])
+        moments += [held + m for m in [*replay.moments, *(unsaved for unsaved, _ in replay.live)]]
+        ckpt_moments += [held_ckpt + everything for _, everything in replay.live]
 
     # -- the head and the loss ------------------------------------------------------------------------
     head = Graph()
@@ -783,7 +803,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
                 saved=saved, logits_saved=logits_saved, loss_backward=loss.backward, held_logits=loss.held,
                 head_backward=loss.head_backward,
                 forward_extra=forward_extra,
-                ckpt_saved=ckpt_saved, blocks=tuple(costs.values()), head_saved=head.total(), grad_stream=stream, batch=batch,
+                ckpt_saved=ckpt_saved, blocks=costs, head_saved=head.total(), grad_stream=stream, batch=batch,
                 ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs,
                 ckpt_kept_inputs=ckpt_kept, head_forward=loss.head_forward,
                 loss_forward_moments=loss_forward, loss_backward_moments=loss.backward_moments,
@@ -799,7 +819,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         ckpt_saved=ckpt_saved,
         moments=[m + fixed for m in moments],
         ckpt_moments=[m + fixed for m in ckpt_moments],
-        blocks=tuple(costs.values()),
+        blocks=costs,
         recompute_moments=recompute_moments,
         ckpt_later_inputs=ckpt_inputs - first_input,
         head_saved=head.total(),

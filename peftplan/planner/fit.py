@@ -97,7 +97,7 @@ def rank_kind(terms: MemoryTerms) -> AdapterKind | None:
 
 def rank_cap(spec: ModelSpec, terms: MemoryTerms, cfg: MethodConfig) -> int:
     """The largest rank that still means something on the targeted layers (see the module docstring)."""
-    linears = {lin.name: lin for lin in spec.linears}
+    linears = spec.linears_by_name
     targeted = [linears[name] for name in terms.linear_adapters if name in linears]
     if not targeted:
         return MAX_RANK

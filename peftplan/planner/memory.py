@@ -37,7 +37,7 @@ from peftplan.planner.optimizers import OptimizerBytes, optimizer_bytes
 from peftplan.planner.vision import step_activations
 from peftplan.planner.weights import UnitBytes, WeightBytes, unit_bytes, weight_bytes
 from peftplan.replay.symbolic import Poly
-from peftplan.replay.terms import MemoryTerms, Shape
+from peftplan.replay.terms import MemoryTerms, Shape, numel
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -109,10 +109,11 @@ def trainable_tensors(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) ->
     return [(shape, size) for _, shape, size in named_trainable_tensors(spec, terms, ctx)]
 
 
-def later_block_gradients(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> int:
-    """Gradient bytes of the trainable tensors in blocks 1..L-1 (the first block's backward sees them)."""
+def later_block_gradients(spec: ModelSpec, tensors: list[tuple[str, Shape, int]]) -> int:
+    """Gradient bytes of the trainable `tensors` (`named_trainable_tensors`) in blocks 1..L-1 (the first
+    block's backward sees them)."""
     blocks, first = f"{spec.layers_path}.", f"{spec.layers_path}.0."
-    return sum(_numel(shape) * size for name, shape, size in named_trainable_tensors(spec, terms, ctx)
+    return sum(numel(shape) * size for name, shape, size in tensors
                if name.startswith(blocks) and not name.startswith(first))
 
 
@@ -129,7 +130,7 @@ def loss_term_gradients(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) 
     for name, adapter in terms.linear_adapters.items():
         for suffix, shape in zip(adapter.names, adapter.tensors, strict=True):
             if suffix in terms.loss_terms:
-                nbytes = _numel(shape) * ctx.adapter_itemsize
+                nbytes = numel(shape) * ctx.adapter_itemsize
                 total += nbytes
                 later += nbytes if name.startswith(blocks) and not name.startswith(first) else 0
     return total, later
@@ -142,8 +143,11 @@ def step_model(spec: ModelSpec, method: Method, cfg: MethodConfig, ctx: TrainCon
 
 
 def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> StepModel:
-    tensors = trainable_tensors(spec, terms, ctx)
-    gradients = sum(_numel(shape) * size for shape, size in tensors)
+    named = named_trainable_tensors(spec, terms, ctx)
+    tensors = [(shape, size) for _, shape, size in named]
+    numels = [numel(shape) for shape, _ in tensors]
+    gradient_bytes = [n * size for n, (_, size) in zip(numels, tensors, strict=True)]
+    gradients = sum(gradient_bytes)
     lm_head_grad = 0
     tied_spike = 0
     if terms.trainable_base == "all":
@@ -167,13 +171,13 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         activations=step_activations(spec, terms, ctx),
         lm_head_grad=lm_head_grad,
         tied_spike=tied_spike,
-        later_block_gradients=later_block_gradients(spec, terms, ctx),
-        largest_gradient=max((_numel(shape) * size for shape, size in tensors), default=0),
+        later_block_gradients=later_block_gradients(spec, named),
+        largest_gradient=max(gradient_bytes, default=0),
         method_state=terms.method_state * ctx.adapter_itemsize,
         early_gradients=early,
         early_later_gradients=early_later,
         units=sharded_units(spec, terms, ctx, weights.weights),
-        trainable_numel=sum(_numel(shape) for shape, _ in tensors),
+        trainable_numel=sum(numels),
     )
 
 
@@ -183,13 +187,6 @@ def sharded_units(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, weight
         return None
     names = [name for name, _, _ in named_trainable_tensors(spec, terms, ctx)]
     return unit_bytes(spec, terms, ctx, weights, names)
-
-
-def _numel(shape: Shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ AdamW (paged or not) and transformers' Adafactor.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,43 +35,46 @@ def optimizer_bytes(name: str, tensors: Sequence[tuple[Shape, int]], *, fused: b
     """
     if not tensors:
         return OptimizerBytes(0, 0)
+    # Adapters repeat a few shapes: each distinct (shape, itemsize) is priced once, times how many there are.
+    counts = Counter(tensors)
     if name == "paged-adamw":  # bitsandbytes' 32-bit kernel updates in place: no step temporaries
-        return OptimizerBytes(sum(2 * 4 * numel(shape) for shape, _ in tensors), 0)
+        return OptimizerBytes(sum(2 * 4 * numel(shape) * k for (shape, _), k in counts.items()), 0)
     if name in ("adamw", "adamw-fp32"):
-        states = sum(2 * numel(shape) * size for shape, size in tensors)
+        states = sum(2 * numel(shape) * size * k for (shape, size), k in counts.items())
         if fused:
             return OptimizerBytes(states, 0)
         # foreach AdamW takes sqrt(exp_avg_sq) of a whole dtype group in one go.
         groups: dict[int, int] = {}
-        for shape, size in tensors:
-            groups[size] = groups.get(size, 0) + numel(shape) * size
+        for (shape, size), k in counts.items():
+            groups[size] = groups.get(size, 0) + numel(shape) * size * k
         return OptimizerBytes(states, max(groups.values()))
     if name in ("adamw8bit", "paged-adamw8bit"):
         states = BNB_QMAPS
-        for shape, _ in tensors:
+        for (shape, _), k in counts.items():
             n = numel(shape)
-            states += 2 * n + 2 * 4 * (-(-n // BNB_BLOCK)) if n >= BNB_MIN_8BIT else 2 * 4 * n
+            states += k * (2 * n + 2 * 4 * (-(-n // BNB_BLOCK)) if n >= BNB_MIN_8BIT else 2 * 4 * n)
         return OptimizerBytes(states, 0)
     if name == "sgd":
         return OptimizerBytes(0, 0)
     if name == "sgd-momentum":
-        return OptimizerBytes(sum(numel(shape) * size for shape, size in tensors), 0)
+        return OptimizerBytes(sum(numel(shape) * size * k for (shape, size), k in counts.items()), 0)
     if name == "adafactor":
-        return _adafactor(tensors)
+        return _adafactor(counts)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def _adafactor(tensors: Sequence[tuple[Shape, int]]) -> OptimizerBytes:
+def _adafactor(counts: Counter[tuple[Shape, int]]) -> OptimizerBytes:
     """transformers' Adafactor (no first moment): fp32 row and column second moments for matrices,
     a full fp32 second moment for vectors. It steps one tensor at a time with an fp32 gradient copy,
-    the update, and an fp32 working copy of a 16-bit weight."""
+    the update, and an fp32 working copy of a 16-bit weight. `counts`: how many tensors of each
+    (shape, itemsize)."""
     states = 0
     temp = 0
-    for shape, size in tensors:
+    for (shape, size), k in counts.items():
         n = numel(shape)
         if len(shape) >= 2:
-            states += 4 * (n // shape[-1] + shape[-1])
+            states += k * 4 * (n // shape[-1] + shape[-1])
         else:
-            states += 4 * n
+            states += k * 4 * n
         temp = max(temp, 4 * n * (2 + (size < 4) * 2))
     return OptimizerBytes(states, temp)

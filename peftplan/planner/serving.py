@@ -153,17 +153,13 @@ def kv_bytes_per_token(spec: ModelSpec, dtype: str) -> int:
 
 def served_weight_bytes(spec: ModelSpec, terms: MemoryTerms, dtype: str) -> int:
     """The base as a server loads it: in `dtype`, or packed by bitsandbytes (the rest in `dtype`)."""
-    from peftplan.planner.weights import quantized_linear_bytes, quantized_linears
+    from peftplan.planner.weights import quantized_totals
 
     size = DTYPE_BYTES[dtype]
     if terms.quant == "none":
         return spec.total_params * size
-    packed = stored = 0
-    for lin in quantized_linears(spec):
-        data, constants = quantized_linear_bytes(lin.in_features * lin.out_features, lin.out_features, terms.quant)
-        packed += lin.in_features * lin.out_features
-        stored += data + constants
-    return stored + (spec.total_params - packed) * size
+    data, constants, packed = quantized_totals(spec, terms.quant)
+    return data + constants + (spec.total_params - packed) * size
 
 
 def _task_params(spec: ModelSpec, terms: MemoryTerms) -> int:
@@ -224,14 +220,14 @@ def vllm_slot_linears(spec: ModelSpec, terms: MemoryTerms) -> list[LinearInfo]:
             if any(lin.name in targeted for lin in members):
                 slots += members
                 seen.update(lin.name for lin in members)
-    linears = {lin.name: lin for lin in spec.linears}
+    linears = spec.linears_by_name
     slots += [linears[name] for name in sorted(targeted - seen) if name in linears]
     return slots
 
 
 def merge_seconds(spec: ModelSpec, terms: MemoryTerms, dtype: str, gpu: GpuProfile) -> float:
     """One merge (or unmerge) pass: each adapted weight read and written, and the delta's FLOPs."""
-    linears = {lin.name: lin for lin in spec.linears}
+    linears = spec.linears_by_name
     size = DTYPE_BYTES[dtype]
     seconds = 0.0
     for name, adapter in terms.linear_adapters.items():

@@ -11,8 +11,9 @@ BitFit, full) write the trainable parameters under their module names.
 from __future__ import annotations
 
 import json
+import json.encoder
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from peftplan.methods.base import Method
 from peftplan.models.spec import ModelSpec
@@ -21,11 +22,11 @@ from peftplan.replay.terms import MemoryTerms, Shape, numel
 
 PEFT_PREFIX = "base_model.model."
 _DTYPE_NAMES = {4: "F32", 2: "BF16", 1: "U8"}
+_json_string = json.encoder.encode_basestring_ascii  # what `json.dumps` writes for a str (ensure_ascii)
 DISK_GBS = 3.0  # NVMe sequential read (GB/s), for load and swap times
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple: a plan lists a thousand of them per candidate
     name: str
     shape: Shape
     itemsize: int
@@ -38,16 +39,19 @@ class Entry:
 
 def safetensors_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None) -> int:
     """Exact size of a safetensors file holding `entries` (see the module docstring)."""
+    # The header as `json.dumps(header, separators=(",", ":"))` writes it, one entry at a time with json's own
+    # string encoder (a plan sizes thousands of tensors per candidate; building the dict costs more).
     offset = 0
-    header: dict[str, object] = {}
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    for entry in sorted(entries, key=lambda e: (-e.itemsize, e.name)):
-        end = offset + entry.nbytes
-        dtype = entry.dtype or _DTYPE_NAMES[entry.itemsize]
-        header[entry.name] = {"dtype": dtype, "shape": list(entry.shape), "data_offsets": [offset, end]}
+    items = [] if metadata is None else [f'"__metadata__":{json.dumps(metadata, separators=(",", ":"))}']
+    shapes: dict[Shape, str] = {}  # adapters repeat a few shapes
+    for name, shape, itemsize, dtype in sorted(entries, key=lambda e: (-e.itemsize, e.name)):
+        end = offset + numel(shape) * itemsize
+        if shape not in shapes:
+            shapes[shape] = ",".join(map(str, shape))
+        items.append(f'{_json_string(name)}:{{"dtype":{_json_string(dtype or _DTYPE_NAMES[itemsize])},'
+                     f'"shape":[{shapes[shape]}],"data_offsets":[{offset},{end}]}}')
         offset = end
-    text = json.dumps(header, separators=(",", ":"))
+    text = "{" + ",".join(items) + "}"
     length = len(text.encode())
     length += -(8 + length) % 8  # padded with spaces so the data starts 8-byte aligned
     return 8 + length + offset

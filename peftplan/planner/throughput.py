@@ -59,7 +59,7 @@ def attention_flops(arch: Arch, seq: int, extra_kv: int = 0) -> float:
 def adapter_flops(spec: ModelSpec, terms: MemoryTerms, *, forward_only: bool = False, tokens: int = 1) -> float:
     """FLOPs per token that the method's own tensors add: training (forward and backward) or forward only;
     `tokens` per step (adapters on parameters build a whole adapted weight once per forward)."""
-    linears = {lin.name: lin for lin in spec.linears}
+    linears = spec.linears_by_name
     train = not forward_only
     total = 0.0
     for name, adapter in terms.linear_adapters.items():

@@ -53,17 +53,26 @@ def quantized_linears(spec: ModelSpec, kbit_prep: str = "peft") -> list[LinearIn
     return [lin for lin in spec.linears if lin.role != "output" or kbit_prep == "all-linear"]
 
 
+def quantized_totals(spec: ModelSpec, quant: Quant, kbit_prep: str = "peft") -> tuple[int, int, int]:
+    """(data bytes, constant bytes, parameters) of the Linears bitsandbytes stores quantized (once per spec)."""
+    def build() -> tuple[int, int, int]:
+        data = constants = packed_params = 0
+        for lin in quantized_linears(spec, kbit_prep):
+            numel = lin.in_features * lin.out_features
+            d, c = quantized_linear_bytes(numel, lin.out_features, quant)
+            data, constants, packed_params = data + d, constants + c, packed_params + numel
+        return data, constants, packed_params
+
+    return spec.memo(f"quantized_totals:{quant}:{kbit_prep}", build)
+
+
 def weight_bytes(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext) -> WeightBytes:
     """Bytes of every parameter at rest, for the method's `terms` under `ctx`."""
     dtype = DTYPE_BYTES[ctx.dtype]
     master = ctx.optimizer == "adamw-fp32"  # trainable parameters are kept in fp32
     adapter = ctx.adapter_itemsize * (terms.adapter_params + terms.frozen_adapter_params) + terms.buffer_bytes
     if terms.quant != "none":
-        data = constants = packed_params = 0
-        for lin in quantized_linears(spec, ctx.kbit_prep):
-            numel = lin.in_features * lin.out_features
-            d, c = quantized_linear_bytes(numel, lin.out_features, terms.quant)
-            data, constants, packed_params = data + d, constants + c, packed_params + numel
+        data, constants, packed_params = quantized_totals(spec, terms.quant, ctx.kbit_prep)
         rest = spec.total_params - packed_params
         if spec.tie_word_embeddings and any(lin.role == "output" for lin in quantized_linears(spec, ctx.kbit_prep)):
             # A quantized output layer gets its own packed weight; the tied embedding it shared stays.

@@ -73,8 +73,10 @@ class Poly:
 
     def at(self, batch: int, seq: int) -> int:
         """The value for batch size `batch` and sequence length `seq`."""
-        return (self.n * batch * seq + self.s2 * batch * seq * seq + self.b * batch + self.s * seq
-                + self.c + sum(k * cap.at(batch, seq) for cap, k in self.capped))
+        value = self.n * batch * seq + self.s2 * batch * seq * seq + self.b * batch + self.s * seq + self.c
+        if self.capped:  # most sizes have no capped terms; skip the generator (priced thousands of times a plan)
+            value += sum(k * cap.at(batch, seq) for cap, k in self.capped)
+        return value
 
 
 def _merge(a: tuple[tuple[Cap, int], ...], b: tuple[tuple[Cap, int], ...], sign: int) -> tuple[tuple[Cap, int], ...]:

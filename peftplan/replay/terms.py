@@ -9,8 +9,10 @@ serves; the planner calls it and never compares a method's or a kind's name.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from peftplan.replay.symbolic import Sym, const
@@ -107,7 +109,7 @@ class LinearAdapter:
     tensors: tuple[Shape, ...] = ()  # shapes of its trainable tensors (optimizers and files are per tensor)
     names: tuple[str, ...] = ()  # the key suffix of each tensor in a saved adapter file
 
-    @property
+    @cached_property  # frozen, and read for every adapter of every candidate
     def delta_params(self) -> int:
         """Trainable parameters of this adapter."""
         return sum(numel(shape) for shape in self.tensors)
@@ -214,7 +216,4 @@ class MemoryTerms:
 
 
 def numel(shape: Shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    return math.prod(shape)

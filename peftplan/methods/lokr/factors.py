@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 
+
+@lru_cache(maxsize=1024)  # a plan asks for the same few widths thousands of times
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     """Split `dimension` into two factors the way LyCORIS and peft do (the first <= the second)."""
     if factor > 0 and dimension % factor == 0:

@@ -62,17 +62,18 @@ class Lora(PeftMethod[LoraConfig]):
 
         selection = self.selection(spec, cfg)
         kind: AdapterKind = self.adapter_kind()
-        adapters = {
-            lin.name: LinearAdapter(
-                kind,
-                rank=cfg.rank,
-                dropout=cfg.dropout,
-                tensors=((cfg.rank, lin.in_features), (lin.out_features, cfg.rank))
-                + (((lin.out_features,),) if self.use_dora else ()),
-                names=("lora_A.weight", "lora_B.weight") + (("lora_magnitude_vector",) if self.use_dora else ()),
-            )
-            for lin in selection.linears
-        }
+        by_shape: dict[tuple[int, int], LinearAdapter] = {}  # one (frozen) adapter per shape, shared
+        for lin in selection.linears:
+            if (lin.in_features, lin.out_features) not in by_shape:
+                by_shape[lin.in_features, lin.out_features] = LinearAdapter(
+                    kind,
+                    rank=cfg.rank,
+                    dropout=cfg.dropout,
+                    tensors=((cfg.rank, lin.in_features), (lin.out_features, cfg.rank))
+                    + (((lin.out_features,),) if self.use_dora else ()),
+                    names=("lora_A.weight", "lora_B.weight") + (("lora_magnitude_vector",) if self.use_dora else ()),
+                )
+        adapters = {lin.name: by_shape[lin.in_features, lin.out_features] for lin in selection.linears}
         params = {}
         for target in selection.params:
             rank = cfg.rank * target.rank_factor

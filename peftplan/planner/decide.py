@@ -314,7 +314,7 @@ class Search:
     def __init__(self) -> None:
         self._steps: dict[tuple[Any, ...], StepModel] = {}
         self._terms: dict[tuple[str, str], MemoryTerms] = {}
-        self._optim: dict[tuple[int, str, bool], Any] = {}
+        self._optim: dict[tuple[int, str, bool, bool], Any] = {}
         self._units: dict[int, UnitBytes | None] = {}
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._totals: dict[tuple[int, int, int], tuple[StepModel, int]] = {}
@@ -341,9 +341,9 @@ class Search:
     def recontext(self, model: StepModel, ctx: TrainContext) -> StepModel:
         """`model` priced under `ctx`, which differs only in knobs no activation depends on."""
         if ((ctx.optimizer == "adamw-fp32") != (model.ctx.optimizer == "adamw-fp32")
-                or ctx.deepspeed != model.ctx.deepspeed):  # DeepSpeed changes the precision (TrainContext)
-            return step_model_from_terms(model.spec, model.terms, ctx)
-        key = (id(model), ctx.optimizer, ctx.optimizer_fused)
+                or (ctx.precision, ctx.adapter_dtype) != (model.ctx.precision, model.ctx.adapter_dtype)):
+            return step_model_from_terms(model.spec, model.terms, ctx)  # e.g. DeepSpeed's (TrainContext)
+        key = (id(model), ctx.optimizer, ctx.optimizer_fused, ctx.deepspeed)
         if key not in self._optim:
             tensors = trainable_tensors(model.spec, model.terms, ctx)
             if ctx.deepspeed:  # ZeRO steps fp32 partitions (memory.step_model_from_terms)

@@ -199,15 +199,19 @@ def _sdpa_math(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool, dropout: float, qk_
     if out_width == qk_width:
         probs = ops.fresh(_scores(ops, a.heads), work, grad)
     else:
-        # MLA: its backward holds the probabilities' gradient and the scores' (softmax's) beside what the
-        # block saved up to here; the MLP's saved tensors are gone by then.
         probs = Sym.fresh(_scores(ops, a.heads), work, grad)
-        if grad:
-            ops.g.backward_moment(probs.storage_bytes * 2)
     if grad:
         ops.g.save(q_scaled, k_scaled, v_work, probs)
         if dropout > 0:
             ops.g.save(ops.fresh(probs.numel, work, False), ops.fresh(probs.numel, work, grad))  # noise, dropped
+        if out_width != qk_width:
+            # MLA: the kernel's backward (`_scaled_dot_product_attention_math`, torch 2.13 aten/src/ATen/native/
+            # transformers/attention.cpp, run by autograd op by op) first does `bmm(probs, v)`'s: the probabilities'
+            # gradient and the values' (fp32, taking the place of `v_work`, whose node is done), then
+            # `_softmax_backward_data`'s, the scores' gradient, while the probabilities (saved by softmax) and the
+            # scaled q and k are still held: two fp32 S² gradients beside what the block saved up to here, this
+            # kernel's own saved tensors included; the MLP's saved tensors are gone by then.
+            ops.g.backward_moment(probs.storage_bytes * 2)
     return ops.tok(out_width, qa.itemsize, grad)
 
 

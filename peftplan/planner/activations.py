@@ -36,6 +36,7 @@ class BlockCost:
     working: tuple[Poly, ...] = ()
     backward_temp: Poly = ZERO
     backward_options: tuple[Poly, ...] = ()  # other sets of gradient temporaries (the largest counts)
+    pending: Poly = ZERO  # gradients alive through its recomputed forward (`Graph.pending_gradient`)
 
     def temporaries(self, at: Callable[[Poly], int]) -> int:
         """The gradient temporaries of its backward at the step's shape."""
@@ -44,7 +45,8 @@ class BlockCost:
     def rebuilt(self, at: Callable[[Poly], int]) -> int:
         """A checkpointed block's backward: its recomputed activations, its working tensors or its
         gradient temporaries on top."""
-        return at(self.saved) + max(max((at(w) for w in self.working), default=0), self.temporaries(at))
+        working = max((at(w) for w in self.working), default=0) + at(self.pending)
+        return at(self.saved) + max(working, self.temporaries(at))
 
 
 @dataclass(frozen=True)
@@ -634,6 +636,8 @@ class _BlockReplay:
     kept: Poly = ZERO
     backward_options: tuple[Poly, ...] = ()
     cached: Poly = ZERO  # autocast's cached casts of the block's trainable weights
+    recomputed: list[tuple[Poly, Poly]] = field(default_factory=list)  # the `live` moments its recomputation has
+    pending: Poly = ZERO  # gradients alive through its recomputation (`Graph.pending_gradient`)
 
 
 def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *,
@@ -713,7 +717,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
                                                graph.forward_live, set(graph.used_external), out.grad,
                                                out.itemsize, embeddings.storage in graph.saved,
                                                graph.largest * 2 + graph.backward_extra, graph.kept_total(),
-                                               tuple(graph.backward_totals()), block_ops.cached_casts)
+                                               tuple(graph.backward_totals()), block_ops.cached_casts,
+                                               graph.recomputed_live, graph.pending)
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
         ckpt_inputs = ckpt_inputs + x.numel * x.itemsize  # a checkpoint keeps each block's input
@@ -731,8 +736,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         if aux is not None and a.is_moe_layer(index):
             router_logits = router_logits + aux.per_layer_logits
         # In a block's backward, gradients of its largest tensors are alive together (about two).
-        costs[key] = BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.live),
-                               replay.backward_temp, replay.backward_options)
+        costs[key] = BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.recomputed),
+                               replay.backward_temp, replay.backward_options, replay.pending)
         running = running + replay.saved
         kept_blocks = kept_blocks + replay.kept
         used |= replay.used_external

@@ -341,11 +341,20 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     if down[2] is not None:  # the product's gradient beside the adapted weight's
         ops.g.backward_option(width + down[2].storage_bytes)
     weighted = ops.mul(out, weights, track=False)  # bf16 rows x fp32 weights (Mixtral, DeepSeek): fp32
-    ops.g.save(ops.tok(k, 8, False))  # the inverse permutation's index
+    ops.g.live(*alive, *biases, out, weighted)
+    # The inverse permutation's index, saved by `weighted_out[inv_perm]` before it runs: the routed part's last
+    # saved tensor, so a recomputation without shared experts ends here.
+    ops.g.save(ops.tok(k, 8, False))
+    after = bool(block.shared)
     ordered = Sym.fresh(weighted.numel, weighted.itemsize, weighted.grad)  # `weighted_out[inv_perm]`
-    ops.g.live(*alive, *biases, out, weighted, ordered)
+    ops.g.live(*alive, *biases, out, weighted, ordered, recomputed=after)
     summed = ops.tok(a.hidden, ordered.itemsize, ordered.grad)  # `.view(tokens, top_k, hidden).sum(dim=1)`
-    ops.g.live(*alive, *biases, out, ordered, summed)
+    ops.g.live(*alive, *biases, out, ordered, summed, recomputed=after)
+    if weighted.grad and not block.shared:
+        # Nothing after the routed rows in the block: its backward starts with the cast's, the sum's (an expanded
+        # view) and the view's (`clone`, rows x hidden), none of which reads a saved tensor; the gather's
+        # backward reads the inverse permutation, and that read starts a checkpointed block's recomputation.
+        ops.g.pending_gradient(weighted.storage_bytes)
     if weighted.grad:
         # The first backward of the routed rows, once the shared experts' (run after them) have freed what they
         # saved: the view's backward copies the summed gradient, expanded over top_k, into (rows, hidden)

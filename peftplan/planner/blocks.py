@@ -171,13 +171,20 @@ def _eager_sinks(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool) -> Sym:
         ops.g.save(qa, ka)  # torch.matmul(query, key_states.transpose(2, 3))
     scores = _scores(ops, a.heads)
     with_sinks = scores + r.tok(a.heads)  # one more column: the sink
-    ops.fresh(scores, low, grad)  # the product; `* scaling` and `+ attention_mask` make two more like it
-    ops.fresh(with_sinks, low, grad)  # the concatenation; `- max` makes one more like it
+    # The S² tensors are not the block's "largest": their backward is priced below, op by op.
+    Sym.fresh(scores, low, grad)  # the product; `* scaling` and `+ attention_mask` make two more like it
+    Sym.fresh(with_sinks, low, grad)  # the concatenation; `- max` makes one more like it
     if grad:
         ops.g.save(ops.tok(a.heads, 8, False))  # combined_logits.max(dim=-1): its indices
-    probs = ops.fresh(with_sinks, low, grad)  # F.softmax(..., dtype=combined_logits.dtype): saves its output
+    probs = Sym.fresh(with_sinks, low, grad)  # F.softmax(..., dtype=combined_logits.dtype): saves its output
     if grad:
         ops.g.save(probs)
+        # Backward, beside what the block saved up to here (the MLP's saved tensors are freed by then): the value
+        # matmul's gradient of the probabilities (S x S_kv), the slice's (`probs[..., :-1]`: a zero-filled
+        # S x (S_kv + 1) copy), softmax's (`_softmax_backward_data`) while that one and the saved probabilities
+        # are alive, then `max`'s (`value_selecting_reduction_backward`: a zero-filled scatter of that size)
+        # and its sum with softmax's (`cat`'s input gradient). Two full-width gradients at every step.
+        ops.g.backward_moment(probs.storage_bytes * 2)
     probs = ops.dropout(probs.view(scores), a.attn_dropout)
     va = ops.autocast_in(v)
     if grad:

@@ -103,6 +103,9 @@ class ActivationProfile:
     # Autocast caches its low-precision copy of each trainable leaf weight until the forward ends; the blocks'
     # matmuls save those copies, so only with checkpointed blocks are they extra at the end of the forward.
     ckpt_cast_cache: Poly = ZERO
+    # The eager attention's masks, held by every checkpointed block until the first block's backward (with
+    # checkpointing; part of `forward_extra` too).
+    ckpt_masks: Poly = ZERO
 
 
 def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Arch | None = None) -> Replay:
@@ -674,6 +677,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         table = ops.r.tok(width) if a.rope_per_example else ops.r.pos(width)
         rope = (ops.fresh(table, x.itemsize, False), ops.fresh(table, x.itemsize, False))
     mask: Sym | None = None
+    ckpt_masks = ZERO
     if r.prefix:
         # The (B, 1, S, P + S) mask: float for eager attention, bool for SDPA (which converts it per
         # layer; see `blocks.attention`). Alive until the forward returns.
@@ -683,6 +687,11 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         # The 4-D causal masks, one per kind of layer (gpt-oss: full and sliding-window; `GptOssModel.forward`
         # builds both, modeling_gpt_oss.py:456-466), in the embeddings' dtype.
         main.forward_live = main.forward_live + Poly(s2=1) * (x.itemsize * a.attn_masks)
+        if ctx.model_code == "transformers":
+            # Each block gets its mask as the `attention_mask` keyword, which a checkpointed block keeps bound in
+            # `partial(forward, self, **kwargs)` (transformers 5.23 modeling_layers.py:120, `GradientCheckpointingLayer`)
+            # until its recomputation: alive until the first block's backward.
+            ckpt_masks = Poly(s2=1) * (x.itemsize * a.attn_masks)
     shared = frozenset(t.storage for t in (*(rope or ()), mask) if t is not None)
     shared_syms = {t.storage: t for t in (*(rope or ()), mask) if t is not None}
 
@@ -792,7 +801,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
                 ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs,
                 ckpt_kept_inputs=ckpt_kept, head_forward=loss.head_forward,
                 loss_forward_moments=loss_forward, loss_backward_moments=loss.backward_moments,
-                ckpt_cast_cache=cast_cache),
+                ckpt_cast_cache=cast_cache, ckpt_masks=ckpt_masks),
             fixed)
     return ActivationProfile(
         saved=saved,
@@ -818,4 +827,5 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         loss_forward_moments=loss_forward,
         loss_backward_moments=loss.backward_moments,
         ckpt_cast_cache=cast_cache,
+        ckpt_masks=ckpt_masks,
     )

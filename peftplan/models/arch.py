@@ -43,7 +43,7 @@ _FP32_ROUTER_TYPES = frozenset({"deepseek_v2"})
 # Routers that cast the normalised top-k weights back to the logits' dtype (`router_top_value =
 # router_top_value.to(router_logits.dtype)`, e.g. `Qwen3MoeTopKRouter.forward`, models/qwen3_moe/modeling_qwen3_moe.py:264
 # in transformers 5.23): the experts' rows are weighted in that dtype, not in fp32 (Mixtral, DeepSeek-V2).
-_LOW_WEIGHTS_TYPES = frozenset({
+LOW_WEIGHTS_TYPES = frozenset({
     "flex_olmo", "mellum", "olmoe", "qwen2_moe", "qwen3_5_moe", "qwen3_moe", "qwen3_next", "qwen3_omni_moe",
     "qwen3_vl_moe", "qwen4_exp",
 })
@@ -249,7 +249,7 @@ def arch_of(spec: ModelSpec) -> Arch:
         mla=_latent_attention(cfg, block),
         moe_topk_then_softmax=bool(moe_experts) and model_type in _TOPK_THEN_SOFTMAX_TYPES,
         moe_router_fp32=bool(moe_experts) and model_type in _FP32_ROUTER_TYPES,
-        moe_low_weights=bool(moe_experts) and model_type in _LOW_WEIGHTS_TYPES,
+        moe_low_weights=bool(moe_experts) and model_type in LOW_WEIGHTS_TYPES,
         moe_expert_bias=bool(moe_experts) and any(name.endswith("_bias") for name in block_experts(spec)),
         moe_clamped_gate=bool(moe_experts) and model_type in _CLAMPED_GATE_TYPES,
     )

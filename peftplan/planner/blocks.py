@@ -314,7 +314,7 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
         ops.g.save(ops.fresh(logits.numel, 4, logits.grad))  # softmax's fp32 output
         top = ops.tok(k, 4, logits.grad)  # routing weights, normalised in place
         if a.moe_low_weights:
-            top = ops.cast(top, logits.itemsize)  # `.to(router_logits.dtype)` (`arch._LOW_WEIGHTS_TYPES`)
+            top = ops.cast(top, logits.itemsize)  # `.to(router_logits.dtype)` (`arch.LOW_WEIGHTS_TYPES`)
     # Experts: sort the (token, expert) pairs, gather the rows, weights per row.
     ops.g.save(ops.tok(2 * k, 8, False))  # the gather's and the weights' indices (perm // k, perm)
     rows = ops.tok(a.hidden * k, h.itemsize, h.grad)  # `selected_hidden_states_g`: alive until the function returns

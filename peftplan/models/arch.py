@@ -40,6 +40,13 @@ _CLAMPED_GATE_TYPES = frozenset({"gpt_oss"})
 # DeepSeek-V2's router casts its input and weight to fp32 before `F.linear` (`DeepseekV2TopkRouter.forward`,
 # models/deepseek_v2/modeling_deepseek_v2.py:99); autocast runs the linear in the low dtype anyway.
 _FP32_ROUTER_TYPES = frozenset({"deepseek_v2"})
+# Routers that cast the normalised top-k weights back to the logits' dtype (`router_top_value =
+# router_top_value.to(router_logits.dtype)`, e.g. `Qwen3MoeTopKRouter.forward`, models/qwen3_moe/modeling_qwen3_moe.py:264
+# in transformers 5.23): the experts' rows are weighted in that dtype, not in fp32 (Mixtral, DeepSeek-V2).
+LOW_WEIGHTS_TYPES = frozenset({
+    "flex_olmo", "mellum", "olmoe", "qwen2_moe", "qwen3_5_moe", "qwen3_moe", "qwen3_next", "qwen3_omni_moe",
+    "qwen3_vl_moe", "qwen4_exp",
+})
 _ENCODERS = {"bert", "roberta", "deberta", "deberta-v2", "xlm-roberta", "electra", "distilbert"}
 
 
@@ -126,6 +133,7 @@ class Arch:
     # MoE routing and experts beyond Mixtral's:
     moe_topk_then_softmax: bool = False  # softmax over the top-k logits only, in their dtype (gpt-oss)
     moe_router_fp32: bool = False  # the router's input and weight are cast to fp32 first (DeepSeek-V2)
+    moe_low_weights: bool = False  # the routing weights are cast to the router logits' dtype (Qwen3-MoE)
     moe_expert_bias: bool = False  # the fused experts add per-expert biases (gpt-oss)
     moe_clamped_gate: bool = False  # gpt-oss's clamped `gate * sigmoid(alpha * gate) * (up + 1)`
 
@@ -245,6 +253,7 @@ def _read_arch(spec: ModelSpec) -> Arch:
         mla=_latent_attention(cfg, block),
         moe_topk_then_softmax=bool(moe_experts) and model_type in _TOPK_THEN_SOFTMAX_TYPES,
         moe_router_fp32=bool(moe_experts) and model_type in _FP32_ROUTER_TYPES,
+        moe_low_weights=bool(moe_experts) and model_type in LOW_WEIGHTS_TYPES,
         moe_expert_bias=bool(moe_experts) and any(name.endswith("_bias") for name in block_experts(spec)),
         moe_clamped_gate=bool(moe_experts) and model_type in _CLAMPED_GATE_TYPES,
     )

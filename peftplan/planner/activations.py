@@ -36,6 +36,7 @@ class BlockCost:
     working: tuple[Poly, ...] = ()
     backward_temp: Poly = ZERO
     backward_options: tuple[Poly, ...] = ()  # other sets of gradient temporaries (the largest counts)
+    pending: Poly = ZERO  # gradients alive through its recomputed forward (`Graph.pending_gradient`)
 
     def temporaries(self, at: Callable[[Poly], int]) -> int:
         """The gradient temporaries of its backward at the step's shape."""
@@ -44,7 +45,8 @@ class BlockCost:
     def rebuilt(self, at: Callable[[Poly], int]) -> int:
         """A checkpointed block's backward: its recomputed activations, its working tensors or its
         gradient temporaries on top."""
-        return at(self.saved) + max(max((at(w) for w in self.working), default=0), self.temporaries(at))
+        working = max((at(w) for w in self.working), default=0) + at(self.pending)
+        return at(self.saved) + max(working, self.temporaries(at))
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class ActivationProfile:
     # Autocast caches its low-precision copy of each trainable leaf weight until the forward ends; the blocks'
     # matmuls save those copies, so only with checkpointed blocks are they extra at the end of the forward.
     ckpt_cast_cache: Poly = ZERO
+    # The eager attention's masks, held by every checkpointed block until the first block's backward (with
+    # checkpointing; part of `forward_extra` too).
+    ckpt_masks: Poly = ZERO
 
 
 def make_replay(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, arch: Arch | None = None) -> Replay:
@@ -650,6 +655,8 @@ class _BlockReplay:
     kept: Poly = ZERO
     backward_options: tuple[Poly, ...] = ()
     cached: Poly = ZERO  # autocast's cached casts of the block's trainable weights
+    recomputed: list[tuple[Poly, Poly]] = field(default_factory=list)  # the `live` moments its recomputation has
+    pending: Poly = ZERO  # gradients alive through its recomputation (`Graph.pending_gradient`)
 
 
 def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *,
@@ -686,6 +693,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         table = ops.r.tok(width) if a.rope_per_example else ops.r.pos(width)
         rope = (ops.fresh(table, x.itemsize, False), ops.fresh(table, x.itemsize, False))
     mask: Sym | None = None
+    ckpt_masks = ZERO
     if r.prefix:
         # The (B, 1, S, P + S) mask: float for eager attention, bool for SDPA (which converts it per
         # layer; see `blocks.attention`). Alive until the forward returns.
@@ -695,6 +703,11 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         # The 4-D causal masks, one per kind of layer (gpt-oss: full and sliding-window; `GptOssModel.forward`
         # builds both, modeling_gpt_oss.py:456-466), in the embeddings' dtype.
         main.forward_live = main.forward_live + Poly(s2=1) * (x.itemsize * a.attn_masks)
+        if ctx.model_code == "transformers":
+            # Each block gets its mask as the `attention_mask` keyword, which a checkpointed block keeps bound in
+            # `partial(forward, self, **kwargs)` (transformers 5.23 modeling_layers.py:120, `GradientCheckpointingLayer`)
+            # until its recomputation: alive until the first block's backward.
+            ckpt_masks = Poly(s2=1) * (x.itemsize * a.attn_masks)
     shared = frozenset(t.storage for t in (*(rope or ()), mask) if t is not None)
     shared_syms = {t.storage: t for t in (*(rope or ()), mask) if t is not None}
 
@@ -726,7 +739,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
                                         graph.forward_live, set(graph.used_external), out.grad,
                                         out.itemsize, embeddings.storage in graph.saved,
                                         graph.largest * 2 + graph.backward_extra, graph.kept_total(),
-                                        tuple(graph.backward_totals()), block_ops.cached_casts))
+                                        tuple(graph.backward_totals()), block_ops.cached_casts,
+                                        graph.recomputed_live, graph.pending))
         replay = replays[kind]
         if index == 0 and replay.keeps_input:
             embeddings_held = ZERO
@@ -746,8 +760,8 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
     router = aux.per_layer_logits if aux is not None else ZERO  # the router logits the auxiliary loss holds
     recompute_moments = [m for replay in replays for m in replay.moments]  # transient, block-local totals
     # In a block's backward, gradients of its largest tensors are alive together (about two).
-    costs = tuple(BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.live),
-                            replay.backward_temp, replay.backward_options) for replay in replays)
+    costs = tuple(BlockCost(replay.saved, tuple(unsaved - replay.saved for unsaved, _ in replay.recomputed),
+                            replay.backward_temp, replay.backward_options, replay.pending) for replay in replays)
     used = set().union(*(replay.used_external for replay in replays))
     for storage in used:
         main.save(shared_syms[storage])
@@ -807,7 +821,7 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
                 ckpt_later_inputs=ckpt_inputs - first_input, blocks_saved=saved_blocks, ckpt_inputs=ckpt_inputs,
                 ckpt_kept_inputs=ckpt_kept, head_forward=loss.head_forward,
                 loss_forward_moments=loss_forward, loss_backward_moments=loss.backward_moments,
-                ckpt_cast_cache=cast_cache),
+                ckpt_cast_cache=cast_cache, ckpt_masks=ckpt_masks),
             fixed)
     return ActivationProfile(
         saved=saved,
@@ -833,4 +847,5 @@ def activation_profile(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, *
         loss_forward_moments=loss_forward,
         loss_backward_moments=loss.backward_moments,
         ckpt_cast_cache=cast_cache,
+        ckpt_masks=ckpt_masks,
     )

@@ -171,13 +171,20 @@ def _eager_sinks(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool) -> Sym:
         ops.g.save(qa, ka)  # torch.matmul(query, key_states.transpose(2, 3))
     scores = _scores(ops, a.heads)
     with_sinks = scores + r.tok(a.heads)  # one more column: the sink
-    ops.fresh(scores, low, grad)  # the product; `* scaling` and `+ attention_mask` make two more like it
-    ops.fresh(with_sinks, low, grad)  # the concatenation; `- max` makes one more like it
+    # The S² tensors are not the block's "largest": their backward is priced below, op by op.
+    Sym.fresh(scores, low, grad)  # the product; `* scaling` and `+ attention_mask` make two more like it
+    Sym.fresh(with_sinks, low, grad)  # the concatenation; `- max` makes one more like it
     if grad:
         ops.g.save(ops.tok(a.heads, 8, False))  # combined_logits.max(dim=-1): its indices
-    probs = ops.fresh(with_sinks, low, grad)  # F.softmax(..., dtype=combined_logits.dtype): saves its output
+    probs = Sym.fresh(with_sinks, low, grad)  # F.softmax(..., dtype=combined_logits.dtype): saves its output
     if grad:
         ops.g.save(probs)
+        # Backward, beside what the block saved up to here (the MLP's saved tensors are freed by then): the value
+        # matmul's gradient of the probabilities (S x S_kv), the slice's (`probs[..., :-1]`: a zero-filled
+        # S x (S_kv + 1) copy), softmax's (`_softmax_backward_data`) while that one and the saved probabilities
+        # are alive, then `max`'s (`value_selecting_reduction_backward`: a zero-filled scatter of that size)
+        # and its sum with softmax's (`cat`'s input gradient). Two full-width gradients at every step.
+        ops.g.backward_moment(probs.storage_bytes * 2)
     probs = ops.dropout(probs.view(scores), a.attn_dropout)
     va = ops.autocast_in(v)
     if grad:
@@ -199,15 +206,19 @@ def _sdpa_math(ops: Ops, q: Sym, k: Sym, v: Sym, grad: bool, dropout: float, qk_
     if out_width == qk_width:
         probs = ops.fresh(_scores(ops, a.heads), work, grad)
     else:
-        # MLA: its backward holds the probabilities' gradient and the scores' (softmax's) beside what the
-        # block saved up to here; the MLP's saved tensors are gone by then.
         probs = Sym.fresh(_scores(ops, a.heads), work, grad)
-        if grad:
-            ops.g.backward_moment(probs.storage_bytes * 2)
     if grad:
         ops.g.save(q_scaled, k_scaled, v_work, probs)
         if dropout > 0:
             ops.g.save(ops.fresh(probs.numel, work, False), ops.fresh(probs.numel, work, grad))  # noise, dropped
+        if out_width != qk_width:
+            # MLA: the kernel's backward (`_scaled_dot_product_attention_math`, torch 2.13 aten/src/ATen/native/
+            # transformers/attention.cpp, run by autograd op by op) first does `bmm(probs, v)`'s: the probabilities'
+            # gradient and the values' (fp32, taking the place of `v_work`, whose node is done), then
+            # `_softmax_backward_data`'s, the scores' gradient, while the probabilities (saved by softmax) and the
+            # scaled q and k are still held: two fp32 S² gradients beside what the block saved up to here, this
+            # kernel's own saved tensors included; the MLP's saved tensors are gone by then.
+            ops.g.backward_moment(probs.storage_bytes * 2)
     return ops.tok(out_width, qa.itemsize, grad)
 
 
@@ -302,34 +313,63 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     else:
         ops.g.save(ops.fresh(logits.numel, 4, logits.grad))  # softmax's fp32 output
         top = ops.tok(k, 4, logits.grad)  # routing weights, normalised in place
+        if a.moe_low_weights:
+            top = ops.cast(top, logits.itemsize)  # `.to(router_logits.dtype)` (`arch.LOW_WEIGHTS_TYPES`)
     # Experts: sort the (token, expert) pairs, gather the rows, weights per row.
     ops.g.save(ops.tok(2 * k, 8, False))  # the gather's and the weights' indices (perm // k, perm)
-    rows = ops.tok(a.hidden * k, h.itemsize, h.grad)
+    rows = ops.tok(a.hidden * k, h.itemsize, h.grad)  # `selected_hidden_states_g`: alive until the function returns
     weights = ops.tok(k, top.itemsize, top.grad)
+    alive = (*held, *ops.held, h, rows)
     gate_up = _expert_weight(ops, _leaf(block.experts, "gate_up_proj"), 0)
     # Its backward holds three gradients of the expert width at once (the product's, the activation's and
     # up's) while the activation's output is still saved; gate_up's output gradient comes once those and
     # the output itself are freed, beside the adapted weight's gradient. Not two of gate_up's output.
-    # gpt-oss's biases (`_grouped_linear`, integrations/moe.py:417-419, gathered per row at :480 and :508) are
-    # added in place to the product: a gathered (rows, width) temporary each, nothing saved.
     proj = _grouped(ops, rows, gate_up, 2 * a.intermediate * k, track=False)
+    # gpt-oss's biases are gathered per row (`selected_biases = ..._bias[expert_ids_g]`, integrations/moe.py:480
+    # and :508) and added in place to the product (`_grouped_linear`, :417-419): nothing saved, but the gate_up
+    # one stays referenced through the gate until the down one replaces it.
+    bias_size = r.param_itemsize(r.trains_all)
+    gate_up_bias = Sym.fresh(proj.numel, bias_size, False) if a.moe_expert_bias else None
     width = r.tok(a.intermediate * k) * proj.itemsize
     ops.g.backward_option(width * 3)
     if a.moe_clamped_gate:
-        mixed = _clamped_gate(ops, proj, r.tok(a.intermediate * k))
+        mixed, gate_temps = _clamped_gate(ops, proj, r.tok(a.intermediate * k))
     else:
         gate = proj.view(r.tok(a.intermediate * k))
-        mixed = ops.mul(ops.act(gate, a.act), gate)
+        mixed, gate_temps = ops.mul(ops.act(gate, a.act), gate), ()
+    biases = (gate_up_bias,) if gate_up_bias is not None else ()
+    ops.g.live(*alive, proj, *biases, *gate_temps, mixed)  # the gate's last product
+    if a.moe_expert_bias:
+        # The down bias's gather, before the gate_up one is dropped.
+        biases = (Sym.fresh(r.tok(a.hidden * k), bias_size, False),)
+        ops.g.live(*alive, mixed, *(b for b in (gate_up_bias, *biases) if b is not None))
     down = _expert_weight(ops, _leaf(block.experts, "down_proj"), 0)
-    out = _grouped(ops, mixed, down, a.hidden * k)
+    out = _grouped(ops, mixed, down, a.hidden * k)  # `proj_out`: alive until the function returns
     if down[2] is not None:  # the product's gradient beside the adapted weight's
         ops.g.backward_option(width + down[2].storage_bytes)
-    weighted = ops.mul(out, weights)  # bf16 rows x fp32 weights: fp32
-    ops.g.save(ops.tok(k, 8, False))  # the inverse permutation's index
-    ops.g.live(*ops.held, h, proj, mixed, out, weighted)
-    ordered = ops.fresh(weighted.numel, weighted.itemsize, weighted.grad)
-    summed = ops.tok(a.hidden, ordered.itemsize, ordered.grad)
-    del ordered
+    weighted = ops.mul(out, weights, track=False)  # bf16 rows x fp32 weights (Mixtral, DeepSeek): fp32
+    ops.g.live(*alive, *biases, out, weighted)
+    # The inverse permutation's index, saved by `weighted_out[inv_perm]` before it runs: the routed part's last
+    # saved tensor, so a recomputation without shared experts ends here.
+    ops.g.save(ops.tok(k, 8, False))
+    after = bool(block.shared)
+    ordered = Sym.fresh(weighted.numel, weighted.itemsize, weighted.grad)  # `weighted_out[inv_perm]`
+    ops.g.live(*alive, *biases, out, weighted, ordered, recomputed=after)
+    summed = ops.tok(a.hidden, ordered.itemsize, ordered.grad)  # `.view(tokens, top_k, hidden).sum(dim=1)`
+    ops.g.live(*alive, *biases, out, ordered, summed, recomputed=after)
+    if weighted.grad and not block.shared:
+        # Nothing after the routed rows in the block: its backward starts with the cast's, the sum's (an expanded
+        # view) and the view's (`clone`, rows x hidden), none of which reads a saved tensor; the gather's
+        # backward reads the inverse permutation, and that read starts a checkpointed block's recomputation.
+        ops.g.pending_gradient(weighted.storage_bytes)
+    if weighted.grad:
+        # The first backward of the routed rows, once the shared experts' (run after them) have freed what they
+        # saved: the view's backward copies the summed gradient, expanded over top_k, into (rows, hidden)
+        # (`clone`); the gather's (`index_backward`, torch 2.13 tools/autograd/derivatives.yaml `index.Tensor`)
+        # makes `new_zeros` of that size and, under a dispatch mode as in the trace, an out-of-place `index_put`;
+        # then the product's backward holds that gradient, its product with the weights (the rows' gradient)
+        # and with the rows (the weights', before the sum over hidden). Three such tensors either way.
+        ops.g.backward_moment(weighted.storage_bytes * 3)
     routed = ops.cast(summed, h.itemsize)
     if not block.shared:
         return routed
@@ -341,17 +381,18 @@ def _moe(ops: Ops, h: Sym, block: BlockLinears, held: tuple[Sym, ...] = ()) -> S
     return ops.add(routed, shared)
 
 
-def _clamped_gate(ops: Ops, proj: Sym, half: Poly) -> Sym:
+def _clamped_gate(ops: Ops, proj: Sym, half: Poly) -> tuple[Sym, tuple[Sym, ...]]:
     """gpt-oss's `GptOssExperts._apply_gate` (modeling_gpt_oss.py:81-87) on the interleaved gate/up product:
     both clamps save their input (the product), sigmoid its output, and the two products their operands:
-    the product, the clamped gate, the sigmoid, the glu and `up + 1`, each (rows, I) but the product."""
+    the product, the clamped gate, the sigmoid, the glu and `up + 1`, each (rows, I) but the product.
+    Returns the output and what else is alive when it is made (the clamped up, saved by nothing)."""
     if proj.grad:
         ops.g.save(proj)  # gate.clamp(max=limit) and up.clamp(-limit, limit) read the views of it
     gate = ops.fresh(half, proj.itemsize, proj.grad)
     up = ops.fresh(half, proj.itemsize, proj.grad)
     sig = ops.act(ops.pointwise(gate), "sigmoid")  # torch.sigmoid(gate * alpha)
     glu = ops.mul(gate, sig)
-    return ops.mul(ops.pointwise(up), glu)  # (up + 1) * glu
+    return ops.mul(ops.pointwise(up), glu), (up,)  # (up + 1) * glu
 
 
 def _leaf(names: tuple[str, ...], leaf: str) -> str | None:

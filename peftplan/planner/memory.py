@@ -217,8 +217,10 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
     # backward, and when the loop keeps the step's logits (litgpt), beside the next step's forward with them.
     kept = at(act.ckpt_kept_inputs if ctx.grad_checkpointing else act.kept_inputs)
     previous = kept + held if (ctx.keep_logits and kept) else 0
+    masks = 0
     if ctx.grad_checkpointing:
-        saved = at(act.ckpt_saved)
+        masks = at(act.ckpt_masks)  # held by the checkpoints until the first block's backward
+        saved = at(act.ckpt_saved) + masks
         offloaded = at(act.ckpt_inputs) if (ctx.ckpt_offload or ctx.offload_activations) else 0
         one_input = at(act.ckpt_inputs) - at(act.ckpt_later_inputs)  # one block's input
         saved -= offloaded
@@ -256,7 +258,7 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
     # With checkpointed blocks, autocast's cached weight copies are alive until the forward ends, unsaved
     # (none without autocast: pure precision, DeepSpeed).
     cached = at(act.ckpt_cast_cache) if ctx.grad_checkpointing else 0
-    forward_end = saved + at(act.forward_extra) + cached
+    forward_end = saved + at(act.forward_extra) + cached - masks  # `forward_extra` has the masks
     # A tied matrix's two gradients (output layer, then embedding) are summed by autograd before its
     # post-accumulate hook steps it, so the spike stays with the optimizer in backward.
     end_grads = (m.largest_gradient if in_bwd else m.gradients) + m.tied_spike
@@ -274,7 +276,8 @@ def _moments(m: StepModel, batch: int, seq: int) -> list[_Moment]:
         _Moment("head-fwd", saved + previous + cached, at(act.head_forward), 0, 0),  # the output layer's last matmul
     ]
     # A loss whose peak moves with the shape (TRL's chunks): each candidate moment of its forward and backward.
-    moments += [_Moment("loss", saved + cached + at(extra), logits_saved, 0, 0) for extra in act.loss_forward_moments]
+    moments += [_Moment("loss", saved + cached + at(extra) - masks, logits_saved, 0, 0)
+                for extra in act.loss_forward_moments]
     moments += [_Moment("loss-bwd", saved, logits_saved + at(extra), early, 0) for extra in act.loss_backward_moments]
     if not in_bwd:
         graph = kept if ctx.keep_logits else 0  # a trainer drops the loss (and the graph) before its step

@@ -181,13 +181,15 @@ class Ops:
         itemsize = self.r.low if self.r.low is not None else promote(x.itemsize, w.itemsize)
         return self.tok(out_width, itemsize, x.grad or w.grad)
 
-    def mul(self, a: Sym, b: Sym) -> Sym:
-        """Elementwise product of two activations."""
+    def mul(self, a: Sym, b: Sym, *, track: bool = True) -> Sym:
+        """Elementwise product of two activations. `track` False: its size does not set the block's backward
+        temporaries (the caller prices its backward with `Graph.backward_moment`)."""
         if a.grad:
             self.g.save(b)
         if b.grad:
             self.g.save(a)
-        return self.fresh(a.numel, promote(a.itemsize, b.itemsize), a.grad or b.grad)
+        out = Sym.fresh(a.numel, promote(a.itemsize, b.itemsize), a.grad or b.grad)
+        return self.g.created(out) if track else out
 
     def mul_param(self, x: Sym, w: Weight) -> Sym:
         """Elementwise product with a parameter vector (norm weight, IA3 or VeRA scale)."""

@@ -156,11 +156,13 @@ class Graph:
         self.external = external  # storages owned by an enclosing graph (shared rope tables, masks)
         self.used_external: set[int] = set()
         self.live_moments: list[tuple[Poly, Poly]] = []
+        self.recomputed_live: list[tuple[Poly, Poly]] = []  # those a checkpointed block's recomputation reaches
         self.largest = ZERO  # the largest tensor created (its gradient is a backward temporary)
         self.backward_extra = ZERO  # the largest temporaries one module's backward needs on its own
         self.kept: dict[int, Poly] = {}  # saved storages backward never releases (see `keep`)
         self.backward_options: list[Poly] = []  # whole sets of backward temporaries (see `backward_option`)
         self._backward_moments: list[tuple[Poly, Poly]] = []  # (temporaries, saved so far): `backward_moment`
+        self.pending = ZERO  # gradients alive through a checkpointed block's recomputation (see `pending_gradient`)
 
     def save(self, *tensors: Sym | None) -> None:
         for t in tensors:
@@ -189,8 +191,11 @@ class Graph:
         """Record a moment when `extra` bytes beyond the saved set are alive."""
         self.moments.append(self.total() + extra)
 
-    def live(self, *tensors: Sym) -> None:
-        """Record a moment when `tensors` are alive: (saved so far + those not saved, all of them)."""
+    def live(self, *tensors: Sym, recomputed: bool = True) -> None:
+        """Record a moment when `tensors` are alive: (saved so far + those not saved, all of them).
+        `recomputed` False: a moment after the block's last saved tensor, which a checkpointed block's
+        recomputation never reaches (it stops once that tensor is saved again: torch 2.13
+        torch/utils/checkpoint.py, non-reentrant early stop, on by default)."""
         unsaved = ZERO
         everything = ZERO
         seen: set[int] = set()
@@ -202,6 +207,8 @@ class Graph:
             if t.storage not in self.saved:
                 unsaved = unsaved + t.storage_bytes
         self.live_moments.append((self.total() + unsaved, everything))
+        if recomputed:
+            self.recomputed_live.append(self.live_moments[-1])
 
     def created(self, t: Sym) -> Sym:
         """Note a new tensor (keeps `largest` current); returns it."""
@@ -223,6 +230,11 @@ class Graph:
         """Gradient temporaries of the module replayed now, alive at its backward. That runs after the later
         modules' backward has released what they saved, so only what is saved so far is alive beside them."""
         self._backward_moments.append((temporaries, self.total()))
+
+    def pending_gradient(self, extra: Poly) -> None:
+        """A gradient the block's backward makes before it first reads a saved tensor: with checkpointing, the
+        recomputation starts at that read, so the gradient is alive through the whole recomputed forward."""
+        self.pending = self.pending + extra
 
     def backward_totals(self) -> list[Poly]:
         """The backward options, with each `backward_moment` expressed as one (on top of the whole saved set,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from peftplan.models.arch import NO_SDPA_TYPES, arch_of
+from peftplan.models.arch import LOW_WEIGHTS_TYPES, NO_SDPA_TYPES, arch_of
 from peftplan.models.catalog import catalog_config_dict
 from tests.planner.calibration.test_matrix_moe import TINY
 
@@ -47,3 +47,18 @@ def test_deepseek_v2_facts(tmp_path: Path) -> None:
     assert a.mla is not None
     assert (a.mla.q_lora_rank, a.mla.kv_lora_rank, a.mla.qk_head, a.mla.v_head) == (0, 64, 48, 32)
     assert a.moe_router_fp32 and not (a.moe_topk_then_softmax or a.moe_expert_bias or a.moe_clamped_gate)
+
+
+@pytest.mark.parametrize("model_type", sorted(LOW_WEIGHTS_TYPES) + ["mixtral", "deepseek_v2", "gpt_oss"])
+def test_low_precision_routing_weights_match_transformers(model_type: str) -> None:
+    """The routers that cast the top-k weights back to the logits' dtype, read from the installed modelling code."""
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    source = Path(str(module.__file__)).read_text()
+    assert ("router_top_value = router_top_value.to(router_logits.dtype)" in source) is (
+        model_type in LOW_WEIGHTS_TYPES)
+
+
+def test_routing_weights_dtype(tmp_path: Path) -> None:
+    for name, low in (("qwen3-moe", True), ("mixtral", False)):
+        (tmp_path / name).mkdir()
+        assert _arch(name, tmp_path / name).moe_low_weights is low

@@ -154,7 +154,8 @@ _TT_FLAGS = replace(_TT_README, model="meta-llama/Llama-3.2-3B", method="full", 
 _TT_TUTORIAL = Recipe(
     source="torchtune tutorials", model="meta-llama/Llama-2-7b-hf", method="lora", stack="torchtune",
     seq_len=1304, batch_size=2, compare="reserved", unit="GB", grad_checkpointing=True,
-    config={"rank": 8, "alpha": 16, "dropout": 0.05, "targets": QV}, knobs={"loss": "full", "loss_fp32": False},
+    config={"rank": 8, "alpha": 16, "dropout": 0.05, "targets": QV},
+    knobs={"loss": "full", "loss_fp32": False, "optimizer_fused": False},  # `fused: True` came in cca50f02e, 2024-09
     seq_note="alpaca_cleaned unpacked, max_seq_len null: the longest sample; proxy 1304 (litgpt's "
              "longest Alpaca sample, Llama 2 tokenizer)",
 )

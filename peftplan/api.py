@@ -165,7 +165,7 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
                   optimizer: str | None, dtype: str, attn: str, gpus: int, shard: str, cpu_offload: bool,
                   device: str) -> Any:
     """The TrainContext of a stack with the user's knob overrides (None: the stack's default)."""
-    from peftplan.planner.context import TrainContext
+    from peftplan.planner.context import DEEPSPEED_KNOBS, DEEPSPEED_SHARDS, TrainContext, deepspeed_overrides
     from peftplan.planner.stacks import KNOB_NAMES, get_stack, resolve_knobs
 
     overrides = dict(knobs)
@@ -176,9 +176,9 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
     if cpu_offload and shard == "none":
         raise BadInputError("--cpu-offload needs --shard fsdp, zero2 or zero3")
     pinned = {name for name, value in overrides.items() if value is not None}
-    if gpus > 1 and shard in ("zero2", "zero3"):
-        for name, engine in (("precision", "pure"), ("adapter_dtype", "dtype")):
-            if name in pinned and overrides[name] != engine:
+    if shard in DEEPSPEED_SHARDS:
+        for name, engine in DEEPSPEED_KNOBS.items():
+            if name in pinned and deepspeed_overrides(name, overrides[name]):
                 raise BadInputError(f"--{name.replace('_', '-')} {overrides[name]} does not apply under --shard {shard}: "
                                     f"DeepSpeed's engine casts the model and its adapters to --dtype and runs "
                                     f"without autocast ({name} {engine})")

@@ -13,6 +13,15 @@ Shard = Literal["none", "fsdp", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
+DEEPSPEED_SHARDS = ("zero2", "zero3")
+# What DeepSpeed's engine runs whatever the stack's default (see `TrainContext.__post_init__`).
+DEEPSPEED_KNOBS: dict[str, str] = {"precision": "pure", "adapter_dtype": "dtype", "kbit_prep": "none"}
+
+
+def deepspeed_overrides(name: str, value: object) -> bool:
+    """Whether DeepSpeed's engine undoes knob `name` set to `value` (only peft's fp32 upcast among k-bit preps)."""
+    engine = DEEPSPEED_KNOBS.get(name)
+    return engine is not None and value != engine and (name != "kbit_prep" or value == "peft")
 INDEX_BYTES = 8  # int64: token ids, labels, index tensors
 
 
@@ -73,13 +82,15 @@ class TrainContext:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.deepspeed:
-            # DeepSpeed's bf16/fp16 engine casts the whole module, adapters included, to the training dtype
-            # (`self.module.bfloat16()`, deepspeed/runtime/engine.py l.1224-1231 @38327e07f) and accelerate
-            # runs it without torch autocast (`native_amp` stays off under DeepSpeed, accelerator.py
-            # l.563-590 @16cb6eb8): the step is `pure`, whatever the stack's default. The fp32 master
-            # weights live in the ZeRO optimizer's partitions (planner/memory.py `price`).
-            object.__setattr__(self, "precision", "pure")
-            object.__setattr__(self, "adapter_dtype", "dtype")
+            # DeepSpeed's bf16/fp16 engine casts the whole module, adapters and peft's fp32-upcast norms,
+            # embeddings and head included, to the training dtype (`self.module.bfloat16()`, floating-point
+            # tensors only, deepspeed/runtime/engine.py l.1224-1231 @38327e07f) and accelerate runs it without
+            # torch autocast (`native_amp` stays off under DeepSpeed, accelerator.py l.563-590 @16cb6eb8): the
+            # step is `pure`, whatever the stack's default. The fp32 master weights live in the ZeRO
+            # optimizer's partitions (planner/memory.py `price`).
+            for name, value in DEEPSPEED_KNOBS.items():
+                if name != "kbit_prep" or self.kbit_prep == "peft":
+                    object.__setattr__(self, name, value)
 
     @property
     def tokens(self) -> int:
@@ -104,8 +115,8 @@ class TrainContext:
 
     @property
     def deepspeed(self) -> bool:
-        """Whether DeepSpeed's ZeRO (stage 2 or 3) runs the step."""
-        return self.gpus > 1 and self.shard in ("zero2", "zero3")
+        """Whether DeepSpeed's ZeRO (stage 2 or 3) runs the step (on one GPU too: ZeRO-Offload)."""
+        return self.shard in DEEPSPEED_SHARDS
 
     @property
     def sharded(self) -> bool:

@@ -30,7 +30,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from peftplan.errors import BadInputError
-from peftplan.planner.context import MemoryBreakdown, TrainContext
+from peftplan.planner.context import (
+    DEEPSPEED_KNOBS,
+    DEEPSPEED_SHARDS,
+    MemoryBreakdown,
+    TrainContext,
+    deepspeed_overrides,
+)
 from peftplan.planner.fit import rank_cap, rank_kind
 from peftplan.planner.memory import (
     GIB,
@@ -580,6 +586,8 @@ class Search:
         shards = [ctx_m.shard]
         if ctx_m.gpus > 1 and "shard" not in pinned:
             shards = _unique([ctx_m.shard, *SHARDS])
+            if any(name in pinned and deepspeed_overrides(name, getattr(ctx_m, name)) for name in DEEPSPEED_KNOBS):
+                shards = [shard for shard in shards if shard not in DEEPSPEED_SHARDS]  # the engine would override a pin
         out = []
         for ckpt in ckpts:
             for optimizer in optimizers:

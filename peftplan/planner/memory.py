@@ -27,7 +27,7 @@ The step is the second or later one (optimizer states exist; gradients were rele
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from peftplan.methods.base import Method, MethodConfig
 from peftplan.models.spec import ModelSpec
@@ -47,6 +47,7 @@ GIB = 1 << 30
 # default True, config.py l.94) and keeps it for the whole run; ZeRO-2 for each backward. accelerate's generated config (utils/dataclasses.py l.688-706 @v0.27.2) and
 # transformers' Trainer leave the size at DeepSpeed's default.
 ZERO_REDUCE_BUCKET = 500_000_000
+ZERO3_SUB_GROUP = 1_000_000_000  # ZeRO-3's `sub_group_size` (elements the optimizer steps at a time), config.py l.168
 # The moments inside `loss.backward()` (ZeRO-2's reduce bucket exists only there).
 BACKWARD = frozenset({"recompute", "block-bwd", "loss-bwd", "head-bwd", "bwd-end", "vision-bwd"})
 CUDA_CONTEXT = 512 * MIB  # CUDA context, cuBLAS/cuDNN handles and workspaces (measured 0.4-0.6 GiB)
@@ -319,7 +320,7 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
     shards = m.shards
     state_shards = ctx.gpus if ctx.shard in ("fsdp", "zero2", "zero3") and ctx.gpus > 1 else 1
     fsdp = ctx.shard == "fsdp" and ctx.gpus > 1
-    zero3 = ctx.shard == "zero3" and ctx.gpus > 1
+    zero3 = ctx.shard == "zero3"
     host = host_bytes(m, batch, seq)
     weights = m.weights.weights // shards
     # bitsandbytes keeps a 4-bit weight's constants (`quant_state`: absmax, code) as a plain attribute, not a
@@ -354,7 +355,7 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
     grad_num, grad_den = 1, state_shards  # a moment's gradients, as the sharded share of this GPU
     held = 0  # gradient buffers alive at every moment
     in_backward = 0  # gradient buffers alive during backward only
-    step_grads: tuple[int, int] | None = None  # ZeRO-2's step: (at the fp32 cast, during AdamW)
+    step_grads: tuple[int, int] | None = None  # ZeRO's step, per GPU: (at the fp32 cast, during AdamW)
     if fsdp and m.units is not None:
         # `fsdp_flat_grads`: the gradient of every unit with a trainable tensor spans the unit's FlatParameter.
         grads = m.units.trained if ctx.fsdp_flat_grads else m.gradients
@@ -386,6 +387,13 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
             else:
                 held += partitions
             grad_num = 0
+            if not ctx.cpu_offload:
+                # Its step casts each sub-group of the partition (`sub_group_size`, 1e9 elements, config.py
+                # l.168) to fp32: `flatten(averaged_gradients[i]).to(fp32)` (`_prepare_fp32_grad_for_sub_group`,
+                # stage3.py l.1895-1899 @38327e07f), a flat 16-bit copy of views into the buffer above and the
+                # fp32 gradient at once; AdamW then steps on the fp32 gradient.
+                group = min(m.trainable_numel // ctx.gpus, ZERO3_SUB_GROUP)
+                step_grads = (group * (itemsize + _fp32_copy(itemsize)), group * 4)
         else:
             # ZeRO-2 allocates its reduce bucket (`ipg_buffer`, `reduce_bucket_size` elements of the model dtype,
             # contiguous_gradients on by default) when backward starts and releases it at the end of backward
@@ -394,22 +402,21 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
             if not ctx.cpu_offload:
                 # Its step casts each group's gradient partition to fp32 for the optimizer:
                 # `flatten(averaged_gradients[i]).to(fp32)` (l.1891-1897) holds the 16-bit partition, its flat
-                # copy and the fp32 gradient at once; AdamW then steps on the fp32 gradient. As gradients of
-                # the whole model (this GPU holds their sharded share): the two moments of the step.
-                step_grads = (m.trainable_numel * (2 * itemsize + 4), m.trainable_numel * 4)
+                # copy and the fp32 gradient at once; AdamW then steps on the fp32 gradient.
+                part = m.trainable_numel // ctx.gpus
+                step_grads = (part * (2 * itemsize + _fp32_copy(itemsize)), part * 4)
     best: _Moment | None = None
     best_total = -1
-    moments = _moments(m, batch, seq)
-    if step_grads is not None:
-        cast, fp32 = step_grads
-        moments = [step for moment in moments
-                   for step in ((replace(moment, gradients=cast, optimizer_extra=0), replace(moment, gradients=fp32))
-                                if moment.name == "optimizer" else (moment,))]
-    for moment in moments:
-        total = (moment.activations + moment.logits + moment.gradients * grad_num // grad_den
-                 + moment.optimizer_extra // state_shards + (in_backward if moment.name in BACKWARD else 0))
+    best_grads = best_extra = 0
+    for moment in _moments(m, batch, seq):
+        grads = moment.gradients * grad_num // grad_den + (in_backward if moment.name in BACKWARD else 0)
+        extra = moment.optimizer_extra // state_shards
+        if moment.name == "optimizer" and step_grads is not None:
+            cast, fp32 = step_grads  # the fp32 cast, then AdamW on the fp32 gradient
+            grads, extra = max((cast, 0), (fp32, extra), key=sum)
+        total = moment.activations + moment.logits + grads + extra
         if total > best_total:
-            best, best_total = moment, total
+            best, best_total, best_grads, best_extra = moment, total, grads, extra
     assert best is not None
     buckets = ddp_bucket_bytes(m)
     peak = weights + constants + adapter + states + best_total + held + buckets
@@ -419,8 +426,8 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
         weights=weights,
         quant_constants=constants,
         adapter=adapter,
-        gradients=best.gradients * grad_num // grad_den + held + buckets + (in_backward if best.name in BACKWARD else 0),
-        optimizer=states + best.optimizer_extra // state_shards,
+        gradients=best_grads + held + buckets,
+        optimizer=states + best_extra,
         activations=best.activations,
         logits=best.logits,
         overhead=overhead,
@@ -431,6 +438,11 @@ def price(m: StepModel, batch: int, seq: int) -> tuple[MemoryBreakdown, str]:
         host=host,
     )
     return result, best.name
+
+
+def _fp32_copy(itemsize: int) -> int:
+    """Bytes per element `.to(torch.float32)` allocates: none when the tensor is fp32 already."""
+    return 4 if itemsize < 4 else 0
 
 
 def ddp_bucket_bytes(m: StepModel) -> int:

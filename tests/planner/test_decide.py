@@ -212,7 +212,8 @@ def test_repricing_a_step_in_another_context_equals_building_it() -> None:
         base = TrainContext(seq_len=512, gpus=4)
         for ctx in (replace(base, grad_checkpointing=True), replace(base, grad_checkpointing=True, ckpt_offload=True),
                     replace(base, optimizer="adamw8bit"), replace(base, optimizer="paged-adamw8bit", shard="fsdp"),
-                    replace(base, shard="zero2", grad_checkpointing=True), replace(base, optimizer="adamw-fp32")):
+                    replace(base, shard="zero2", grad_checkpointing=True), replace(base, optimizer="adamw-fp32"),
+                    replace(base, shard="zero3", optimizer_fused=True), replace(base, optimizer_fused=True)):
             reused = search.step(spec, method, cfg, terms, ctx)
             fresh = step_model_from_terms(spec, terms, ctx)
             for batch, seq in ((1, 512), (3, 2048)):

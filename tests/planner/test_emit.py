@@ -96,6 +96,19 @@ def test_torchtune_command_carries_the_priced_knobs(capsys: pytest.CaptureFixtur
         assert needle in out, needle
 
 
+@pytest.mark.parametrize(("fused", "optim"), [("--optimizer-fused", "adamw_torch_fused"),
+                                              ("--no-optimizer-fused", "adamw_torch")])
+def test_fused_adamw_is_emitted_as_priced(capsys: pytest.CaptureFixture[str], fused: str, optim: str) -> None:
+    code, out, _ = _emit(capsys, "-m", LLAMA, "--vram", "24", "--method", "qlora", "--stack", "llama-factory",
+                         "--optimizer", "adamw", fused, "--emit", "llama-factory")
+    assert code == 0
+    assert yaml.safe_load(out)["optim"] == optim
+    code, out, _ = _emit(capsys, "-m", LLAMA, "--vram", "24", "--method", "qlora", "--stack", "torchtune",
+                         "--optimizer", "adamw", fused, "--emit", "torchtune")
+    assert code == 0
+    assert f"'optimizer.fused={fused == '--optimizer-fused'}'" in out
+
+
 def test_unsloth_script_uses_offloaded_checkpointing(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _emit(capsys, "-m", LLAMA, "--vram", "24", "--method", "qlora", "--stack", "unsloth",
                          "--emit", "unsloth")

@@ -281,33 +281,51 @@ def _llama_factory(chosen: Chosen) -> str:
     return _yaml(data, f"LLaMA-Factory config for {chosen.spec.model_id}: {chosen.method.name} as planned by peftplan")
 
 
-# torchtune 0.6's single-device recipe configs, by model (`tune ls`).
-TORCHTUNE_MODELS = {
-    "meta-llama/Llama-3.1-8B": "llama3_1/8B", "meta-llama/Llama-3.2-1B": "llama3_2/1B",
-    "meta-llama/Llama-3.2-3B": "llama3_2/3B", "meta-llama/Llama-2-7b-hf": "llama2/7B",
-    "meta-llama/Llama-2-13b-hf": "llama2/13B", "mistralai/Mistral-7B-v0.1": "mistral/7B",
-    "google/gemma-2-2b": "gemma2/2B", "google/gemma-2-9b": "gemma2/9B", "google/gemma-7b": "gemma/7B",
-    "microsoft/Phi-3-mini-4k-instruct": "phi3/mini", "Qwen/Qwen2.5-0.5B": "qwen2_5/0.5B",
-    "Qwen/Qwen2.5-1.5B": "qwen2_5/1.5B", "Qwen/Qwen2.5-7B": "qwen2_5/7B", "Qwen/Qwen2.5-14B": "qwen2_5/14B",
+def _tune_configs(prefix: str, *kinds: str) -> dict[str, str]:
+    full = "full_low_memory" if prefix.split("/")[0] in ("llama2", "mistral", "phi3") else "full_single_device"
+    return {kind: f"{prefix}_{full if kind == 'full' else kind + '_single_device'}" for kind in kinds}
+
+
+# The single-device recipe configs torchtune 0.6.1 ships, by model and kind (`tune ls`; its wheel's
+# recipes/configs): a model or kind not here has none (Qwen2.5 has no QLoRA config, Gemma no full one).
+TORCHTUNE_CONFIGS: dict[str, dict[str, str]] = {
+    "meta-llama/Llama-3.1-8B": _tune_configs("llama3_1/8B", "full", "lora", "qlora"),
+    "meta-llama/Llama-3.2-1B": _tune_configs("llama3_2/1B", "full", "lora", "qlora"),
+    "meta-llama/Llama-3.2-3B": _tune_configs("llama3_2/3B", "full", "lora", "qlora"),
+    "meta-llama/Llama-2-7b-hf": _tune_configs("llama2/7B", "full", "lora", "qlora"),
+    "meta-llama/Llama-2-13b-hf": _tune_configs("llama2/13B", "qlora"),
+    "mistralai/Mistral-7B-v0.1": _tune_configs("mistral/7B", "full", "lora", "qlora"),
+    "google/gemma-2-2b": _tune_configs("gemma2/2B", "lora", "qlora"),
+    "google/gemma-2-9b": _tune_configs("gemma2/9B", "lora", "qlora"),
+    "google/gemma-7b": _tune_configs("gemma/7B", "lora", "qlora"),
+    "microsoft/Phi-3-mini-4k-instruct": _tune_configs("phi3/mini", "full", "lora", "qlora"),
+    "Qwen/Qwen2.5-0.5B": _tune_configs("qwen2_5/0.5B", "full", "lora"),
+    "Qwen/Qwen2.5-1.5B": _tune_configs("qwen2_5/1.5B", "full", "lora"),
+    "Qwen/Qwen2.5-7B": _tune_configs("qwen2_5/7B", "full", "lora"),
+    "Qwen/Qwen2.5-14B": _tune_configs("qwen2_5/14B", "lora"),
 }
+# Those whose optimizer block sets `fused: True` (every LoRA and QLoRA config above does; among the full
+# ones only this): another optimizer must drop the key, which `~optimizer.fused` does only where it exists.
+TORCHTUNE_FUSED = frozenset({config for configs in TORCHTUNE_CONFIGS.values() for kind, config in configs.items()
+                             if kind != "full"} | {"qwen2_5/0.5B_full_single_device"})
 TORCHTUNE_OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adamw8bit": "bitsandbytes.optim.AdamW8bit",
                         "paged-adamw8bit": "bitsandbytes.optim.PagedAdamW8bit"}
 
 
 def torchtune_recipe(model_id: str, whole_base: bool, quantized: bool) -> tuple[str, str]:
-    """(recipe, config) of torchtune 0.6 for a model and method.
+    """(recipe, config) of torchtune 0.6.1 for a model and method.
 
     Raises:
-        BadInputError: torchtune ships no single-device config for this model.
+        BadInputError: torchtune ships no single-device config for this model and method.
     """
-    prefix = TORCHTUNE_MODELS.get(model_id)
-    if prefix is None:
-        raise _refuse("torchtune", f"{model_id} (torchtune ships recipes for: {', '.join(TORCHTUNE_MODELS)})")
-    if whole_base:
-        suffix = "full_low_memory" if prefix.split("/")[0] in ("llama2", "mistral", "phi3") else "full_single_device"
-        return "full_finetune_single_device", f"{prefix}_{suffix}"
-    kind = "qlora" if quantized else "lora"  # torchtune's DoRA is its LoRA config with use_dora
-    return "lora_finetune_single_device", f"{prefix}_{kind}_single_device"
+    configs = TORCHTUNE_CONFIGS.get(model_id)
+    if configs is None:
+        raise _refuse("torchtune", f"{model_id} (torchtune ships recipes for: {', '.join(TORCHTUNE_CONFIGS)})")
+    kind = "full" if whole_base else ("qlora" if quantized else "lora")  # its DoRA is its LoRA config with use_dora
+    if kind not in configs:
+        raise _refuse("torchtune", f"{kind} of {model_id} (torchtune 0.6.1 ships {', '.join(configs.values())} "
+                                   "for it)")
+    return ("full_finetune_single_device" if whole_base else "lora_finetune_single_device"), configs[kind]
 
 
 def torchtune_overrides(chosen: Chosen) -> tuple[str, str, list[str]]:
@@ -330,6 +348,8 @@ def torchtune_overrides(chosen: Chosen) -> tuple[str, str, list[str]]:
                                         else "torch.nn.CrossEntropyLoss")]
     if ctx.optimizer == "adamw":  # torch AdamW fused or foreach, as priced (`optimizer_fused`)
         overrides.append(f"optimizer.fused={ctx.optimizer_fused}")
+    elif config in TORCHTUNE_FUSED:
+        overrides.append("~optimizer.fused")  # torch AdamW's option; bitsandbytes has none
     if recipe.startswith("full"):
         overrides.append(f"optimizer_in_bwd={ctx.optimizer_in_bwd}")
         return recipe, config, overrides
@@ -349,8 +369,6 @@ def torchtune_overrides(chosen: Chosen) -> tuple[str, str, list[str]]:
         raise _refuse("torchtune", "rsLoRA scaling")
     if "lm_head" in targets and chosen.spec.tie_word_embeddings:
         raise _refuse("torchtune", "LoRA on the output layer of a model with tied embeddings")
-    if ctx.optimizer != "adamw":
-        overrides.append("~optimizer.fused")  # the LoRA configs' torch AdamW option; bitsandbytes has none
     attn = ",".join(attn_names[t] for t in ("q_proj", "k_proj", "v_proj", "o_proj") if t in targets)
     output = ["model.apply_lora_to_output=True"] if "lm_head" in targets else []
     overrides = [f"model.lora_attn_modules=[{attn}]", f"model.apply_lora_to_mlp={bool(targets & mlp)}",

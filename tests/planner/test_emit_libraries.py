@@ -88,6 +88,36 @@ def test_torchtune_overrides_validate_and_build_the_planned_model(
         assert built["optimizer"] == "bitsandbytes.optim.PagedAdamW8bit" and built["optimizer_in_bwd"] is True
 
 
+def test_torchtune_config_table_is_what_torchtune_ships() -> None:
+    """Every config `--emit torchtune` may name exists in the installed torchtune 0.6.1, and the ones whose
+    optimizer block sets `fused` are exactly those it drops for another optimizer."""
+    from peftplan.planner.emit import TORCHTUNE_CONFIGS, TORCHTUNE_FUSED
+
+    if not TORCHTUNE_PYTHON.exists():
+        pytest.skip("torchtune's venv is absent: `make stacks` could not install torchtune 0.6.1")
+    names = sorted({config for configs in TORCHTUNE_CONFIGS.values() for config in configs.values()})
+    script = ("import json, sys, sysconfig\nfrom pathlib import Path\nimport yaml\n"
+              "root = Path(sysconfig.get_paths()['purelib']) / 'recipes' / 'configs'\nout = {}\n"
+              "for name in json.loads(sys.argv[1]):\n"
+              "    path = root / (name + '.yaml')\n"
+              "    out[name] = bool(yaml.safe_load(path.read_text()).get('optimizer', {}).get('fused')) "
+              "if path.exists() else None\n"
+              "print(json.dumps(out))")
+    result = subprocess.run([str(TORCHTUNE_PYTHON), "-c", script, json.dumps(names)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shipped = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [name for name, fused in shipped.items() if fused is None] == []
+    assert {name for name, fused in shipped.items() if fused} == TORCHTUNE_FUSED
+
+
+def test_a_torchtune_config_that_does_not_exist_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-m", "Qwen/Qwen2.5-7B", "--vram", "24", "--method", "qlora", "--stack", "torchtune",
+                 "--emit", "torchtune"]) == 2
+    err = capsys.readouterr().err
+    assert "qwen2_5/7B_lora_single_device" in err and "\n" not in err.strip()
+
+
 def _plan_kwargs(argv: list[str]) -> dict[str, Any]:
     names = {"--rank": "rank", "--alpha": "alpha", "--targets": "targets", "--optimizer": "optimizer",
              "--checkpointing": "checkpointing"}

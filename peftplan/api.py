@@ -184,6 +184,9 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
                                     f"without autocast ({name} {engine})")
     if optimizer is not None:
         pinned.add("optimizer")
+        if overrides.get("optimizer_fused") and optimizer not in ("adamw", "adamw-fp32"):
+            raise BadInputError(f"--optimizer-fused is torch AdamW's fused kernel (adamw, adamw-fp32); "
+                                f"--optimizer {optimizer} has none")
     values = {name: getattr(resolved, name) for name in KNOB_NAMES if name != "checkpointing"}
     return TrainContext(
         seq_len=seq_len, batch_size=batch_size, grad_checkpointing=resolved.checkpointing != "none",

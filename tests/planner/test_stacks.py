@@ -159,6 +159,11 @@ def test_fused_adamw_steps_without_temporaries() -> None:
     assert _memory(methods="full", stack="litgpt").optimizer == foreach.optimizer  # litgpt's AdamW is foreach
 
 
+def test_fused_with_an_optimizer_that_has_no_fused_kernel_is_refused() -> None:
+    with pytest.raises(BadInputError, match="--optimizer adamw8bit has none"):
+        peftplan.plan(LLAMA, methods="full", optimizer="adamw8bit", optimizer_fused=True, fit_search=False)
+
+
 def test_paged_optimizer_states_are_outside_peak_allocated() -> None:
     paged = _memory(methods="full", optimizer="paged-adamw8bit")
     plain = _memory(methods="full", optimizer="adamw8bit")

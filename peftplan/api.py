@@ -166,6 +166,7 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
                   device: str) -> Any:
     """The TrainContext of a stack with the user's knob overrides (None: the stack's default)."""
     from peftplan.planner.context import DEEPSPEED_KNOBS, DEEPSPEED_SHARDS, TrainContext, deepspeed_overrides
+    from peftplan.planner.optimizers import FUSED_KERNEL
     from peftplan.planner.stacks import KNOB_NAMES, get_stack, resolve_knobs
 
     overrides = dict(knobs)
@@ -184,8 +185,8 @@ def train_context(*, stack: str, knobs: dict[str, Any], grad_ckpt: bool | None, 
                                     f"without autocast ({name} {engine})")
     if optimizer is not None:
         pinned.add("optimizer")
-        if overrides.get("optimizer_fused") and optimizer not in ("adamw", "adamw-fp32"):
-            raise BadInputError(f"--optimizer-fused is torch AdamW's fused kernel (adamw, adamw-fp32); "
+        if overrides.get("optimizer_fused") and optimizer not in FUSED_KERNEL:
+            raise BadInputError(f"--optimizer-fused is torch AdamW's fused kernel ({', '.join(FUSED_KERNEL)}); "
                                 f"--optimizer {optimizer} has none")
     values = {name: getattr(resolved, name) for name in KNOB_NAMES if name != "checkpointing"}
     return TrainContext(

@@ -22,6 +22,8 @@ def deepspeed_overrides(name: str, value: object) -> bool:
     """Whether DeepSpeed's engine undoes knob `name` set to `value` (only peft's fp32 upcast among k-bit preps)."""
     engine = DEEPSPEED_KNOBS.get(name)
     return engine is not None and value != engine and (name != "kbit_prep" or value == "peft")
+
+
 INDEX_BYTES = 8  # int64: token ids, labels, index tensors
 
 

@@ -41,12 +41,12 @@ from peftplan.planner.fit import rank_cap, rank_kind
 from peftplan.planner.memory import (
     GIB,
     StepModel,
+    context_optimizer_bytes,
     price,
     sharded_units,
     step_model_from_terms,
     trainable_tensors,
 )
-from peftplan.planner.optimizers import optimizer_bytes
 from peftplan.planner.recommend import LITERATURE_LR, Recommendation, candidate_reasons, nothing_fits_reasons
 from peftplan.planner.serving import ServingNeeds, ServingPlan, price_serving
 from peftplan.planner.storage import adapter_file_bytes
@@ -351,10 +351,7 @@ class Search:
             return step_model_from_terms(model.spec, model.terms, ctx)  # e.g. DeepSpeed's (TrainContext)
         key = (id(model), ctx.optimizer, ctx.optimizer_fused, ctx.deepspeed)
         if key not in self._optim:
-            tensors = trainable_tensors(model.spec, model.terms, ctx)
-            if ctx.deepspeed:  # ZeRO steps fp32 partitions (memory.step_model_from_terms)
-                tensors = [(shape, 4) for shape, _ in tensors]
-            self._optim[key] = optimizer_bytes(ctx.optimizer, tensors, fused=ctx.optimizer_fused)
+            self._optim[key] = context_optimizer_bytes(trainable_tensors(model.spec, model.terms, ctx), ctx)
         units = model.units
         if units is None and ctx.gpus > 1 and ctx.shard != "none":  # built unsharded: the units under `ctx`
             # They depend on the model and the dtypes and k-bit preparation, which `ctx` shares with it.

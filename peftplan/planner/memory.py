@@ -159,15 +159,12 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         tied_spike = 2 * vocab_rows if spec.tie_word_embeddings else 0
     early, early_later = loss_term_gradients(spec, terms, ctx)
     weights = weight_bytes(spec, terms, ctx)
-    # ZeRO's optimizer steps fp32 partitions of the trainable parameters (`param_group['params']` replaced,
-    # deepspeed/runtime/zero/stage_1_and_2.py l.416, stage3.py l.941 @38327e07f): fp32 states.
-    stepped = [(shape, 4) for shape, _ in tensors] if ctx.deepspeed else tensors
     return StepModel(
         spec=spec,
         terms=terms,
         ctx=ctx,
         weights=weights,
-        optimizer=optimizer_bytes(ctx.optimizer, stepped, fused=ctx.optimizer_fused),
+        optimizer=context_optimizer_bytes(tensors, ctx),
         gradients=gradients,
         activations=step_activations(spec, terms, ctx),
         lm_head_grad=lm_head_grad,
@@ -180,6 +177,14 @@ def step_model_from_terms(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext
         units=sharded_units(spec, terms, ctx, weights.weights),
         trainable_numel=sum(numels),
     )
+
+
+def context_optimizer_bytes(tensors: list[tuple[Shape, int]], ctx: TrainContext) -> OptimizerBytes:
+    """`ctx`'s optimizer over the trainable `tensors`. ZeRO's optimizer steps fp32 partitions of them
+    (`param_group['params']` replaced, deepspeed/runtime/zero/stage_1_and_2.py l.416, stage3.py l.941
+    @38327e07f): fp32 states whatever their dtype."""
+    stepped = [(shape, 4) for shape, _ in tensors] if ctx.deepspeed else tensors
+    return optimizer_bytes(ctx.optimizer, stepped, fused=ctx.optimizer_fused)
 
 
 def sharded_units(spec: ModelSpec, terms: MemoryTerms, ctx: TrainContext, weights: int) -> UnitBytes | None:

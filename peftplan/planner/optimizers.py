@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from peftplan.replay.terms import Shape, numel
 
+FUSED_KERNEL = ("adamw", "adamw-fp32")  # torch AdamW: the optimizers `fused=True` applies to
 BNB_BLOCK = 256  # values per absmax in bitsandbytes' 8-bit optimizers
 BNB_MIN_8BIT = 4096  # smaller tensors keep fp32 states
 BNB_QMAPS = 2 * 256 * 4  # the signed and unsigned dynamic maps, shared by all tensors
@@ -39,7 +40,7 @@ def optimizer_bytes(name: str, tensors: Sequence[tuple[Shape, int]], *, fused: b
     counts = Counter(tensors)
     if name == "paged-adamw":  # bitsandbytes' 32-bit kernel updates in place: no step temporaries
         return OptimizerBytes(sum(2 * 4 * numel(shape) * k for (shape, _), k in counts.items()), 0)
-    if name in ("adamw", "adamw-fp32"):
+    if name in FUSED_KERNEL:
         states = sum(2 * numel(shape) * size * k for (shape, size), k in counts.items())
         if fused:
             return OptimizerBytes(states, 0)
